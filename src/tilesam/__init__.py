@@ -1,0 +1,1 @@
+"""tilesam: Segment Anything over large microscopy data."""
