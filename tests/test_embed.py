@@ -1,0 +1,126 @@
+"""Embedding blocks: SAM-conformant preprocessing, a store that resumes after a kill, provenance checks."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from segment_anything import SamPredictor
+
+from tilesam import io, stores, synthetic
+from tilesam.embed import Provenance, embed_block, encode, normalize, read_embedding
+from tilesam.tiling import TileGrid
+
+TILE, HALO = (128, 128), (16, 16)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    d = tmp_path_factory.mktemp("img")
+    spec = synthetic.SyntheticSpec("t", (300, 260), 20, (8.0, 16.0), seed=5)
+    synthetic.write_demo(spec, d / "a.tif", d / "a_gt.tif")
+    io.import_image(d / "a.tif", d / "a.ome.zarr", ndim=2, tile_shape=TILE)
+    return d / "a.ome.zarr"
+
+
+def _prov(model, image, grid, block=0, tpb=4, dtype="float32"):
+    info = io.read_info(image)
+    return Provenance("lite_medsam", "sha-test", int(model.image_encoder.img_size), grid.to_dict(), block, tpb,
+                      info.signature, dtype)
+
+
+def test_block_embeddings_equal_sam_predictor(lite_medsam, image, tmp_path):
+    info = io.read_info(image)
+    grid = TileGrid(info.shape, TILE, HALO)
+    prov = _prov(lite_medsam, image, grid)
+    stats = embed_block(lite_medsam, prov, image, grid, tmp_path / "b.zarr", batch_size=3)
+    assert stats["computed"] == 4
+    root = stores.open_done(tmp_path / "b.zarr", "embeddings", asdict(prov))
+    arr = zarr.open_array(str(image / "0"))
+    predictor = SamPredictor(lite_medsam)
+    for i, tile in enumerate(grid.block(0, 4)):
+        rgb = normalize(io.read_window(arr, tile.window_slices(), 1), info.intensity_range)
+        predictor.set_image(rgb)
+        np.testing.assert_allclose(read_embedding(root, i).numpy(), predictor.features.numpy(), atol=1e-4)
+
+
+def test_normalize_uses_the_image_range():
+    window = np.array([[10, 20], [30, 40]], np.uint16)
+    rgb = normalize(window, (0.0, 100.0))
+    assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[..., 0], np.round(window * 2.55).astype(np.uint8))
+    assert (normalize(np.full((3, 3), 7.0), (7.0, 7.0)) == 0).all()  # constant image: no division by zero
+
+
+def test_float16_store_and_mismatch_is_refused(lite_medsam, image, tmp_path):
+    info = io.read_info(image)
+    grid = TileGrid(info.shape, TILE, HALO)
+    prov = _prov(lite_medsam, image, grid, block=1, dtype="float16")
+    embed_block(lite_medsam, prov, image, grid, tmp_path / "b.zarr")
+    root = zarr.open_group(str(tmp_path / "b.zarr"))
+    assert root["embeddings"].dtype == np.float16
+    other_grid = replace(prov, grid=TileGrid(info.shape, (64, 64), HALO).to_dict())
+    with pytest.raises(stores.StoreMismatch, match=r"b\.zarr.*grid"):
+        stores.open_done(tmp_path / "b.zarr", "embeddings", asdict(other_grid))
+    with pytest.raises(stores.StoreMismatch, match="model_sha256"):
+        stores.open_done(tmp_path / "b.zarr", "embeddings", asdict(replace(prov, model_sha256="other")))
+    # a leftover partial store of another model is not silently reused either
+    stores.partial_path(tmp_path / "c.zarr").mkdir()
+    zarr.open_group(str(stores.partial_path(tmp_path / "c.zarr")), mode="w").attrs["tilesam"] = {
+        "embeddings": asdict(replace(prov, model="vit_b"))
+    }
+    with pytest.raises(stores.StoreMismatch, match="model"):
+        embed_block(lite_medsam, prov, image, grid, tmp_path / "c.zarr")
+
+
+def test_killed_embed_job_resumes_without_recomputing(lite_medsam, tmp_path):
+    """Kill a real `tilesam embed` process mid-block; the rerun computes only the missing tiles."""
+    spec = synthetic.SyntheticSpec("k", (512, 640), 30, (8.0, 16.0), seed=6)
+    synthetic.write_demo(spec, tmp_path / "k.tif", tmp_path / "k_gt.tif")
+    image = tmp_path / "k.ome.zarr"
+    io.import_image(tmp_path / "k.tif", image, ndim=2, tile_shape=(128, 128))
+    record = tmp_path / "model.json"
+    record.write_text(json.dumps({"name": "lite_medsam", "load": "lite_medsam", "sha256": "s"}))
+    out = tmp_path / "block0.zarr"
+    cmd = [sys.executable, "-m", "tilesam.cli", "embed", "--image", str(image), "--model", str(record),
+           "--tile-shape", "128", "128", "--halo", "16", "16", "--block", "0", "--tiles-per-block", "20",
+           "--batch-size", "1", "--threads", "1", "--device", "cpu", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    partial = stores.partial_path(out)
+    deadline = time.time() + 120
+    done = np.zeros(20, bool)
+    while time.time() < deadline and done.sum() < 3:
+        time.sleep(0.2)
+        if (partial / "done").exists():
+            done = zarr.open_array(str(partial / "done"), mode="r")[:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = zarr.open_array(str(partial / "done"), mode="r")[:]
+    assert 3 <= done.sum() < 20, "the job should have been killed mid-block"
+    assert not out.exists()
+    before = {i: (partial / "embeddings" / "c" / str(i)).stat().st_mtime_ns for i in np.flatnonzero(done)}
+    saved = {i: zarr.open_group(str(partial))["embeddings"][i] for i in before}
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert f"{int(done.sum())} of 20 tiles already embedded" in result.stderr
+    root = zarr.open_group(str(out))
+    assert root.attrs["stats"]["computed"] == 20 - done.sum()
+    for i, mtime in before.items():  # finished tiles were not rewritten
+        assert (out / "embeddings" / "c" / str(i)).stat().st_mtime_ns == mtime
+        np.testing.assert_array_equal(root["embeddings"][i], saved[i])
+    assert root["done"][:].all()
+
+
+def test_encode_batches_equal_single(lite_medsam):
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (100, 140, 3), dtype=np.uint8), rng.integers(0, 255, (140, 90, 3), dtype=np.uint8)]
+    both = encode(lite_medsam, imgs)
+    for i, img in enumerate(imgs):
+        torch.testing.assert_close(encode(lite_medsam, [img])[0], both[i], atol=1e-4, rtol=0)
