@@ -121,10 +121,18 @@ def embed_block(
                 root["embeddings"][i] = emb[j].astype(dtype)
                 root["done"][i] = True  # written after the embedding: a killed job never marks a tile done early
             bar.update(len(idx))
-    stats = {"tiles": len(tiles), "computed": len(todo), "encoder_seconds": seconds}
+    stats = {"tiles": len(tiles), "computed": len(todo), "encoder_seconds": seconds,
+             "device": str(model.device), "peak_mem_mb": peak_mem_mb()}
     root.attrs["stats"] = stats
     stores.finish(out)
     return stats
+
+
+def peak_mem_mb() -> float:
+    """Peak resident memory of this process so far (what a job's benchmark file calls max_rss)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def read_embedding(root: zarr.Group, i: int) -> torch.Tensor:

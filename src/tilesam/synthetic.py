@@ -29,9 +29,9 @@ class SyntheticSpec:
 #: and one small 3D stack. Shapes are known before anything is generated so
 #: that the workflow can plan its tile jobs up front.
 DEMO = (
-    SyntheticSpec("nuclei_large", (700, 900), 90, (9.0, 22.0), seed=1),
+    SyntheticSpec("nuclei_large", (512, 640), 48, (9.0, 22.0), seed=1),
     SyntheticSpec("nuclei_small", (256, 256), 14, (8.0, 18.0), seed=2),
-    SyntheticSpec("nuclei_stack", (6, 256, 256), 12, (10.0, 20.0), seed=3),
+    SyntheticSpec("nuclei_stack", (5, 192, 192), 8, (10.0, 20.0), seed=3),
 )
 
 

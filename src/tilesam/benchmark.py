@@ -1,0 +1,97 @@
+"""Benchmark tables and figures from per-image evaluation records.
+
+Each evaluation file holds one record or a list of records (dataset, image,
+model, method, iteration, scores, costs). The table has one row per
+dataset x model x method: scores are averaged over images (micro-sam's
+protocol), object counts summed; iterative prompting is reported at its last
+iteration in the table and per iteration in `iterations.csv`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+KEYS = ["dataset", "model", "method"]
+SCORES = ["mSA", "SA50", "SA75", "precision", "recall", "f1"]
+COSTS = ["encoder_s_per_tile", "segment_s_per_image", "peak_mem_mb"]
+
+#: column names of the tables for the keys of `tilesam.metrics.Scores.as_dict`
+COLUMNS = {"msa": "mSA", "sa50": "SA50", "sa75": "SA75"}
+
+
+def per_image(evaluations: list[str | Path]) -> pd.DataFrame:
+    rows = []
+    for path in evaluations:
+        data = json.loads(Path(path).read_text())
+        rows.extend(data if isinstance(data, list) else [data])
+    df = pd.DataFrame(rows).rename(columns=COLUMNS)
+    if "iteration" not in df:
+        df["iteration"] = 0
+    df["iteration"] = df["iteration"].fillna(0).astype(int)
+    return df
+
+
+def _final_iteration(df: pd.DataFrame) -> pd.DataFrame:
+    last = df.groupby(KEYS)["iteration"].transform("max")
+    return df[df["iteration"] == last]
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean scores per dataset x model x method, with counts, parameters and costs."""
+    final = _final_iteration(df)
+    grouped = final.groupby(KEYS, sort=True)
+    table = grouped[SCORES].mean()
+    table.insert(0, "n_objects", grouped["n_true"].sum())
+    table.insert(0, "n_images", grouped["image"].nunique())
+    for col in COSTS:
+        if col in final:
+            table[col] = grouped[col].mean() if col != "peak_mem_mb" else grouped[col].max()
+    for col in ("device", "params"):
+        if col in final:
+            table[col] = grouped[col].first()
+    return table.reset_index()
+
+
+def iterations(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean mSA per iteration of the iterative prompting methods."""
+    it = df[df["method"].str.startswith("iterative")]
+    return it.groupby([*KEYS, "iteration"], sort=True)[SCORES].mean().reset_index()
+
+
+def compare(table: pd.DataFrame, pairs: list[dict]) -> pd.DataFrame:
+    """For each {vanilla, finetuned} pair: both scores and finetuned - vanilla, per dataset and method."""
+    rows = []
+    for pair in pairs:
+        van = table[table["model"] == pair["vanilla"]].set_index(["dataset", "method"])
+        fin = table[table["model"] == pair["finetuned"]].set_index(["dataset", "method"])
+        for key in sorted(set(van.index) & set(fin.index)):
+            row = {"dataset": key[0], "method": key[1], "vanilla": pair["vanilla"], "finetuned": pair["finetuned"]}
+            for score in SCORES:
+                row[f"{score}_vanilla"] = van.loc[key, score]
+                row[f"{score}_finetuned"] = fin.loc[key, score]
+                row[f"{score}_diff"] = fin.loc[key, score] - van.loc[key, score]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False, floatfmt=".3f") + "\n"
+
+
+def write_tables(evaluations: list[str | Path], out_dir: str | Path, pairs: list[dict] | None = None) -> pd.DataFrame:
+    """table.csv/.md, per_image.csv, iterations.csv, and comparison.csv/.md when pairs are given."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = per_image(evaluations)
+    df.to_csv(out_dir / "per_image.csv", index=False)
+    table = summarize(df)
+    table.to_csv(out_dir / "table.csv", index=False, float_format="%.4f")
+    (out_dir / "table.md").write_text(_markdown(table))
+    iterations(df).to_csv(out_dir / "iterations.csv", index=False, float_format="%.4f")
+    comparison = compare(table, pairs or [])
+    comparison.to_csv(out_dir / "comparison.csv", index=False, float_format="%.4f")
+    (out_dir / "comparison.md").write_text(_markdown(comparison) if len(comparison) else "no compare pairs\n")
+    return table
