@@ -1,0 +1,229 @@
+# Planning and input functions: which images, models, blocks and outputs exist.
+# Everything here runs when the workflow starts, so bad config fails before any job.
+import json
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from tilesam.datasets import DatasetError, images_of
+from tilesam.modelspec import model_id, resolve_spec
+from tilesam.tiling import TileGrid
+
+SEG = config["segmentation"]
+EMB = config["embeddings"]
+TILE_ARGS = "--tile-shape {} {} --halo {} {} --tiles-per-block {}".format(
+    *SEG["tile_shape"], *SEG["halo"], SEG["tiles_per_block"]
+)
+
+
+def _plan_images():
+    out = {}
+    for dataset, cfg in config["datasets"].items():
+        try:
+            for rec in images_of(dataset, cfg):
+                out[(dataset, rec.name)] = rec
+        except DatasetError as err:
+            raise WorkflowError(f"config error: {err}")
+    return out
+
+
+def _plan_models():
+    """Model ids per dataset; `auto` picks by the dataset's modality."""
+    out = {}
+    for dataset, cfg in config["datasets"].items():
+        specs = []
+        for spec in config["models"]:
+            try:
+                specs.append(resolve_spec(spec, modality=cfg.get("modality", "other")))
+            except (KeyError, ValueError, FileNotFoundError) as err:
+                raise WorkflowError(f"config error in models: {err}")
+        out[dataset] = specs
+    return out
+
+
+IMAGES = _plan_images()
+MODEL_SPECS = {model_id(s): s for specs in _plan_models().values() for s in specs}
+MODELS_OF = {d: [model_id(s) for s in specs] for d, specs in _plan_models().items()}
+
+
+wildcard_constraints:
+    dataset="[^/]+",
+    image="[^/]+",
+    model="[^/]+",
+    method="[^/]+",
+    block=r"\d+",
+
+
+def record(wildcards):
+    return IMAGES[(wildcards.dataset, wildcards.image)]
+
+
+def n_blocks(wildcards):
+    grid = TileGrid(record(wildcards).shape, SEG["tile_shape"], SEG["halo"])
+    return grid.n_blocks(SEG["tiles_per_block"])
+
+
+def block_stores(wildcards):
+    return expand(
+        "results/segmentation/{dataset}/{image}/{model}/{method}/block{block}.zarr",
+        block=range(n_blocks(wildcards)),
+        **wildcards,
+    )
+
+
+def has_labels(dataset, image):
+    return IMAGES[(dataset, image)].labels is not None
+
+
+def device_gpus():
+    """GPUs a model job asks for; cluster profiles may override the resource."""
+    if config["device"] == "cpu":
+        return 0
+    if config["device"] == "cuda":
+        return 1
+    import torch
+
+    return int(torch.cuda.is_available())
+
+
+def embeddings_output(path):
+    return directory(path) if EMB["keep_embeddings"] else temp(directory(path))
+
+
+def evaluations():
+    return [
+        f"results/evaluation/{d}/{i}/{m}/{method}.json"
+        for (d, i) in IMAGES
+        if has_labels(d, i)
+        for m in MODELS_OF[d]
+        for method in SEG["methods"]
+    ]
+
+
+def qualitative_models(dataset):
+    """Models shown side by side: the compare pairs' models of this dataset, else all of them."""
+    paired = [
+        m for pair in config["compare"] for m in (pair["vanilla"], pair["finetuned"])
+    ]
+    chosen = [m for m in dict.fromkeys(paired) if m in MODELS_OF[dataset]]
+    return chosen or MODELS_OF[dataset]
+
+
+def qualitative_inputs(wildcards):
+    image = next(i for (d, i) in IMAGES if d == wildcards.dataset and has_labels(d, i))
+    base = f"{wildcards.dataset}/{image}"
+    method = SEG["methods"][0]
+    return {
+        "image": f"results/images/{base}.ome.zarr",
+        "gt": f"results/labels/{base}.ome.zarr",
+        "results": [
+            f"results/segmentation/{base}/{m}/{method}/labels.ome.zarr"
+            for m in qualitative_models(wildcards.dataset)
+        ],
+    }
+
+
+def all_outputs():
+    stitched = [
+        f"results/segmentation/{d}/{i}/{m}/{method}/labels.ome.zarr"
+        for (d, i) in IMAGES
+        for m in MODELS_OF[d]
+        for method in SEG["methods"]
+    ]
+    if not evaluations():
+        return stitched
+    labelled = sorted({d for (d, i) in IMAGES if has_labels(d, i)})
+    return stitched + [
+        "results/benchmark/table.csv",
+        "results/benchmark/table.md",
+        *expand("results/benchmark/qualitative_{dataset}.png", dataset=labelled),
+    ]
+
+
+# Cluster resources. Memory (MB) and wall time (minutes) of a job follow the
+# work in it -- tiles per block and window size for the model jobs, image size
+# for the per-image jobs -- and grow with `attempt`, so a job that ran out of
+# memory or time gets twice as much on its first retry (`retries:` in the
+# profiles). Site values (account, partitions, GPU model) live only in the
+# SLURM profile, never here.
+def model_threads():
+    """Threads of an embed/segment job: all of `--cores` in a local run.
+
+    A cluster run has no `--cores`; the profile's `set-threads` decides there
+    (4 where it does not).
+    """
+    import sys
+
+    cores = workflow.resource_settings.cores
+    return 4 if cores is None or cores == sys.maxsize else cores
+
+
+def _window_mpx():
+    """Megapixels of one tile plus its halo: what the encoder sees per tile."""
+    (ty, tx), (hy, hx) = SEG["tile_shape"], SEG["halo"]
+    return (ty + 2 * hy) * (tx + 2 * hx) / 1e6
+
+
+def _image_mpx(wildcards):
+    import math
+
+    return math.prod(record(wildcards).shape) / 1e6
+
+
+def _model_mb(model):
+    """Host memory to load a model and run its encoder; vit_h and vit_l are the big ones."""
+    for arch, mb in (("vit_h", 8000), ("vit_l", 6000)):
+        if arch in model:
+            return mb
+    return 4000
+
+
+def mem_mb_embed(wildcards, attempt):
+    """Model + a batch of encoder activations + the windows of the block being read."""
+    block_mpx = SEG["tiles_per_block"] * _window_mpx()
+    mb = _model_mb(wildcards.model) + 500 * EMB["batch_size"] + 50 * block_mpx
+    return int(mb * attempt)
+
+
+def runtime_embed(wildcards, attempt):
+    """Minutes: start-up plus 2 per tile (a GPU needs far less, a CPU about that)."""
+    return int((10 + 2 * SEG["tiles_per_block"]) * attempt)
+
+
+def mem_mb_segment(wildcards, attempt):
+    """Model + one batch of candidate masks at window resolution + the kept masks."""
+    amg = SEG["amg"]
+    masks_mb = 20 * amg.get("points_per_batch", 64) * _window_mpx()
+    mb = _model_mb(wildcards.model) + masks_mb + 1000 * _window_mpx()
+    return int(mb * attempt)
+
+
+def runtime_segment(wildcards, attempt):
+    """Minutes: start-up plus 2 per tile at 32x32 points; the point grid sets the cost."""
+    points = (SEG["amg"].get("points_per_side", 32) / 32) ** 2
+    return int((10 + 2 * SEG["tiles_per_block"] * max(points, 0.25)) * attempt)
+
+
+def mem_mb_image(wildcards, attempt):
+    """Jobs that hold a whole image (import, stitch, evaluate): 32 bytes a pixel."""
+    return int((2000 + 32 * _image_mpx(wildcards)) * attempt)
+
+
+def runtime_image(wildcards, attempt):
+    """Minutes: 10 plus one per 10 megapixels."""
+    return int((10 + _image_mpx(wildcards) / 10) * attempt)
+
+
+def _export_source_dir():
+    """`--sdm conda`: workflow/envs/tilesam.yaml installs tilesam from ${TILESAM_SOURCE}.
+
+    Snakemake copies env files to .snakemake/conda/ before conda reads them, so a
+    relative pip path there would not point at this repository; an absolute one
+    from the environment does (pip expands ${VAR} in requirement lines).
+    """
+    import os
+
+    os.environ.setdefault("TILESAM_SOURCE", str(workflow.basedir))
+
+
+_export_source_dir()

@@ -1,0 +1,58 @@
+rule benchmark_table:
+    """One row per dataset x model x method, the per-image scores, comparisons and figures."""
+    input:
+        evaluations(),
+    output:
+        table=report(
+            "results/benchmark/table.csv",
+            caption="../report/table.rst",
+            category="Benchmark",
+        ),
+        markdown="results/benchmark/table.md",
+        per_image="results/benchmark/per_image.csv",
+        iterations="results/benchmark/iterations.csv",
+        comparison=report(
+            "results/benchmark/comparison.csv",
+            caption="../report/comparison.rst",
+            category="Benchmark",
+        ),
+        comparison_md="results/benchmark/comparison.md",
+        bars=report(
+            "results/benchmark/msa_bars.png",
+            caption="../report/msa_bars.rst",
+            category="Figures",
+        ),
+        curves=report(
+            "results/benchmark/msa_iterations.png",
+            caption="../report/msa_iterations.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/benchmark_table.log",
+    conda:
+        "../envs/tilesam.yaml"
+    params:
+        compare=json.dumps(config["compare"]),
+    shell:
+        "tilesam benchmark {input:q} --out-dir results/benchmark --compare {params.compare:q} 2> {log:q}"
+
+
+rule qualitative_figure:
+    """Image, ground truth and each model's automatic segmentation on the same crop."""
+    input:
+        unpack(qualitative_inputs),
+    output:
+        report(
+            "results/benchmark/qualitative_{dataset}.png",
+            caption="../report/qualitative.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/qualitative_figure/{dataset}.log",
+    conda:
+        "../envs/tilesam.yaml"
+    params:
+        names=lambda wildcards: " ".join(qualitative_models(wildcards.dataset)),
+    shell:
+        "tilesam figure --image {input.image:q} --gt {input.gt:q} --results {input.results:q} "
+        "--names {params.names} --title {wildcards.dataset} --out {output:q} 2> {log:q}"

@@ -1,0 +1,24 @@
+rule stitch:
+    """Per-tile labels of all blocks -> one consistent label image (OME-Zarr labels)."""
+    input:
+        image="results/images/{dataset}/{image}.ome.zarr",
+        blocks=block_stores,
+    output:
+        directory(
+            "results/segmentation/{dataset}/{image}/{model}/{method}/labels.ome.zarr"
+        ),
+    log:
+        "logs/stitch/{dataset}/{image}/{model}/{method}.log",
+    benchmark:
+        "logs/benchmarks/stitch/{dataset}/{image}/{model}/{method}.tsv"
+    conda:
+        "../envs/tilesam.yaml"
+    resources:
+        mem_mb=mem_mb_image,
+        runtime=runtime_image,
+    params:
+        tiles=TILE_ARGS,
+        stitch=json.dumps(config["stitch"]),
+    shell:
+        "tilesam stitch --image {input.image:q} --blocks {input.blocks:q} {params.tiles} "
+        "--params {params.stitch:q} --out {output:q} 2> {log:q}"
