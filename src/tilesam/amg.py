@@ -47,7 +47,9 @@ __all__ = [
     "decode_candidates",
     "filter_candidates",
     "generate_masks",
+    "binarise_and_score",
     "masks_to_boxes",
+    "passes_threshold",
     "masks_to_labels",
     "point_grid",
     "remove_small_regions",
@@ -313,7 +315,7 @@ def _decode_masks(
     return logits[:, 1:]
 
 
-def _binarise_and_score(
+def binarise_and_score(
     model: Sam,
     low_res: torch.Tensor,
     input_size: tuple[int, int],
@@ -339,7 +341,7 @@ def _binarise_and_score(
     return torch.cat(masks), torch.cat(scores)
 
 
-def _passes(values: torch.Tensor, thresh: float, strict: bool) -> torch.Tensor:
+def passes_threshold(values: torch.Tensor, thresh: float, strict: bool) -> torch.Tensor:
     """SAM's filters: none when thresh <= 0, else '>' (IoU) or '>=' (stability)."""
     if thresh <= 0.0:
         return torch.ones_like(values, dtype=torch.bool)
@@ -365,7 +367,7 @@ def _decode_batch(
 ) -> MaskSet | None:
     """Masks of one batch of points that pass the IoU and stability prefilters (SAM's order)."""
     iou_preds, mask_tokens, image_tokens = _decode_tokens(model, embedding, coords)
-    keep = _passes(iou_preds, params.pred_iou_thresh, strict=True)  # (B, 3)
+    keep = passes_threshold(iou_preds, params.pred_iou_thresh, strict=True)  # (B, 3)
     rows = keep.any(dim=1).nonzero()[:, 0]
     if rows.numel() == 0:
         return None
@@ -373,10 +375,10 @@ def _decode_batch(
         mask_tokens, image_tokens = mask_tokens[rows], image_tokens[rows]
     keep = keep[rows]
     low_res = _decode_masks(model, mask_tokens, image_tokens, geometry.grid_hw)
-    masks, stability = _binarise_and_score(
+    masks, stability = binarise_and_score(
         model, low_res[keep], geometry.input_size, geometry.original_size, params.stability_score_offset
     )
-    stable = _passes(stability, params.stability_score_thresh, strict=False)
+    stable = passes_threshold(stability, params.stability_score_thresh, strict=False)
     point_index = rows[:, None].expand(-1, keep.shape[1])[keep][stable]
     masks = masks[stable]
     return MaskSet(
@@ -444,8 +446,8 @@ def filter_candidates(
         if floor > 0.0 and thresh < floor:
             raise ValueError(f"{name}={thresh} is looser than the decoded candidates' {floor}")
     ms = candidates.maskset
-    keep = _passes(ms.iou_preds, pred_iou_thresh, strict=True)
-    keep &= _passes(ms.stability_scores, stability_score_thresh, strict=False)
+    keep = passes_threshold(ms.iou_preds, pred_iou_thresh, strict=True)
+    keep &= passes_threshold(ms.stability_scores, stability_score_thresh, strict=False)
     ms = ms.select(keep)
     if len(ms) == 0:
         return ms

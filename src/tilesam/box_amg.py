@@ -14,7 +14,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from tilesam.amg import AmgParams, Candidates, MaskSet, _binarise_and_score, _passes, masks_to_boxes, point_grid
+from tilesam.amg import AmgParams, Candidates, MaskSet, binarise_and_score, passes_threshold, masks_to_boxes, point_grid
 
 #: Box side lengths as fractions of the window's longer side (small, medium, large objects).
 DEFAULT_BOX_SIZES = (0.06, 0.12, 0.24)
@@ -62,13 +62,13 @@ def decode_box_candidates(
             multimask_output=False,
         )
         iou = iou[:, 0]
-        keep = _passes(iou, params.pred_iou_thresh, strict=True)
+        keep = passes_threshold(iou, params.pred_iou_thresh, strict=True)
         if not keep.any():
             continue
-        masks, stability = _binarise_and_score(
+        masks, stability = binarise_and_score(
             model, low_res[keep][:, 0], input_size, original_size, params.stability_score_offset
         )
-        stable = _passes(stability, params.stability_score_thresh, strict=False)
+        stable = passes_threshold(stability, params.stability_score_thresh, strict=False)
         masks = masks[stable]
         parts.append(
             MaskSet(
