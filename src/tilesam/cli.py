@@ -87,6 +87,22 @@ def cmd_models(args) -> None:
             print(f"{name}: {path}")
 
 
+def cmd_datasets(args) -> None:
+    import pandas as pd
+
+    from tilesam import public_datasets
+
+    if args.action == "list":
+        print(pd.DataFrame(public_datasets.datasets_table()).to_string(index=False))
+    elif args.action == "fetch":
+        sha256: dict[str, str] | str | None = None
+        if args.sha256:  # HASH (one-file datasets) or FILE=HASH, repeatable
+            pairs = [h.split("=", 1) if "=" in h else [None, h] for h in args.sha256]
+            sha256 = pairs[0][1] if len(pairs) == 1 and pairs[0][0] is None else dict(pairs)
+        path = public_datasets.fetch_dataset(args.name, args.root, offline=args.offline or None, sha256=sha256)
+        print(f"{args.name}: {path}")
+
+
 def cmd_synthetic(args) -> None:
     from tilesam import synthetic
 
@@ -230,6 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--record", help="write a JSON record of the fetched model here (used by the workflow)")
     q = msub.add_parser("recommend", help="the model to use for a modality")
     q.add_argument("--modality", required=True, choices=["lm", "em_organelles", "em_boundaries", "other"])
+
+    p = sub.add_parser("datasets", help="list or fetch public benchmark datasets")
+    p.set_defaults(func=cmd_datasets)
+    dsub = p.add_subparsers(dest="action", required=True)
+    dsub.add_parser("list", help="name, modality, ndim, url and sha256 of every file")
+    q = dsub.add_parser("fetch", help="download (checksum-verified) and convert to <root>/<name>/{images,labels}")
+    q.add_argument("name")
+    q.add_argument("--root", default="resources/datasets")
+    q.add_argument("--sha256", action="append", metavar="[FILE=]HASH",
+                   help="checksum where none is published (repeat as FILE=HASH for each file)")
+    q.add_argument("--offline", action="store_true", help="never touch the network")
 
     p = sub.add_parser("synthetic", help="write one synthetic demo image and its labels")
     p.set_defaults(func=cmd_synthetic)

@@ -17,10 +17,11 @@ TILE_ARGS = "--tile-shape {} {} --halo {} {} --tiles-per-block {}".format(
 
 
 def _plan_images():
+    """Public datasets are fetched here, at planning time (TILESAM_OFFLINE also applies)."""
     out = {}
     for dataset, cfg in config["datasets"].items():
         try:
-            for rec in images_of(dataset, cfg):
+            for rec in images_of(dataset, cfg, offline=config["offline"] or None):
                 out[(dataset, rec.name)] = rec
         except DatasetError as err:
             raise WorkflowError(f"config error: {err}")

@@ -40,6 +40,7 @@ __all__ = [
     "OfflineError",
     "UnknownChecksumError",
     "cache_dir",
+    "download_file",
     "fetch",
     "fetch_card",
     "file_sha256",
@@ -196,11 +197,15 @@ def fetch_card(
             f"{card.spec} is not in the cache and tilesam is offline (TILESAM_OFFLINE / offline=True). "
             f"Download {card.url} on a connected machine (sha256 {expected}) and put it at {target}"
         )
-    return _download(card, target, expected, progress)
-
-
-def _download(card: ModelCard, target: Path, expected: str, progress: bool) -> Path:
     assert card.url is not None
+    return download_file(card.url, target, expected, what=card.spec, progress=progress)
+
+
+def download_file(url: str, target: Path, expected: str, *, what: str, progress: bool = True) -> Path:
+    """Download ``url`` to ``target`` with pooch; only a file with sha256 ``expected`` lands there.
+
+    ``what`` names the file in errors. Shared by model and dataset downloads.
+    """
     part_name = f"{target.name}.{os.getpid()}.part"  # per process: parallel jobs may fetch at once
     part = target.parent / part_name
     part.unlink(missing_ok=True)  # pooch would otherwise take a leftover as already downloaded
@@ -208,20 +213,18 @@ def _download(card: ModelCard, target: Path, expected: str, progress: bool) -> P
         path=target.parent,
         base_url="",
         registry={part_name: None},
-        urls={part_name: card.url},
+        urls={part_name: url},
         retry_if_failed=RETRIES,
     )
     try:
         try:
             fetcher.fetch(part_name, downloader=pooch.HTTPDownloader(progressbar=progress))
         except Exception as error:  # requests' errors, OSError, ...: all mean "could not download"
-            raise DownloadError(
-                f"could not download {card.spec} from {card.url} ({1 + RETRIES} attempts): {error}"
-            ) from error
+            raise DownloadError(f"could not download {what} from {url} ({1 + RETRIES} attempts): {error}") from error
         actual = file_sha256(part, remember=False)
         if actual != expected:
             raise ChecksumError(
-                f"download of {card.spec} from {card.url} failed verification: sha256 expected {expected}, "
+                f"download of {what} from {url} failed verification: sha256 expected {expected}, "
                 f"actual {actual}; the file was deleted"
             )
         part.replace(target)
