@@ -5,7 +5,11 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# config/config.yaml is the default run; a --configfile replaces it instead of extending it
+# (else the demo dataset would join every benchmark config).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
@@ -19,6 +23,7 @@ include: "workflow/rules/segment.smk"
 include: "workflow/rules/stitch.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/finetune.smk"
 
 
 rule all:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -68,3 +70,10 @@ def test_synthetic_is_deterministic_with_exact_truth():
     vol = synthetic.make_labels(synthetic.DEMO[2])
     spans = [len(np.unique(np.nonzero(vol == i)[0])) for i in range(1, vol.max() + 1)]
     assert max(spans) >= 3  # objects span several sections
+
+
+def test_one_image_and_one_labels_file_pair_whatever_their_names(tmp_path):
+    tifffile.imwrite(tmp_path / "volume.tif", np.zeros((2, 8, 8), np.uint8))
+    tifffile.imwrite(tmp_path / "labels.tif", np.zeros((2, 8, 8), np.uint16))
+    (rec,) = images_of("em", {"images": "volume.tif", "labels": "labels.tif", "ndim": 3}, base=tmp_path)
+    assert (rec.name, Path(rec.labels).name, rec.shape) == ("volume", "labels.tif", (2, 8, 8))

@@ -15,12 +15,14 @@ from pathlib import Path
 log = logging.getLogger("tilesam")
 
 
-def _grid_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--image", required=True, help="imported image (OME-Zarr from `tilesam import-image`)")
+def _grid_args(p: argparse.ArgumentParser, block: bool = True, image: bool = True) -> None:
+    if image:
+        p.add_argument("--image", required=True, help="imported image (OME-Zarr from `tilesam import-image`)")
     p.add_argument("--model", required=True, help="model record (JSON from `tilesam models fetch --record`)")
     p.add_argument("--tile-shape", type=int, nargs=2, required=True)
     p.add_argument("--halo", type=int, nargs=2, required=True)
-    p.add_argument("--block", type=int, required=True)
+    if block:
+        p.add_argument("--block", type=int, required=True)
     p.add_argument("--tiles-per-block", type=int, required=True)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="embedding storage dtype")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -46,14 +48,25 @@ def _device(name: str) -> str:
 
 def _model_and_provenance(args):
     """Load the model of a record once per job, and the provenance its stores carry."""
-    from tilesam import io
-    from tilesam.embed import Provenance
+    record, model = _load_record_model(args)
+    grid, prov = _provenance(args, record, model, args.image)
+    return model, grid, prov
+
+
+def _load_record_model(args):
     from tilesam.models import load_model
-    from tilesam.tiling import TileGrid
 
     record = json.loads(Path(args.model).read_text())
-    model = load_model(record["load"], device=_device(args.device))
-    info = io.read_info(args.image)
+    return record, load_model(record["load"], device=_device(args.device))
+
+
+def _provenance(args, record: dict, model, image: str):
+    """The tile grid of an imported image and the provenance of its block stores."""
+    from tilesam import io
+    from tilesam.embed import Provenance
+    from tilesam.tiling import TileGrid
+
+    info = io.read_info(image)
     grid = TileGrid(info.shape, tuple(args.tile_shape), tuple(args.halo))
     prov = Provenance(
         model=record["name"],
@@ -65,7 +78,7 @@ def _model_and_provenance(args):
         image_signature=info.signature,
         dtype=args.dtype,
     )
-    return model, grid, prov
+    return grid, prov
 
 
 def cmd_models(args) -> None:
@@ -85,6 +98,16 @@ def cmd_models(args) -> None:
                 Path(args.record).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.record).write_text(json.dumps(record, indent=1))
             print(f"{name}: {path}")
+    elif args.action == "record":
+        from tilesam.finetune import register_finetuned
+
+        card = register_finetuned(args.card)  # checks the checkpoint against the card's sha256
+        card_file = Path(args.card).resolve()
+        checkpoint = card_file.parent / json.loads(card_file.read_text())["checkpoint"]
+        record = {"name": card.name, "load": str(checkpoint), "path": str(checkpoint), "sha256": card.sha256,
+                  "architecture": card.architecture}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=1))
 
 
 def cmd_datasets(args) -> None:
@@ -149,6 +172,11 @@ def cmd_segment(args) -> None:
     model, grid, prov = _model_and_provenance(args)
     amg = json.loads(args.amg or "{}")
     prompt, box_sizes = amg.pop("prompt", "point"), tuple(amg.pop("box_sizes", DEFAULT_BOX_SIZES))
+    if args.amg_search:  # the best thresholds of the validation search
+        import pandas as pd
+
+        best = pd.read_csv(args.amg_search).iloc[0]
+        amg.update(pred_iou_thresh=float(best.pred_iou_thresh), stability_score_thresh=float(best.stability_score_thresh))
     params = AmgParams(**amg)
     stats = segment_block(model, args.embeddings, asdict(prov), grid, args.out, method=args.method, params=params,
                           prompt=prompt, box_sizes=box_sizes)
@@ -169,6 +197,55 @@ def cmd_evaluate(args) -> None:
     from tilesam.pipeline import evaluate_image
 
     evaluate_image(args.pred, args.gt, args.out, meta=json.loads(args.meta), blocks=args.blocks or ())
+
+
+def cmd_prompt_eval(args) -> None:
+    from dataclasses import asdict
+
+    from tilesam import ome
+    from tilesam.prompted import block_embeddings, evaluate_prompts
+
+    _setup_torch(args)
+    model, grid, prov = _model_and_provenance(args)
+    gt = ome.open_level0(args.gt)[...]
+    embedding_of = block_embeddings(args.embeddings, args.tiles_per_block, asdict(prov))
+    records = evaluate_prompts(model, gt, grid, embedding_of, args.mode, seed=args.seed)
+    meta = {**json.loads(args.meta), "method": args.mode, "device": str(model.device)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps([{**meta, **r} for r in records], indent=1))
+    log.info("%s prompts: mSA per iteration %s", args.mode, [round(r["msa"], 3) for r in records])
+
+
+def cmd_amg_search(args) -> None:
+    from dataclasses import asdict
+
+    from tilesam import ome
+    from tilesam.amg import AmgParams
+    from tilesam.box_amg import DEFAULT_BOX_SIZES
+    from tilesam.datasets import stem
+    from tilesam.prompted import block_embeddings
+    from tilesam.search import SearchImage, protocol_range, search_amg
+    from tilesam.stitch import StitchParams
+
+    _setup_torch(args)
+    if not (len(args.image) == len(args.gt) == len(args.embeddings)):
+        raise ValueError("amg-search: give --image, --gt and --embeddings once per validation image")
+    record, model = _load_record_model(args)
+    images = []
+    for image, gt, blocks in zip(args.image, args.gt, args.embeddings):
+        grid, prov = _provenance(args, record, model, image)
+        images.append(SearchImage(stem(image), grid, block_embeddings(blocks, args.tiles_per_block, asdict(prov)),
+                                  ome.open_level0(gt)[...]))
+    amg = json.loads(args.amg or "{}")
+    prompt, box_sizes = amg.pop("prompt", "point"), tuple(amg.pop("box_sizes", DEFAULT_BOX_SIZES))
+    table = search_amg(model, images, AmgParams(**amg), prompt=prompt, box_sizes=box_sizes,
+                       pred_iou_grid=protocol_range(*args.pred_iou), stability_grid=protocol_range(*args.stability),
+                       stitch_params=StitchParams(**json.loads(args.stitch or "{}")))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    best = table.iloc[0]
+    log.info("best AMG thresholds: pred_iou %.3f, stability %.3f (mSA %.3f on %d images)",
+             best.pred_iou_thresh, best.stability_score_thresh, best.mSA, len(images))
 
 
 def cmd_benchmark(args) -> None:
@@ -199,6 +276,7 @@ def cmd_finetune(args) -> None:
         max_points=args.max_points,
         train_parts=tuple(args.train),
         lr=args.lr,
+        prompt_encoder_lr_factor=args.prompt_lr_factor,
         crop_size=args.crop_size,
         augment_variants=args.augment_variants,
         val_max_objects=args.val_max_objects,
@@ -244,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("names", nargs="+", help="registry names, name@version, or checkpoint paths")
     q.add_argument("--offline", action="store_true", help="never touch the network")
     q.add_argument("--record", help="write a JSON record of the fetched model here (used by the workflow)")
+    q = msub.add_parser("record", help="the workflow's record of a finetuned model, from its card")
+    q.add_argument("--card", required=True, help="model card JSON written by `tilesam finetune`")
+    q.add_argument("--out", required=True)
     q = msub.add_parser("recommend", help="the model to use for a modality")
     q.add_argument("--modality", required=True, choices=["lm", "em_organelles", "em_boundaries", "other"])
 
@@ -292,7 +373,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", required=True)
     p.add_argument("--method", default="amg")
     p.add_argument("--amg", help="AMG parameters as JSON")
+    p.add_argument("--amg-search", help="CSV of `tilesam amg-search`: its best thresholds replace --amg's")
     p.add_argument("--out", required=True)
+
+    p = sub.add_parser("prompt-eval", help="prompted (interactive) evaluation from stored embeddings")
+    p.set_defaults(func=cmd_prompt_eval, block=0)
+    _grid_args(p, block=False)
+    p.add_argument("--embeddings", nargs="+", required=True, help="the image's embedding block stores, in order")
+    p.add_argument("--gt", required=True, help="ground-truth labels (OME-Zarr from `tilesam import-labels`)")
+    p.add_argument("--mode", required=True, choices=["point", "box", "iterative_point", "iterative_box"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--meta", default="{}", help="JSON fields to carry into the result (dataset, model, ...)")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("amg-search", help="grid search of AMG thresholds on validation images")
+    p.set_defaults(func=cmd_amg_search, block=0)
+    _grid_args(p, block=False, image=False)
+    p.add_argument("--image", action="append", required=True, help="an imported validation image (repeat)")
+    p.add_argument("--gt", action="append", required=True, help="its ground truth (repeat, same order)")
+    p.add_argument("--embeddings", action="append", nargs="+", required=True,
+                   help="its embedding block stores (repeat, same order)")
+    p.add_argument("--amg", help="AMG parameters as JSON (the thresholds are searched)")
+    p.add_argument("--pred-iou", type=float, nargs=3, default=[0.6, 0.9, 0.025], metavar=("START", "STOP", "STEP"))
+    p.add_argument("--stability", type=float, nargs=3, default=[0.6, 0.95, 0.025], metavar=("START", "STOP", "STEP"))
+    p.add_argument("--stitch", help="stitching parameters as JSON")
+    p.add_argument("--out", required=True, help="CSV: mSA per setting, best first")
 
     p = sub.add_parser("stitch", help="join per-tile labels into one label image")
     p.set_defaults(func=cmd_stitch)
@@ -339,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", nargs="+", default=["mask_decoder", "prompt_encoder"],
                    choices=["mask_decoder", "prompt_encoder", "image_encoder"], help="parts to train")
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--prompt-lr-factor", type=float, default=1.0, help="the prompt encoder's learning rate / lr")
     p.add_argument("--crop-size", type=int, help="train on crops of this side (default: whole images)")
     p.add_argument("--augment-variants", type=int, default=4, help="dihedral variants per image, 1..8")
     p.add_argument("--val-max-objects", type=int, default=32, help="objects scored per validation image")

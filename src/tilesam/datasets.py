@@ -114,8 +114,10 @@ def _pairs(dataset: str, cfg: dict, base: Path) -> list[tuple[str, str, str | No
     images = _expand(cfg["images"], dataset, "images", base)
     labels = {}
     if cfg.get("labels"):
-        for path in _expand(cfg["labels"], dataset, "labels", base):
-            labels[stem(path)] = path
+        label_files = _expand(cfg["labels"], dataset, "labels", base)
+        labels = {stem(path): path for path in label_files}
+        if len(images) == len(label_files) == 1:  # one image (a volume) and one labels file pair by themselves
+            labels = {stem(images[0]): label_files[0]}
     pairs, seen = [], {}
     for path in images:
         name = stem(path)

@@ -51,6 +51,9 @@ def evaluate_image(
         raise ValueError(f"{pred} has shape {p.shape} but its ground truth {gt} has {g.shape}")
     scores = segmentation_scores(g[...], p[...]).as_dict()
     record = {**(meta or {}), "iteration": 0, **(costs(blocks) if blocks else {}), **scores}
+    if blocks:  # the parameters the blocks were segmented with (after any threshold search)
+        seg = zarr.open_group(str(blocks[0]), mode="r").attrs["tilesam"]["segmentation"]
+        record["params"] = json.dumps({**seg["params"], "prompt": seg["prompt"], "box_sizes": seg["box_sizes"]})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(record, indent=1))
     return record

@@ -513,6 +513,14 @@ def stitch(
     return replace(result, n_objects=links.n_objects, links=links)
 
 
+def stitch_in_memory(grid: TileGrid, tiles: dict[int, np.ndarray], params: StitchParams | None = None) -> np.ndarray:
+    """`stitch` of per-tile window labels held in a dict (tile id -> labels), for small images."""
+    chunks = (1,) * (len(grid.shape) - 2) + tuple(min(t, s) for t, s in zip(grid.tile_shape, grid.shape[-2:]))
+    out = zarr.create_array(store=zarr.storage.MemoryStore(), shape=grid.shape, chunks=chunks, dtype="uint32")
+    stitch(grid, lambda tile: tiles[tile.id], out, params)
+    return out[...]
+
+
 # --------------------------------------------------------------------------- sections
 
 

@@ -28,12 +28,29 @@ def _plan_images():
     return out
 
 
+def finetuned_base(spec):
+    """(base, dataset) of a model named `<base>-ft-<dataset>` for a dataset of the config, else None."""
+    base, sep, dataset = spec.rpartition("-ft-")
+    if sep and dataset in config["datasets"]:
+        resolve_spec(base)
+        return base, dataset
+    return None
+
+
+FINETUNED = {
+    spec: finetuned_base(spec) for spec in config["models"] if finetuned_base(spec)
+}
+
+
 def _plan_models():
     """Model ids per dataset; `auto` picks by the dataset's modality."""
     out = {}
     for dataset, cfg in config["datasets"].items():
         specs = []
         for spec in config["models"]:
+            if spec in FINETUNED:
+                specs.append(spec)
+                continue
             try:
                 specs.append(resolve_spec(spec, modality=cfg.get("modality", "other")))
             except (KeyError, ValueError, FileNotFoundError) as err:
@@ -43,6 +60,24 @@ def _plan_models():
 
 
 IMAGES = _plan_images()
+SEARCH = SEG["amg_search"] if "dataset" in SEG["amg_search"] else None
+
+
+def _check_search():
+    if SEARCH is None:
+        return
+    dataset = SEARCH["dataset"]
+    if dataset not in config["datasets"]:
+        raise WorkflowError(
+            f"config error in segmentation.amg_search: dataset {dataset!r} is not in datasets"
+        )
+    if not all(r.labels for (d, _), r in IMAGES.items() if d == dataset):
+        raise WorkflowError(
+            f"config error in segmentation.amg_search: dataset {dataset!r} needs labels for every image"
+        )
+
+
+_check_search()
 MODEL_SPECS = {model_id(s): s for specs in _plan_models().values() for s in specs}
 MODELS_OF = {d: [model_id(s) for s in specs] for d, specs in _plan_models().items()}
 
@@ -72,6 +107,57 @@ def block_stores(wildcards):
     )
 
 
+def embedding_stores(wildcards):
+    return _embedding_paths(wildcards.dataset, wildcards.image, wildcards.model)
+
+
+def _embedding_paths(dataset, image, model):
+    grid = TileGrid(IMAGES[(dataset, image)].shape, SEG["tile_shape"], SEG["halo"])
+    return [
+        f"results/embeddings/{dataset}/{image}/{model}/block{b}.zarr"
+        for b in range(grid.n_blocks(SEG["tiles_per_block"]))
+    ]
+
+
+def is_tuning_dataset(dataset):
+    """Datasets that tune (AMG search) or train (finetuning) are not segmented for the table."""
+    training = {d for _, d in FINETUNED.values()} | {config["finetune"]["val_dataset"]}
+    return (SEARCH is not None and dataset == SEARCH["dataset"]) or dataset in training
+
+
+def amg_search_result(wildcards):
+    """The validation search's table, which sets the thresholds of every other dataset's AMG."""
+    if SEARCH is None or is_tuning_dataset(wildcards.dataset):
+        return []
+    return [f"results/benchmark/amg_search/{wildcards.model}.csv"]
+
+
+def amg_search_inputs(wildcards):
+    dataset = SEARCH["dataset"]
+    images = sorted(i for (d, i) in IMAGES if d == dataset)
+    return {
+        "model": f"resources/models/{wildcards.model}.json",
+        "images": [f"results/images/{dataset}/{i}.ome.zarr" for i in images],
+        "gts": [f"results/labels/{dataset}/{i}.ome.zarr" for i in images],
+        "embeddings": [
+            p for i in images for p in _embedding_paths(dataset, i, wildcards.model)
+        ],
+    }
+
+
+def amg_search_args(wildcards, input):
+    """--image/--gt/--embeddings once per validation image."""
+    args = []
+    for image, gt in zip(input.images, input.gts):
+        name = Path(image).name.removesuffix(".ome.zarr")
+        prefix = str(Path(image).parent).replace(
+            "results/images/", "results/embeddings/", 1
+        )
+        blocks = [e for e in input.embeddings if e.startswith(f"{prefix}/{name}/")]
+        args.append(f"--image {image} --gt {gt} --embeddings {' '.join(blocks)}")
+    return " ".join(args)
+
+
 def has_labels(dataset, image):
     return IMAGES[(dataset, image)].labels is not None
 
@@ -95,9 +181,9 @@ def evaluations():
     return [
         f"results/evaluation/{d}/{i}/{m}/{method}.json"
         for (d, i) in IMAGES
-        if has_labels(d, i)
+        if has_labels(d, i) and not is_tuning_dataset(d)
         for m in MODELS_OF[d]
-        for method in SEG["methods"]
+        for method in SEG["methods"] + config["evaluation"]["prompts"]
     ]
 
 
@@ -128,17 +214,91 @@ def all_outputs():
     stitched = [
         f"results/segmentation/{d}/{i}/{m}/{method}/labels.ome.zarr"
         for (d, i) in IMAGES
+        if not is_tuning_dataset(d)
         for m in MODELS_OF[d]
         for method in SEG["methods"]
     ]
     if not evaluations():
         return stitched
-    labelled = sorted({d for (d, i) in IMAGES if has_labels(d, i)})
+    labelled = sorted(
+        {d for (d, i) in IMAGES if has_labels(d, i) and not is_tuning_dataset(d)}
+    )
     return stitched + [
         "results/benchmark/table.csv",
         "results/benchmark/table.md",
         *expand("results/benchmark/qualitative_{dataset}.png", dataset=labelled),
     ]
+
+
+# Finetuning (workflow/rules/finetune.smk).
+FINETUNE = config["finetune"]
+_FINETUNE_OPTIONS = (
+    "iterations",
+    "iterations_per_epoch",
+    "images_per_batch",
+    "objects",
+    "sub_iterations",
+    "box_probability",
+    "max_points",
+    "train",
+    "lr",
+    "prompt_lr_factor",
+    "crop_size",
+    "augment_variants",
+    "val_fraction",
+    "val_max_objects",
+    "seed",
+)
+
+
+def _labelled(dataset):
+    records = [r for (d, _), r in sorted(IMAGES.items()) if d == dataset and r.labels]
+    if not records:
+        raise WorkflowError(f"finetune: dataset {dataset!r} has no labelled images")
+    if any(r.ndim != 2 for r in records):
+        raise WorkflowError(f"finetune: dataset {dataset!r} is not 2D")
+    return records
+
+
+def finetune_inputs(wildcards):
+    """The training (and validation) images with labels, and the base model's record."""
+    train = _labelled(wildcards.dataset)
+    val = _labelled(FINETUNE["val_dataset"]) if FINETUNE["val_dataset"] else []
+    return {
+        "images": [r.image for r in train],
+        "labels": [r.labels for r in train],
+        "val_images": [r.image for r in val],
+        "val_labels": [r.labels for r in val],
+        "model": f"resources/models/{wildcards.base}.json",
+    }
+
+
+def finetune_args(wildcards, input):
+    """`tilesam finetune` options from the config's `finetune:` section."""
+    args = []
+    if input.val_images:
+        args.append(f"--val-images {' '.join(input.val_images)}")
+        args.append(f"--val-labels {' '.join(input.val_labels)}")
+    for key in _FINETUNE_OPTIONS:
+        value = FINETUNE[key] if key in FINETUNE else None
+        if value is None or (key == "val_fraction" and input.val_images):
+            continue
+        values = value if isinstance(value, list) else [value]
+        args.append(f"--{key.replace('_', '-')} " + " ".join(map(str, values)))
+    return " ".join(args)
+
+
+def mem_mb_finetune(wildcards, input, attempt):
+    """Model, optimizer state and activations, plus 4 MB per cached image embedding."""
+    images = len(input.images) + len(input.val_images)
+    mb = 2 * _model_mb(wildcards.base) + 4 * FINETUNE["augment_variants"] * images
+    return int(mb * attempt)
+
+
+def runtime_finetune(wildcards, attempt):
+    """Minutes: CPU-sized (about half a second per object and prompting pass)."""
+    passes = FINETUNE["objects"] * FINETUNE["sub_iterations"]
+    return int((30 + FINETUNE["iterations"] * passes * 0.6 / 60) * attempt)
 
 
 # Cluster resources. Memory (MB) and wall time (minutes) of a job follow the
@@ -203,6 +363,11 @@ def runtime_segment(wildcards, attempt):
     """Minutes: start-up plus 2 per tile at 32x32 points; the point grid sets the cost."""
     points = (SEG["amg"].get("points_per_side", 32) / 32) ** 2
     return int((10 + 2 * SEG["tiles_per_block"] * max(points, 0.25)) * attempt)
+
+
+def mem_mb_prompts(wildcards, attempt):
+    """Model + the image's labels once per iteration (8 of them when iterative) + scoring."""
+    return int((_model_mb(wildcards.model) + 60 * _image_mpx(wildcards)) * attempt)
 
 
 def mem_mb_image(wildcards, attempt):

@@ -8,15 +8,49 @@ rule evaluate:
         "results/evaluation/{dataset}/{image}/{model}/{method}.json",
     log:
         "logs/evaluate/{dataset}/{image}/{model}/{method}.log",
+    wildcard_constraints:
+        method="|".join(SEG["methods"]),
     conda:
         "../envs/tilesam.yaml"
     resources:
         mem_mb=mem_mb_image,
         runtime=runtime_image,
     params:
-        meta=lambda wildcards: json.dumps(
-            {**wildcards, "params": json.dumps(SEG[wildcards.method])}
-        ),
+        meta=lambda wildcards: json.dumps(dict(wildcards)),
     shell:
         "tilesam evaluate --pred {input.pred:q} --gt {input.gt:q} --blocks {input.blocks:q} "
+        "--meta {params.meta:q} --out {output:q} 2> {log:q}"
+
+
+rule evaluate_prompts:
+    """Prompted (interactive) segmentation of every ground-truth object, scored per iteration."""
+    input:
+        image="results/images/{dataset}/{image}.ome.zarr",
+        gt="results/labels/{dataset}/{image}.ome.zarr",
+        model="resources/models/{model}.json",
+        embeddings=embedding_stores,
+    output:
+        "results/evaluation/{dataset}/{image}/{model}/{mode}.json",
+    log:
+        "logs/evaluate_prompts/{dataset}/{image}/{model}/{mode}.log",
+    benchmark:
+        "logs/benchmarks/evaluate_prompts/{dataset}/{image}/{model}/{mode}.tsv"
+    wildcard_constraints:
+        mode="point|box|iterative_point|iterative_box",
+    conda:
+        "../envs/tilesam.yaml"
+    threads: model_threads()
+    resources:
+        gpu=device_gpus(),
+        mem_mb=mem_mb_prompts,
+        runtime=runtime_image,
+    params:
+        tiles=TILE_ARGS,
+        device=config["device"],
+        dtype=EMB["dtype"],
+        meta=lambda wildcards: json.dumps(dict(wildcards)),
+    shell:
+        "tilesam prompt-eval --image {input.image:q} --model {input.model:q} {params.tiles} "
+        "--dtype {params.dtype} --device {params.device} --threads {threads} "
+        "--embeddings {input.embeddings:q} --gt {input.gt:q} --mode {wildcards.mode} "
         "--meta {params.meta:q} --out {output:q} 2> {log:q}"

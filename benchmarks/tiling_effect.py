@@ -1,0 +1,119 @@
+"""Does tiling hurt? mSA of tiled-and-stitched vs whole-image automatic segmentation on dsb2018.
+
+For every image of ../shared/data/dsb2018 larger than one tile, the same model and AMG
+parameters segment it twice: in one piece (one window covering the image) and tiled (tile 256,
+halo 64: each window embedded, segmented, then stitched by tilesam.stitch). Both label images
+are scored against the ground truth (tilesam.metrics, micro-sam's mSA). The issue's bar: the
+tiled mean mSA is no more than 0.02 below the whole-image one.
+
+The model is LiteMedSAM (the offline model), so AMG prompts a grid of boxes (its only prompt
+kind); box sizes are fractions of the window, as in the workflow. Windows are embedded exactly as
+the embed jobs do (tilesam.embed.normalize with the image's range; encode).
+
+    /tmp/venv/bin/python benchmarks/tiling_effect.py [--tile 256] [--halo 64] [--points-per-side 6]
+        [--box-sizes 0.12] [--pred-iou 0.6] [--stability 0.6] [--threads 1] [--limit N]
+
+Writes benchmarks/out/tiling_effect.csv (per image) and tiling_effect.md (means and the verdict).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+import torch
+
+from tilesam.amg import AmgParams, filter_candidates, masks_to_labels
+from tilesam.box_amg import decode_box_candidates
+from tilesam.embed import encode, normalize
+from tilesam.metrics import segmentation_scores
+from tilesam.models import load_model
+from tilesam.stitch import StitchParams, stitch_in_memory
+from tilesam.tiling import TileGrid
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "dsb2018"
+OUT = REPO / "benchmarks" / "out"
+
+
+def segment(model, image: np.ndarray, grid: TileGrid, params: AmgParams, sizes: tuple[float, ...]) -> np.ndarray:
+    """AMG of every window of the grid, stitched (a one-tile grid is the whole image)."""
+    lo, hi = float(image.min()), float(image.max())
+    tiles = {}
+    for tile in grid.tiles():
+        window = image[tile.window_slices()]
+        embedding = encode(model, [normalize(window, (lo, hi))])
+        candidates = decode_box_candidates(model, embedding, tile.window_shape, params, sizes)
+        kept = filter_candidates(candidates, params.pred_iou_thresh, params.stability_score_thresh,
+                                 params.box_nms_thresh)
+        tiles[tile.id] = masks_to_labels(kept, tile.window_shape, with_background=params.with_background)
+    return stitch_in_memory(grid, tiles, StitchParams())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--halo", type=int, default=64)
+    p.add_argument("--points-per-side", type=int, default=6)
+    p.add_argument("--box-sizes", type=float, nargs="+", default=[0.12])
+    p.add_argument("--pred-iou", type=float, default=0.6)
+    p.add_argument("--stability", type=float, default=0.6)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--limit", type=int, help="only the first N qualifying images (a quick check)")
+    args = p.parse_args()
+    if not (args.data / "images").is_dir():
+        print(f"needs the dsb2018 data in {args.data} (../shared beside the checkout)", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    model = load_model("lite_medsam", device="cpu")
+    params = AmgParams(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou,
+                       stability_score_thresh=args.stability)
+    sizes = tuple(args.box_sizes)
+    rows = []
+    paths = sorted((args.data / "images").glob("*.tif"))
+    for path in paths:
+        image = tifffile.imread(path)
+        shape = image.shape[:2]
+        if max(shape) <= args.tile:
+            continue
+        gt = tifffile.imread(args.data / "labels" / path.name)
+        row = {"image": path.stem, "shape": "x".join(map(str, shape)), "n_objects": len(np.unique(gt)) - 1}
+        for kind, grid in (("whole", TileGrid(shape, shape, (0, 0))),
+                           ("tiled", TileGrid(shape, (args.tile, args.tile), (args.halo, args.halo)))):
+            t0 = time.perf_counter()
+            labels = segment(model, image, grid, params, sizes)
+            row[f"mSA_{kind}"] = segmentation_scores(gt, labels).msa
+            row[f"seconds_{kind}"] = time.perf_counter() - t0
+            row[f"tiles_{kind}"] = grid.n_tiles
+        rows.append(row)
+        print(f"{len(rows):2d} {path.stem[:12]} {row['shape']:>9}  whole {row['mSA_whole']:.3f}  "
+              f"tiled {row['mSA_tiled']:.3f}", flush=True)
+        if args.limit and len(rows) >= args.limit:
+            break
+    df = pd.DataFrame(rows)
+    OUT.mkdir(parents=True, exist_ok=True)
+    df.to_csv(OUT / "tiling_effect.csv", index=False, float_format="%.4f")
+    whole, tiled = df["mSA_whole"].mean(), df["mSA_tiled"].mean()
+    verdict = "PASS" if tiled >= whole - 0.02 else "FAIL"
+    summary = (
+        f"# Tiling effect on dsb2018 ({len(df)} images larger than {args.tile} px; LiteMedSAM box-grid AMG)\n\n"
+        f"settings: tile {args.tile}, halo {args.halo}, points_per_side {args.points_per_side}, box_sizes {sizes}, "
+        f"pred_iou_thresh {args.pred_iou}, stability_score_thresh {args.stability}\n\n"
+        f"| | mean mSA | seconds |\n|---|---|---|\n"
+        f"| whole image | {whole:.4f} | {df['seconds_whole'].sum():.0f} |\n"
+        f"| tiled + stitched | {tiled:.4f} | {df['seconds_tiled'].sum():.0f} |\n\n"
+        f"tiled - whole = {tiled - whole:+.4f} (bar: >= -0.02): {verdict}\n"
+    )
+    (OUT / "tiling_effect.md").write_text(summary)
+    print(summary)
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
