@@ -21,21 +21,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from _common import OUT, REPO, load_model, machine, timed
 from tilesam.amg import AmgParams, MaskSet, decode_candidates, filter_candidates, generate_masks
 
-REPO = Path(__file__).resolve().parents[1]
 DSB_IMAGES = REPO.parent / "shared" / "data" / "dsb2018" / "images"
 
 
@@ -87,15 +84,6 @@ def load_tile(size: int) -> np.ndarray:
     return to_rgb_uint8(noise)
 
 
-def load_model(name: str, device: str) -> Sam:
-    if name == "lite_medsam":
-        from tilesam.models import load_model as load
-
-        return load("lite_medsam", device=device)
-    torch.manual_seed(0)
-    return sam_model_registry[name]().to(device).eval()
-
-
 def embed(model: Sam, image: np.ndarray) -> torch.Tensor:
     predictor = SamPredictor(model)
     predictor.set_image(image)
@@ -126,17 +114,6 @@ def sam_generator(model: Sam, features: torch.Tensor, params: AmgParams) -> SamA
 
     predictor.set_image = set_stored_image
     return generator
-
-
-def timed(fn: Callable[[], object], device: str) -> tuple[object, float, float]:
-    """Result, wall seconds and this process's CPU seconds of one call."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def same_masks(ours: MaskSet, records: list[dict]) -> bool:
@@ -225,7 +202,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--grid", action="store_true", help="also time a threshold grid search from one decode")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -261,7 +238,7 @@ def main() -> None:
         return float(np.exp(np.mean(np.log(values))))
 
     print()
-    print(f"device {args.device} ({platform.processor() or platform.machine()}, {args.threads} threads), "
+    print(f"device {args.device}: {machine(args.device)}; "
           f"{args.points_per_side}x{args.points_per_side} points, min of {args.repeats} run(s)")
     print(markdown(rows))
     print(

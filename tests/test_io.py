@@ -48,6 +48,23 @@ def test_all_formats_give_the_same_pixels(tmp_path):
     assert io.probe(tmp_path / "p.png", 2) == (40, 50)
 
 
+@pytest.mark.parametrize("shape,ndim", [((300, 200), 2), ((4, 90, 80), 3), ((90, 80, 3), 2)])
+def test_uncompressed_tif_is_read_chunk_by_chunk(tmp_path, monkeypatch, shape, ndim):
+    """tifffile writes uncompressed images as one strip per page: import must not read a page whole."""
+    arr = _img(shape, np.uint16)
+    tifffile.imwrite(tmp_path / "plain.tif", arr, photometric="rgb" if shape[-1] == 3 else "minisblack")
+    limit = arr.nbytes // 8
+    monkeypatch.setattr(io, "MAPPED_CHUNK_BYTES", limit)
+    reads = []
+    read = io._Mapped.__getitem__
+    monkeypatch.setattr(io._Mapped, "__getitem__", lambda self, index: reads.append(read(self, index)) or reads[-1])
+    np.testing.assert_array_equal(io.open_lazy(tmp_path / "plain.tif").compute(), arr)
+    info = io.import_image(tmp_path / "plain.tif", tmp_path / "a.ome.zarr", ndim=ndim, tile_shape=(32, 32))
+    stored = ome.open_level0(tmp_path / "a.ome.zarr")[...]
+    np.testing.assert_array_equal(stored, np.moveaxis(arr, -1, 0) if info.channels == 3 else arr)
+    assert len(reads) > 8 and max(r.nbytes for r in reads) <= limit
+
+
 def test_nan_is_an_error_naming_the_file(tmp_path):
     arr = np.ones((40, 40), np.float32)
     arr[3, 4] = np.nan

@@ -22,6 +22,7 @@ from tilesam import ome
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
+MAPPED_CHUNK_BYTES = 32 * 2**20  # dask chunks of memory-mapped inputs
 
 
 class InputError(ValueError):
@@ -76,6 +77,12 @@ def open_lazy(path: str | Path, key: str | None = None) -> da.Array:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
+            try:  # uncompressed and contiguous, often one strip per page: read it chunk by chunk
+                mapped = _Mapped(tifffile.memmap(path, mode="r"))
+                chunks = da.core.normalize_chunks("auto", mapped.shape, limit=MAPPED_CHUNK_BYTES, dtype=mapped.dtype)
+                return da.from_array(mapped, chunks=chunks)
+            except ValueError:  # compressed or tiled: tifffile's zarr store reads it strip by strip or tile by tile
+                pass
             store = tifffile.imread(path, aszarr=True)
             node = zarr.open(store, mode="r")
             if isinstance(node, zarr.Group):  # pyramidal OME-TIFF: full resolution first
@@ -99,6 +106,21 @@ def open_lazy(path: str | Path, key: str | None = None) -> da.Array:
     except Exception as err:  # any reader failure: say which file
         raise InputError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err
     raise InputError(f"{path}: unsupported format {suffix!r} (supported: tif, png, jpg, zarr, h5 with key, slice folder)")
+
+
+class _Mapped:
+    """A memory-mapped file as dask reads it: mapped afresh for each chunk and unmapped after.
+
+    A numpy memmap given to dask would be copied whole, and one long-lived map would keep
+    every page read in this process's resident memory; this holds one chunk at a time.
+    """
+
+    def __init__(self, mapped: np.memmap):
+        self.path, self.offset, self.shape, self.dtype = mapped.filename, mapped.offset, mapped.shape, mapped.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.array(np.memmap(self.path, self.dtype, "r", self.offset, self.shape)[index])
 
 
 def _open_slices(folder: Path) -> da.Array:
