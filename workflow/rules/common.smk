@@ -340,9 +340,15 @@ def _model_mb(model):
 
 
 def mem_mb_embed(wildcards, attempt):
-    """Model + a batch of encoder activations + the windows of the block being read."""
+    """Model + a batch of encoder activations + the windows of the block being read.
+
+    Measured on CPU (benchmarks/encoder_speed.py): vit_b peaks at 3.8 GB with one tile per batch
+    and 11.2 GB with four, about 2.5 GB a tile; LiteMedSAM (256 px input) at about 2 GB.
+    """
     block_mpx = SEG["tiles_per_block"] * _window_mpx()
-    mb = _model_mb(wildcards.model) + 500 * EMB["batch_size"] + 50 * block_mpx
+    small = any(m in wildcards.model for m in ("lite_medsam", "vit_t"))
+    per_tile = 300 if small else 2500
+    mb = _model_mb(wildcards.model) + per_tile * EMB["batch_size"] + 50 * block_mpx
     return int(mb * attempt)
 
 
