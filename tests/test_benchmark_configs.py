@@ -49,8 +49,10 @@ def test_shared_offline_plans_the_whole_protocol(shared_dir):
     counts = jobs(result.stdout)
     assert counts["amg_search"] == 1 and counts["benchmark_table"] == 1
     assert counts["qualitative_figure"] == 3  # dsb2018_test, epfl_mito, isbi2012; not the search's val split
-    # every scored image x 4 prompt modes
-    assert counts["evaluate_prompts"] == 4 * counts["evaluate"]
+    # every scored image x 4 prompt modes, except the ISBI volume: its own `prompts: [point, box]`
+    assert counts["evaluate_prompts"] == 4 * (counts["evaluate"] - 1) + 2
+    planned = set(re.findall(r"results/evaluation/isbi2012/volume/lite_medsam/(\w+)\.json", result.stdout))
+    assert planned == {"amg", "point", "box"}
     assert "make_synthetic" not in counts  # a --configfile replaces the default config
 
 

@@ -284,6 +284,26 @@ def test_imperfect_dense_objects_are_not_merged(tmp_path):
     assert np.unique(p[p != 0]).size == np.count_nonzero(p), "an id spans two touching objects"
 
 
+@pytest.mark.parametrize("fill", [True, False])
+def test_object_missed_by_a_neighbour_is_not_cut_at_its_border(tmp_path, fill):
+    """Tile 0 finds a disc reaching 6 px into tile 1, tile 1 misses it (background there)."""
+    truth = disc_truth((48, 96), np.random.default_rng(11), [((24, 44), 10)], n_random=0)
+    grid = TileGrid(truth.shape, (48, 48), (16, 16))
+
+    def miss(tile: Tile, labels: np.ndarray) -> np.ndarray:
+        return np.zeros_like(labels) if tile.id == 1 else labels
+
+    out = new_out(tmp_path, grid)
+    result = stitch_tiles(grid, tile_reader(truth, grid, seed=12, perturb=miss), out, fill_background=fill)
+    assert result.n_objects == 1
+    pred = out[:]
+    if fill:
+        assert_same_partition(truth, pred)
+    else:  # cut straight at tile 1's inner border
+        assert np.array_equal(pred[:, 48:], np.zeros((48, 48), np.uint32))
+        assert np.count_nonzero(pred) < np.count_nonzero(truth)
+
+
 def test_objects_seen_only_in_a_halo_get_no_id(tmp_path):
     truth = disc_truth((96, 96), np.random.default_rng(9), [((20, 20), 6)], n_random=0)
     grid = TileGrid(truth.shape, (48, 48), (8, 8))

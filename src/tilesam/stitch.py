@@ -11,8 +11,10 @@ the tile. Stitching makes one image with global ids:
    join that would put two instances of the same tile into one object is
    refused), then objects that own at least one inner-region pixel get ids
    1..n, in tile order.
-3. Paint (one more read per tile): every tile writes its inner region, relabelled
-   through a lookup table, into the output zarr array.
+3. Paint (one more read per tile, three rows of windows held): every tile writes
+   its inner region, relabelled through a lookup table, into the output zarr
+   array; pixels it calls background take the object a neighbour sees there, so
+   that an object found by one tile only is not cut straight at its border.
 
 Matching uses the IoU of the two instances *restricted to the overlap of the two
 windows*. The overlap is the only region both tiles have seen, so this is the
@@ -75,6 +77,7 @@ class StitchParams:
     """Everything `stitch` can be told; the defaults suit SAM's automatic masks."""
 
     iou_threshold: float = 0.5  # tiles: match instances whose overlap-IoU is at least this
+    fill_background: bool = True  # tiles: background pixels take the object a neighbour tile sees there
     link_iou_threshold: float = 0.5  # volumes: link objects of adjacent sections at least this similar
     close_gaps: bool = True  # volumes: link z to z+2 where neither has a partner in z+1
     min_z_extent: int = 1  # volumes: drop objects spanning fewer sections
@@ -439,6 +442,34 @@ def _tiles_own_chunks(grid: TileGrid, out: zarr.Array) -> bool:
     return ty % cy == 0 and tx % cx == 0
 
 
+_AROUND = ((-1, 0), (0, -1), (0, 1), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1))  # edges before corners
+
+
+def _fill_background(grid: TileGrid, tile: Tile, labels: np.ndarray, windows: dict[int, np.ndarray]) -> np.ndarray:
+    """Give the tile's background pixels the objects its neighbours see there (edge neighbours first).
+
+    An object found by a neighbour, reaching into this tile through the neighbour's
+    halo, and missed by this tile would otherwise be cut straight at this tile's
+    border. The tile's own objects always win; only pixels it calls background change.
+    """
+    ny, nx = grid.grid_shape
+    (iy0, iy1), (ix0, ix1) = tile.inner
+    for dr, dc in _AROUND:
+        r, c = tile.row + dr, tile.col + dc
+        if not (0 <= r < ny and 0 <= c < nx):
+            continue
+        other = grid.tile(grid.tile_id(tile.z, r, c))
+        (wy0, wy1), (wx0, wx1) = other.window
+        y0, y1, x0, x1 = max(iy0, wy0), min(iy1, wy1), max(ix0, wx0), min(ix1, wx1)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        mine = labels[y0 - iy0 : y1 - iy0, x0 - ix0 : x1 - ix0]  # a view: filled in place
+        theirs = windows[other.id][y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
+        hole = mine == 0
+        mine[hole] = theirs[hole]
+    return labels
+
+
 def _paint(
     grid: TileGrid,
     read_tile: ReadTile,
@@ -446,22 +477,39 @@ def _paint(
     tile_ids: list[_TileIds],
     gids: list[np.ndarray],
     mapper: Callable,
+    fill: bool,
 ) -> None:
-    """Pass 2: write each tile's inner region with global ids."""
+    """Pass 2: write each tile's inner region with global ids, row by row.
 
-    def paint(tile: Tile) -> None:
-        inner = _read_window(read_tile, tile)[tile.inner_in_window()]
-        out[tile.inner_slices()] = _remap(inner, tile_ids[tile.id].ids, gids[tile.id]).astype(out.dtype)
+    With `fill`, the windows of the rows above and below are held too (in global
+    ids), so that background pixels can take a neighbour's object.
+    """
+    ny = grid.grid_shape[0]
+    reach = 1 if fill else 0
 
-    if not _tiles_own_chunks(grid, out):  # tiles share chunks: concurrent writes would race
-        for tile in grid.tiles():
-            paint(tile)
-        return
-    per_section = grid.is_volume and _write_unit(out)[0] > 1  # sections share chunks: one section at a time
-    step = grid.n_tiles // grid.n_sections if per_section else grid.n_tiles
-    for start in range(0, grid.n_tiles, step):
-        for _ in mapper(paint, [grid.tile(i) for i in range(start, start + step)]):
-            pass
+    def global_window(tile: Tile) -> np.ndarray:
+        return _remap(_read_window(read_tile, tile), tile_ids[tile.id].ids, gids[tile.id])
+
+    def read_row(z: int, row: int) -> dict[int, np.ndarray]:
+        tiles = _row_tiles(grid, z, row) if 0 <= row < ny else []
+        return {t.id: w for t, w in zip(tiles, mapper(global_window, tiles))}
+
+    # tiles that share output chunks must not write concurrently
+    write_mapper = mapper if _tiles_own_chunks(grid, out) else map
+    for z in range(grid.n_sections):
+        rows = deque((read_row(z, r) for r in range(-reach, reach)), maxlen=2 * reach + 1)
+        for row in range(ny):
+            rows.append(read_row(z, row + reach))
+            windows = {k: v for r in rows for k, v in r.items()}
+
+            def paint(tile: Tile) -> None:
+                labels = windows[tile.id][tile.inner_in_window()].copy()
+                if fill:
+                    labels = _fill_background(grid, tile, labels, windows)
+                out[tile.inner_slices()] = labels.astype(out.dtype)
+
+            for _ in write_mapper(paint, _row_tiles(grid, z, row)):
+                pass
 
 
 def stitch_tiles(
@@ -470,6 +518,7 @@ def stitch_tiles(
     out: zarr.Array,
     *,
     iou_threshold: float = 0.5,
+    fill_background: bool = True,
     workers: int | None = None,
 ) -> StitchResult:
     """Stitch per-tile local labels into `out` with global ids 1..n (each section on its own for volumes).
@@ -480,7 +529,9 @@ def stitch_tiles(
     `out` has the grid's shape; chunks that divide the tile shape let tiles be
     written in parallel. Instances of neighbouring tiles are matched one-to-one
     by the IoU of their restrictions to the windows' overlap (at least
-    `iou_threshold`); objects only ever seen in halos get no id.
+    `iou_threshold`); objects only ever seen in halos get no id. With
+    `fill_background`, a pixel that its own tile calls background takes the
+    object a neighbouring tile sees there (see `_fill_background`).
     """
     if tuple(out.shape) != grid.shape:
         raise ValueError(f"output shape {tuple(out.shape)} differs from the grid's {grid.shape}")
@@ -491,7 +542,7 @@ def stitch_tiles(
         gids, n_objects, n_matches, merges, rejected = _global_ids(tile_ids, pairs)
         if n_objects > np.iinfo(out.dtype).max:
             raise ValueError(f"{n_objects} objects do not fit the output dtype {out.dtype}")
-        _paint(grid, read_tile, out, tile_ids, gids, mapper)
+        _paint(grid, read_tile, out, tile_ids, gids, mapper, fill_background)
     return StitchResult(n_objects, grid.n_tiles, n_matches, merges, rejected)
 
 
@@ -500,7 +551,14 @@ def stitch(
 ) -> StitchResult:
     """Stitch an image into `out`: tiles only for 2D, tiles then `link_sections` for volumes."""
     params = params or StitchParams()
-    result = stitch_tiles(grid, read_tile, out, iou_threshold=params.iou_threshold, workers=params.workers)
+    result = stitch_tiles(
+        grid,
+        read_tile,
+        out,
+        iou_threshold=params.iou_threshold,
+        fill_background=params.fill_background,
+        workers=params.workers,
+    )
     if not grid.is_volume:
         return result
     links = link_sections(

@@ -183,8 +183,14 @@ def evaluations():
         for (d, i) in IMAGES
         if has_labels(d, i) and not is_tuning_dataset(d)
         for m in MODELS_OF[d]
-        for method in SEG["methods"] + config["evaluation"]["prompts"]
+        for method in SEG["methods"] + prompt_modes(d)
     ]
+
+
+def prompt_modes(dataset):
+    """The dataset's own prompt modes, else the evaluation section's."""
+    own = config["datasets"][dataset].get("prompts")
+    return config["evaluation"]["prompts"] if own is None else own
 
 
 def qualitative_models(dataset):
