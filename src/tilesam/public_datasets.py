@@ -33,14 +33,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from tilesam.models.fetch import (
-    ChecksumError,
-    OfflineError,
-    UnknownChecksumError,
-    download_file,
-    file_sha256,
-    is_offline,
-)
+from tilesam.models.fetch import ChecksumError, UnknownChecksumError, fetch_verified
 
 MIRROR_ENV = "TILESAM_DATASETS_MIRROR"  # base url that replaces every dataset url: <mirror>/<file>
 PARTS = ("train", "val", "test")
@@ -344,23 +337,16 @@ def fetch_dataset(
 def _fetch_file(
     ds: PublicDataset, f: RemoteFile, target: Path, source: str, expected: str, offline: bool | None, progress: bool
 ) -> Path:
-    if target.is_file():
-        actual = file_sha256(target)
-        if actual == expected:
-            return target
-        if is_offline(offline):
-            raise ChecksumError(
-                f"{target} ({ds.name}) has sha256 {actual}, expected {expected}; offline mode, so it was left in "
-                f"place: replace it with the file from {f.url}"
-            )
-        target.unlink()  # corrupt or partial: download again
-    elif is_offline(offline):
-        raise OfflineError(
-            f"{ds.name}: {target} is missing and tilesam is offline (TILESAM_OFFLINE / offline). Download {f.url} "
-            f"on a connected machine (sha256 {expected}) and put it at {target}, or run "
-            f"`tilesam datasets fetch {ds.name}` there"
-        )
-    return download_file(source, target, expected, what=f"{ds.name} file {f.filename}", progress=progress)
+    return fetch_verified(
+        f.url,
+        target,
+        expected,
+        what=f"{ds.name} file {f.filename}",
+        offline=offline,
+        progress=progress,
+        source=source,
+        hint=f", or run `tilesam datasets fetch {ds.name}` there",
+    )
 
 
 def _check_finished(ds: PublicDataset, done: Path) -> None:

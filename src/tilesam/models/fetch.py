@@ -43,6 +43,7 @@ __all__ = [
     "download_file",
     "fetch",
     "fetch_card",
+    "fetch_verified",
     "file_sha256",
     "is_cached",
     "is_offline",
@@ -181,24 +182,42 @@ def fetch_card(
     expected = _expected_sha256(card, sha256)
     if card.resource is not None:
         return _packaged(card, expected)
-    target = model_path(card)
+    assert card.url is not None
+    return fetch_verified(card.url, model_path(card), expected, what=card.spec, offline=offline, progress=progress)
+
+
+def fetch_verified(
+    url: str,
+    target: Path,
+    expected: str,
+    *,
+    what: str,
+    offline: bool | None = None,
+    progress: bool = True,
+    source: str | None = None,
+    hint: str = "",
+) -> Path:
+    """``target`` if it holds sha256 ``expected``, else a fresh download (from ``source`` or ``url``).
+
+    Offline, a missing or wrong file is an error that says where to put which file
+    (``hint`` adds to it); a wrong file is then left in place. Shared by models and datasets.
+    """
     if target.is_file():
         actual = file_sha256(target)
         if actual == expected:
             return target
         if is_offline(offline):
             raise ChecksumError(
-                f"cached file {target} for {card.spec} has sha256 {actual}, expected {expected}; offline mode, "
-                f"so it was left in place: replace it with the file from {card.url}"
+                f"cached file {target} ({what}) has sha256 {actual}, expected {expected}; offline mode, "
+                f"so it was left in place: replace it with the file from {url}"
             )
-        target.unlink()  # corrupt or stale cache entry: download again
+        target.unlink()  # corrupt, partial or stale: download again
     elif is_offline(offline):
         raise OfflineError(
-            f"{card.spec} is not in the cache and tilesam is offline (TILESAM_OFFLINE / offline=True). "
-            f"Download {card.url} on a connected machine (sha256 {expected}) and put it at {target}"
+            f"{what}: {target} is not in the cache and tilesam is offline (TILESAM_OFFLINE / offline=True). "
+            f"Download {url} on a connected machine (sha256 {expected}) and put it at {target}{hint}"
         )
-    assert card.url is not None
-    return download_file(card.url, target, expected, what=card.spec, progress=progress)
+    return download_file(source or url, target, expected, what=what, progress=progress)
 
 
 def download_file(url: str, target: Path, expected: str, *, what: str, progress: bool = True) -> Path:
