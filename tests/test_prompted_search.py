@@ -96,13 +96,13 @@ def test_search_scores_each_setting_as_a_direct_run_with_it(lite_medsam, cells):
     image, gt = cells
     grid = TileGrid(gt.shape, (128, 128), (24, 24))
     embedding_of = embedder(lite_medsam, image)
-    params = AmgParams(points_per_side=6)
+    params = AmgParams(points_per_side=4)
     sizes = (0.12, 0.24)
     table = search_amg(lite_medsam, [SearchImage("cells", grid, embedding_of, gt)], params, prompt="box",
                        box_sizes=sizes, pred_iou_grid=[0.6, 0.8], stability_grid=[0.6, 0.9])
     assert len(table) == 4 and table["mSA"].is_monotonic_decreasing
     for row in table.itertuples():
-        direct = AmgParams(points_per_side=6, pred_iou_thresh=row.pred_iou_thresh,
+        direct = AmgParams(points_per_side=4, pred_iou_thresh=row.pred_iou_thresh,
                            stability_score_thresh=row.stability_score_thresh)
         tiles = {}
         for tile in grid.tiles():
