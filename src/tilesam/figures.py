@@ -28,7 +28,7 @@ def msa_bars(table: pd.DataFrame, out: str | Path) -> None:
     for ax, dataset in zip(axes, datasets):
         sub = table[table["dataset"] == dataset]
         pivot = sub.pivot_table(index="method", columns="model", values="mSA")
-        pivot.plot.bar(ax=ax, rot=0, width=0.8)
+        pivot.plot.bar(ax=ax, rot=30, width=0.8)
         ax.set_title(dataset)
         ax.set_ylim(0, 1)
         ax.set_ylabel("mSA")
