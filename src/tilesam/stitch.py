@@ -445,12 +445,15 @@ def _tiles_own_chunks(grid: TileGrid, out: zarr.Array) -> bool:
 _AROUND = ((-1, 0), (0, -1), (0, 1), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1))  # edges before corners
 
 
-def _fill_background(grid: TileGrid, tile: Tile, labels: np.ndarray, windows: dict[int, np.ndarray]) -> np.ndarray:
+def _fill_background(
+    grid: TileGrid, tile: Tile, labels: np.ndarray, windows: dict[int, np.ndarray], to_global: Callable
+) -> np.ndarray:
     """Give the tile's background pixels the objects its neighbours see there (edge neighbours first).
 
     An object found by a neighbour, reaching into this tile through the neighbour's
     halo, and missed by this tile would otherwise be cut straight at this tile's
     border. The tile's own objects always win; only pixels it calls background change.
+    `windows` hold local ids; `to_global(tile_id, ids)` relabels just the pixels taken.
     """
     ny, nx = grid.grid_shape
     (iy0, iy1), (ix0, ix1) = tile.inner
@@ -465,8 +468,9 @@ def _fill_background(grid: TileGrid, tile: Tile, labels: np.ndarray, windows: di
             continue
         mine = labels[y0 - iy0 : y1 - iy0, x0 - ix0 : x1 - ix0]  # a view: filled in place
         theirs = windows[other.id][y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
-        hole = mine == 0
-        mine[hole] = theirs[hole]
+        hole = (mine == 0) & (theirs != 0)
+        if hole.any():
+            mine[hole] = to_global(other.id, theirs[hole])
     return labels
 
 
@@ -481,18 +485,18 @@ def _paint(
 ) -> None:
     """Pass 2: write each tile's inner region with global ids, row by row.
 
-    With `fill`, the windows of the rows above and below are held too (in global
-    ids), so that background pixels can take a neighbour's object.
+    With `fill`, the windows of the rows above and below are held too, so that
+    background pixels can take a neighbour's object.
     """
     ny = grid.grid_shape[0]
     reach = 1 if fill else 0
 
-    def global_window(tile: Tile) -> np.ndarray:
-        return _remap(_read_window(read_tile, tile), tile_ids[tile.id].ids, gids[tile.id])
+    def to_global(tile_id: int, values: np.ndarray) -> np.ndarray:
+        return _remap(values, tile_ids[tile_id].ids, gids[tile_id])
 
     def read_row(z: int, row: int) -> dict[int, np.ndarray]:
         tiles = _row_tiles(grid, z, row) if 0 <= row < ny else []
-        return {t.id: w for t, w in zip(tiles, mapper(global_window, tiles))}
+        return {t.id: w for t, w in zip(tiles, mapper(partial(_read_window, read_tile), tiles))}
 
     # tiles that share output chunks must not write concurrently
     write_mapper = mapper if _tiles_own_chunks(grid, out) else map
@@ -503,9 +507,9 @@ def _paint(
             windows = {k: v for r in rows for k, v in r.items()}
 
             def paint(tile: Tile) -> None:
-                labels = windows[tile.id][tile.inner_in_window()].copy()
+                labels = to_global(tile.id, windows[tile.id][tile.inner_in_window()])
                 if fill:
-                    labels = _fill_background(grid, tile, labels, windows)
+                    labels = _fill_background(grid, tile, labels, windows, to_global)
                 out[tile.inner_slices()] = labels.astype(out.dtype)
 
             for _ in write_mapper(paint, _row_tiles(grid, z, row)):
