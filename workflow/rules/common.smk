@@ -337,24 +337,34 @@ def _image_mpx(wildcards):
     return math.prod(record(wildcards).shape) / 1e6
 
 
+# name part -> (MB to load the model and run it, MB of encoder activations per tile in a batch).
+# Measured on CPU (benchmarks/encoder_speed.py): vit_b peaks at 3.8 GB with one tile per batch and
+# 11.2 GB with four (about 2.5 GB a tile), LiteMedSAM (256 px input) at about 2 GB; the others follow
+# their size. First match wins; anything else is taken as vit_b-sized.
+_MODEL_MEMORY = {
+    "vit_h": (8000, 2500),
+    "vit_l": (6000, 2500),
+    "lite_medsam": (4000, 300),
+    "vit_t": (4000, 300),
+}
+
+
+def _model_memory(model):
+    return next(
+        (mb for part, mb in _MODEL_MEMORY.items() if part in model), (4000, 2500)
+    )
+
+
 def _model_mb(model):
-    """Host memory to load a model and run its encoder; vit_h and vit_l are the big ones."""
-    for arch, mb in (("vit_h", 8000), ("vit_l", 6000)):
-        if arch in model:
-            return mb
-    return 4000
+    """Host memory to load a model and run its encoder."""
+    return _model_memory(model)[0]
 
 
 def mem_mb_embed(wildcards, attempt):
-    """Model + a batch of encoder activations + the windows of the block being read.
-
-    Measured on CPU (benchmarks/encoder_speed.py): vit_b peaks at 3.8 GB with one tile per batch
-    and 11.2 GB with four, about 2.5 GB a tile; LiteMedSAM (256 px input) at about 2 GB.
-    """
+    """Model + a batch of encoder activations + the windows of the block being read."""
+    base, per_tile = _model_memory(wildcards.model)
     block_mpx = SEG["tiles_per_block"] * _window_mpx()
-    small = any(m in wildcards.model for m in ("lite_medsam", "vit_t"))
-    per_tile = 300 if small else 2500
-    mb = _model_mb(wildcards.model) + per_tile * EMB["batch_size"] + 50 * block_mpx
+    mb = base + per_tile * EMB["batch_size"] + 50 * block_mpx
     return int(mb * attempt)
 
 
