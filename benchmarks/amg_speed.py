@@ -1,4 +1,4 @@
-"""Time tilesam.amg.generate_masks against SamAutomaticMaskGenerator.generate on the same input.
+"""Time tilesam.segment.amg.generate_masks against SamAutomaticMaskGenerator.generate on the same input.
 
 Both start from the same stored embedding, so the image encoder is excluded from both: the
 generator's ``predictor.set_image`` is replaced by one that installs the precomputed features
@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import OUT, REPO, load_model, machine, timed
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from _common import OUT, REPO, load_model, machine, timed
-from tilesam.amg import AmgParams, MaskSet, decode_candidates, filter_candidates, generate_masks
+from tilesam.config import AmgParams
+from tilesam.segment.amg import MaskSet, decode_candidates, filter_candidates, generate_masks
 
 DSB_IMAGES = REPO.parent / "shared" / "data" / "dsb2018" / "images"
 
@@ -106,9 +107,7 @@ def sam_generator(model: Sam, features: torch.Tensor, params: AmgParams) -> SamA
     def set_stored_image(image: np.ndarray, image_format: str = "RGB") -> None:
         predictor.reset_image()
         predictor.original_size = image.shape[:2]
-        predictor.input_size = ResizeLongestSide.get_preprocess_shape(
-            *image.shape[:2], model.image_encoder.img_size
-        )
+        predictor.input_size = ResizeLongestSide.get_preprocess_shape(*image.shape[:2], model.image_encoder.img_size)
         predictor.features = features
         predictor.is_image_set = True
 
@@ -238,8 +237,10 @@ def main() -> None:
         return float(np.exp(np.mean(np.log(values))))
 
     print()
-    print(f"device {args.device}: {machine(args.device)}; "
-          f"{args.points_per_side}x{args.points_per_side} points, min of {args.repeats} run(s)")
+    print(
+        f"device {args.device}: {machine(args.device)}; "
+        f"{args.points_per_side}x{args.points_per_side} points, min of {args.repeats} run(s)"
+    )
     print(markdown(rows))
     print(
         f"\ngeometric mean speedup (SAM / ours): wall {geomean([r.speedup for r in rows]):.2f}x, "

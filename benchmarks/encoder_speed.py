@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import OUT, load_model, machine, timed
+
 from tilesam.embed import encode
 
 FIELDS = ["model", "input", "tile", "batch", "precision", "seconds", "tiles_per_s", "s_per_tile", "peak_mb"]
@@ -92,8 +92,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["lite_medsam", "vit_b"])
     parser.add_argument("--tiles", nargs="+", type=int, default=[256, 512], help="window sides (tile + halo)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
-    parser.add_argument("--precisions", nargs="+", default=None,
-                        help="default: float32 on CPU; float32 bfloat16 float16 on CUDA")
+    parser.add_argument(
+        "--precisions", nargs="+", default=None, help="default: float32 on CPU; float32 bfloat16 float16 on CUDA"
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -121,7 +122,9 @@ def main() -> None:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    print(f"\ndevice {args.device}: {machine(args.device)}; fastest of {args.repeats} run(s) after {args.warmup} warm-up")
+    print(
+        f"\ndevice {args.device}: {machine(args.device)}; fastest of {args.repeats} run(s) after {args.warmup} warm-up"
+    )
     print(markdown(rows))
     print(f"\nwrote {path}")
 

@@ -4,7 +4,7 @@ The 45 dsb2018 images sorted by file name are split deterministically: the first
 (default 30) are for finetuning, of which the last ``--val`` validate (best epoch kept); the
 remaining images are the test set. On the test set every (or a seeded subset of ``--test-objects``
 per image) ground-truth object is prompted once with its box and once with a single point at its
-centre (three masks, the best-rated kept: tilesam.prompts' protocol), by both models on the same
+centre (three masks, the best-rated kept: tilesam.interactive.prompts' protocol), by both models on the same
 image embeddings (the image encoder is frozen, so both models share it; this is checked).
 
 Reported per model and prompt: mean IoU and Dice per object, and mSA per image over the prompted
@@ -52,7 +52,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--prompt-lr-factor", type=float, default=10.0, help="the prompt encoder's learning rate / lr")
     p.add_argument("--max-points", type=int, default=3)
-    p.add_argument("--augment-variants", type=int, default=1, help="dihedral variants per image (each costs an encoder pass)")
+    p.add_argument(
+        "--augment-variants", type=int, default=1, help="dihedral variants per image (each costs an encoder pass)"
+    )
     p.add_argument("--val-objects", type=int, default=10, help="objects scored per validation image")
     p.add_argument("--test-objects", type=int, default=20, help="objects prompted per test image (0: all)")
     p.add_argument("--seed", type=int, default=0)
@@ -67,7 +69,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from tilesam.finetune import EmbeddingCache, FinetuneConfig, ImageSet, evaluate_prompts, finetune, pair_files
+    from tilesam.config import FinetuneConfig
+    from tilesam.finetune import EmbeddingCache, ImageSet, evaluate_prompts, finetune, pair_files
     from tilesam.models import load_model, resolve
 
     if not (args.data / "images").is_dir():
@@ -75,7 +78,11 @@ def main() -> int:
         return 2
     started = time.perf_counter()
     samples = pair_files(str(args.data / "images" / "*.tif"), str(args.data / "labels" / "*.tif"))
-    train, val, test = samples[: args.train - args.val], samples[args.train - args.val : args.train], samples[args.train :]
+    train, val, test = (
+        samples[: args.train - args.val],
+        samples[args.train - args.val : args.train],
+        samples[args.train :],
+    )
     work = OUT_DIR / "finetune_gain"
     if args.fresh and work.exists():
         shutil.rmtree(work)
@@ -108,8 +115,15 @@ def main() -> int:
         finetune_seconds = sum(e.seconds for e in result.epochs)
 
     # zero iterations: the base weights, bit for bit
-    zero = finetune(BASE, [s.image for s in train[:1]], [s.labels for s in train[:1]], work / "zero.pth",
-                    config=FinetuneConfig(iterations=0), name=f"{BASE}-ft-zero", progress=False)
+    zero = finetune(
+        BASE,
+        [s.image for s in train[:1]],
+        [s.labels for s in train[:1]],
+        work / "zero.pth",
+        config=FinetuneConfig(iterations=0),
+        name=f"{BASE}-ft-zero",
+        progress=False,
+    )
     base_model = load_model(BASE, device="cpu")
     base_state, zero_state = base_model.state_dict(), torch.load(zero.checkpoint, weights_only=True)
     zero_difference = max(float((base_state[k].double() - zero_state[k].double()).abs().max()) for k in base_state)
@@ -118,7 +132,9 @@ def main() -> int:
     tuned_model = load_model(result.checkpoint, device="cpu")
     encoder_keys = [k for k in base_state if k.startswith("image_encoder.")]
     tuned_state = tuned_model.state_dict()
-    assert all(torch.equal(base_state[k], tuned_state[k]) for k in encoder_keys), "encoder changed: embeddings not shareable"
+    assert all(torch.equal(base_state[k], tuned_state[k]) for k in encoder_keys), (
+        "encoder changed: embeddings not shareable"
+    )
     test_set = ImageSet(test)
     cache = EmbeddingCache(base_model, resolve(BASE).sha256, work / "embeddings")
     limit = args.test_objects or None
@@ -133,8 +149,16 @@ def main() -> int:
         summary = evaluation.summary()
         for mode in ("box", "point"):
             n = sum(1 for o in evaluation.objects if o.mode == mode)
-            rows.append({"model": model, "prompt": mode, "objects": n, "mean_iou": summary[f"{mode}_iou"],
-                         "mean_dice": summary[f"{mode}_dice"], "msa": summary[f"{mode}_msa"]})
+            rows.append(
+                {
+                    "model": model,
+                    "prompt": mode,
+                    "objects": n,
+                    "mean_iou": summary[f"{mode}_iou"],
+                    "mean_dice": summary[f"{mode}_dice"],
+                    "msa": summary[f"{mode}_msa"],
+                }
+            )
         objects += [{"model": model, **asdict(o)} for o in evaluation.objects]
     table = pd.DataFrame(rows)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -168,8 +192,10 @@ def main() -> int:
     for e in result.epochs:
         print(f"epoch {e.epoch}: iterations {e.iterations}, train loss {e.train_loss}, validation {e.val}")
     print(f"best epoch {result.best_epoch}; zero-iteration finetune vs base: max |difference| = {zero_difference}")
-    print(f"finetuning {finetune_seconds:.0f} s, evaluation {eval_seconds:.0f} s, total {total_seconds:.0f} s "
-          f"({args.threads} thread(s))")
+    print(
+        f"finetuning {finetune_seconds:.0f} s, evaluation {eval_seconds:.0f} s, total {total_seconds:.0f} s "
+        f"({args.threads} thread(s))"
+    )
     ok = all(better.values()) and zero_difference == 0.0
     print("OK: finetuned beats vanilla for box and point prompts" if ok else f"FAILED: {better}")
     return 0 if ok else 1

@@ -2,7 +2,7 @@
 
 1. Writes a synthetic 2D image (default 4096 x 4096) and volume (default 8 x 2048 x 2048) of
    fluorescence nuclei, uint16, as tiled zlib TIFFs, into `<work>/data/`. They are rendered in
-   pieces of 1024 x 1024 (tilesam.synthetic, nuclei cut by a piece's border left out) into a
+   pieces of 1024 x 1024 (tilesam.data.synthetic, nuclei cut by a piece's border left out) into a
    memory-mapped scratch file, then written tile by tile: neither is ever one array in memory.
 2. Writes `<work>/config/config.yaml`: lite_medsam on CPU, offline, embeddings not kept, and a
    small box grid for AMG (this run is about memory and job structure, not segmentation quality).
@@ -38,9 +38,9 @@ import numpy as np
 import tifffile
 import yaml
 import zarr
-
 from _common import OUT, REPO
-from tilesam.synthetic import SyntheticSpec, make_labels, render
+
+from tilesam.data.synthetic import SyntheticSpec, make_labels, render
 from tilesam.tiling import TileGrid
 
 PIECE = 1024  # side of the pieces the synthetic data is rendered in
@@ -74,7 +74,7 @@ def write_synthetic(path: Path, shape: tuple[int, ...], seed: int) -> None:
         canvas[..., y : y + piece[-2], x : x + piece[-1]] = render_piece(piece, seed + k)
     canvas.flush()
 
-    def tiles():
+    def tiles(canvas=canvas):
         pages = canvas.reshape(-1, height, width)
         for page in pages:
             for y in range(0, height, TIFF_TILE):
@@ -83,8 +83,15 @@ def write_synthetic(path: Path, shape: tuple[int, ...], seed: int) -> None:
                     yield np.pad(tile, ((0, TIFF_TILE - tile.shape[0]), (0, TIFF_TILE - tile.shape[1])))
 
     tmp = path.with_suffix(".part.tif")
-    tifffile.imwrite(tmp, tiles(), shape=shape, dtype=np.uint16, tile=(TIFF_TILE, TIFF_TILE), compression="zlib",
-                     photometric="minisblack")
+    tifffile.imwrite(
+        tmp,
+        tiles(),
+        shape=shape,
+        dtype=np.uint16,
+        tile=(TIFF_TILE, TIFF_TILE),
+        compression="zlib",
+        photometric="minisblack",
+    )
     tmp.rename(path)
     del canvas
     scratch.unlink()
@@ -104,8 +111,13 @@ def write_config(work: Path, args) -> dict:
             "tile_shape": [args.tile, args.tile],
             "halo": [args.halo, args.halo],
             "tiles_per_block": args.tiles_per_block,
-            "amg": {"prompt": "box", "box_sizes": [0.12], "points_per_side": args.points_per_side,
-                    "pred_iou_thresh": 0.8, "stability_score_thresh": 0.9},
+            "amg": {
+                "prompt": "box",
+                "box_sizes": [0.12],
+                "points_per_side": args.points_per_side,
+                "pred_iou_thresh": 0.8,
+                "stability_score_thresh": 0.9,
+            },
         },
         "embeddings": {"keep_embeddings": False, "batch_size": args.batch_size},
     }
@@ -121,16 +133,24 @@ def read_benchmarks(work: Path) -> list[dict]:
         rule, *job = path.relative_to(root).with_suffix("").parts
         with path.open() as handle:
             for rec in csv.DictReader(handle, delimiter="\t"):
-                rows.append({"rule": rule, "job": "/".join(job), "s": float(rec["s"]),
-                             "max_rss": float(rec["max_rss"]) if rec["max_rss"] != "NA" else float("nan"),
-                             "cpu_time": float(rec["cpu_time"])})
+                rows.append(
+                    {
+                        "rule": rule,
+                        "job": "/".join(job),
+                        "s": float(rec["s"]),
+                        "max_rss": float(rec["max_rss"]) if rec["max_rss"] != "NA" else float("nan"),
+                        "cpu_time": float(rec["cpu_time"]),
+                    }
+                )
     return rows
 
 
 def store_peaks(work: Path) -> list[float]:
     """The embed/segment jobs' own peak RSS (MB, getrusage), as the segmentation block stores record it."""
-    return [float(zarr.open_group(str(p), mode="r").attrs["stats"]["peak_mem_mb"])
-            for p in sorted((work / "results" / "segmentation").rglob("block*.zarr"))]
+    return [
+        float(zarr.open_group(str(p), mode="r").attrs["stats"]["peak_mem_mb"])
+        for p in sorted((work / "results" / "segmentation").rglob("block*.zarr"))
+    ]
 
 
 def report(args, rows: list[dict], peaks: list[float], largest_mb: float, wall: float, grids: dict) -> str:
@@ -149,8 +169,10 @@ def report(args, rows: list[dict], peaks: list[float], largest_mb: float, wall: 
     ]
     for rule in sorted({r["rule"] for r in rows}):
         mine = [r for r in rows if r["rule"] == rule]
-        lines.append(f"| {rule} | {len(mine)} | {max(r['s'] for r in mine):.0f} | {sum(r['s'] for r in mine):.0f} "
-                     f"| {max(r['max_rss'] for r in mine):.0f} |")
+        lines.append(
+            f"| {rule} | {len(mine)} | {max(r['s'] for r in mine):.0f} | {sum(r['s'] for r in mine):.0f} "
+            f"| {max(r['max_rss'] for r in mine):.0f} |"
+        )
     lines += [
         "",
         f"- largest max_rss of any job (Snakemake benchmark files): {max(r['max_rss'] for r in rows):.0f} MB",
@@ -192,9 +214,19 @@ def main() -> int:
     }
     targets = [f"results/segmentation/{name}/{args.model}/amg/labels.ome.zarr" for name in grids]
     snakemake = Path(sys.executable).with_name("snakemake")
-    command = [str(snakemake if snakemake.exists() else "snakemake"), "-s", str(REPO / "Snakefile"),
-               "--directory", str(work), "--configfile", str(work / "config" / "config.yaml"),
-               "--cores", str(args.cores), "--printshellcmds", *targets]
+    command = [
+        str(snakemake if snakemake.exists() else "snakemake"),
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(work / "config" / "config.yaml"),
+        "--cores",
+        str(args.cores),
+        "--printshellcmds",
+        *targets,
+    ]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     print(" ".join(command), f"\nlog: {work / 'snakemake.log'}", flush=True)
     t0 = time.perf_counter()

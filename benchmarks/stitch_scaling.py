@@ -115,8 +115,8 @@ def _peak_mb() -> float:
 
 def run_one(size: int, tile: int, halo: int, workers: int, spacing: int) -> Measurement:
     """Stitch one synthetic size here (meant to run in a fresh child process)."""
-    from tilesam import ome
-    from tilesam.stitch import stitch_tiles
+    from tilesam.data import ome
+    from tilesam.stitch.tiles import stitch_tiles
     from tilesam.tiling import TileGrid
 
     lattice = Lattice(spacing=spacing)
@@ -165,9 +165,7 @@ def _in_child(size: int, args: argparse.Namespace) -> Measurement:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 10000, 20000])
     parser.add_argument("--tile", type=int, default=1024)
     parser.add_argument("--halo", type=int, default=64)

@@ -2,7 +2,7 @@
 
 For every image of ../shared/data/dsb2018 larger than one tile, the same model and AMG
 parameters segment it twice: in one piece (one window covering the image) and tiled (tile 256,
-halo 64: each window embedded, segmented, then stitched by tilesam.stitch). Both label images
+halo 64: each window embedded, segmented, then stitched by tilesam.stitch.tiles). Both label images
 are scored against the ground truth (tilesam.metrics, micro-sam's mSA). The issue's bar: the
 tiled mean mSA is no more than 0.02 below the whole-image one.
 
@@ -33,12 +33,13 @@ import pandas as pd
 import tifffile
 import torch
 
-from tilesam.amg import AmgParams, filter_candidates, masks_to_labels
-from tilesam.box_amg import decode_box_candidates
+from tilesam.config import AmgParams, StitchParams
 from tilesam.embed import encode, normalize
 from tilesam.metrics import segmentation_scores
 from tilesam.models import load_model
-from tilesam.stitch import StitchParams, stitch_in_memory
+from tilesam.segment.amg import filter_candidates, masks_to_labels
+from tilesam.segment.box_amg import decode_box_candidates
+from tilesam.stitch.tiles import stitch_in_memory
 from tilesam.tiling import TileGrid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,8 +47,9 @@ DATA = REPO.parent / "shared" / "data" / "dsb2018"
 OUT = REPO / "benchmarks" / "out"
 
 
-def segment_tiles(model, image: np.ndarray, grid: TileGrid, params: AmgParams,
-                  sizes: tuple[float, ...]) -> dict[int, np.ndarray]:
+def segment_tiles(
+    model, image: np.ndarray, grid: TileGrid, params: AmgParams, sizes: tuple[float, ...]
+) -> dict[int, np.ndarray]:
     """AMG labels of every window of the grid (a one-tile grid is the whole image)."""
     lo, hi = float(image.min()), float(image.max())
     tiles = {}
@@ -55,8 +57,9 @@ def segment_tiles(model, image: np.ndarray, grid: TileGrid, params: AmgParams,
         window = image[tile.window_slices()]
         embedding = encode(model, [normalize(window, (lo, hi))])
         candidates = decode_box_candidates(model, embedding, tile.window_shape, params, sizes)
-        kept = filter_candidates(candidates, params.pred_iou_thresh, params.stability_score_thresh,
-                                 params.box_nms_thresh)
+        kept = filter_candidates(
+            candidates, params.pred_iou_thresh, params.stability_score_thresh, params.box_nms_thresh
+        )
         tiles[tile.id] = masks_to_labels(kept, tile.window_shape, with_background=params.with_background)
     return tiles
 
@@ -81,8 +84,9 @@ def main() -> int:
         return 2
     torch.set_num_threads(args.threads)
     model = load_model("lite_medsam", device="cpu")
-    params = AmgParams(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou,
-                       stability_score_thresh=args.stability)
+    params = AmgParams(
+        points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou, stability_score_thresh=args.stability
+    )
     sizes = tuple(args.box_sizes)
     rows = []
     paths = sorted((args.data / "images").glob("*.tif"))
@@ -106,15 +110,20 @@ def main() -> int:
         unfilled = stitch_in_memory(tiled_grid, tiles, StitchParams(fill_background=False))
         row["mSA_tiled_nofill"] = segmentation_scores(gt, unfilled).msa
         rows.append(row)
-        print(f"{len(rows):2d} {path.stem[:12]} {row['shape']:>9}  whole {row['mSA_whole']:.3f}  "
-              f"tiled {row['mSA_tiled']:.3f} (no fill {row['mSA_tiled_nofill']:.3f})", flush=True)
+        print(
+            f"{len(rows):2d} {path.stem[:12]} {row['shape']:>9}  whole {row['mSA_whole']:.3f}  "
+            f"tiled {row['mSA_tiled']:.3f} (no fill {row['mSA_tiled_nofill']:.3f})",
+            flush=True,
+        )
         if args.limit and len(rows) >= args.limit:
             break
     df = pd.DataFrame(rows)
     OUT.mkdir(parents=True, exist_ok=True)
     df.to_csv(OUT / "tiling_effect.csv", index=False, float_format="%.4f")
-    settings = (f"tile {args.tile}, halo {args.halo}, points_per_side {args.points_per_side}, box_sizes {sizes}, "
-                f"pred_iou_thresh {args.pred_iou}, stability_score_thresh {args.stability}")
+    settings = (
+        f"tile {args.tile}, halo {args.halo}, points_per_side {args.points_per_side}, box_sizes {sizes}, "
+        f"pred_iou_thresh {args.pred_iou}, stability_score_thresh {args.stability}"
+    )
     return report(df, settings)
 
 

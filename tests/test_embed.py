@@ -10,12 +10,11 @@ from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 import zarr
 from segment_anything import SamPredictor
 
-from tilesam import io, stores, synthetic
+from tilesam.data import io, stores, synthetic
 from tilesam.embed import Provenance, embed_block, encode, normalize, read_embedding
 from tilesam.tiling import TileGrid
 
@@ -33,8 +32,9 @@ def image(tmp_path_factory):
 
 def _prov(model, image, grid, block=0, tpb=4, dtype="float32"):
     info = io.read_info(image)
-    return Provenance("lite_medsam", "sha-test", int(model.image_encoder.img_size), grid.to_dict(), block, tpb,
-                      info.signature, dtype)
+    return Provenance(
+        "lite_medsam", "sha-test", int(model.image_encoder.img_size), grid.to_dict(), block, tpb, info.signature, dtype
+    )
 
 
 def test_block_embeddings_equal_sam_predictor(lite_medsam, image, tmp_path):
@@ -90,9 +90,34 @@ def test_killed_embed_job_resumes_without_recomputing(lite_medsam, tmp_path):
     record = tmp_path / "model.json"
     record.write_text(json.dumps({"name": "lite_medsam", "load": "lite_medsam", "sha256": "s"}))
     out = tmp_path / "block0.zarr"
-    cmd = [sys.executable, "-m", "tilesam.cli", "embed", "--image", str(image), "--model", str(record),
-           "--tile-shape", "128", "128", "--halo", "16", "16", "--block", "0", "--tiles-per-block", "20",
-           "--batch-size", "1", "--threads", "1", "--device", "cpu", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tilesam.cli",
+        "embed",
+        "--image",
+        str(image),
+        "--model",
+        str(record),
+        "--tile-shape",
+        "128",
+        "128",
+        "--halo",
+        "16",
+        "16",
+        "--block",
+        "0",
+        "--tiles-per-block",
+        "20",
+        "--batch-size",
+        "1",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     partial = stores.partial_path(out)
     deadline = time.time() + 120

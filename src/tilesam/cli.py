@@ -62,7 +62,7 @@ def _load_record_model(args):
 
 def _provenance(args, record: dict, model, image: str):
     """The tile grid of an imported image and the provenance of its block stores."""
-    from tilesam import io
+    from tilesam.data import io
     from tilesam.embed import Provenance
     from tilesam.tiling import TileGrid
 
@@ -94,7 +94,13 @@ def cmd_models(args) -> None:
             if args.record:
                 info = models.model_info(name)
                 load = name if Path(name).exists() is False else str(Path(name).resolve())
-                record = {"name": info["name"], "load": load, "path": str(path), "sha256": info["sha256"], "architecture": info["architecture"]}
+                record = {
+                    "name": info["name"],
+                    "load": load,
+                    "path": str(path),
+                    "sha256": info["sha256"],
+                    "architecture": info["architecture"],
+                }
                 Path(args.record).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.record).write_text(json.dumps(record, indent=1))
             print(f"{name}: {path}")
@@ -104,8 +110,13 @@ def cmd_models(args) -> None:
         card = register_finetuned(args.card)  # checks the checkpoint against the card's sha256
         card_file = Path(args.card).resolve()
         checkpoint = card_file.parent / json.loads(card_file.read_text())["checkpoint"]
-        record = {"name": card.name, "load": str(checkpoint), "path": str(checkpoint), "sha256": card.sha256,
-                  "architecture": card.architecture}
+        record = {
+            "name": card.name,
+            "load": str(checkpoint),
+            "path": str(checkpoint),
+            "sha256": card.sha256,
+            "architecture": card.architecture,
+        }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(record, indent=1))
 
@@ -113,7 +124,7 @@ def cmd_models(args) -> None:
 def cmd_datasets(args) -> None:
     import pandas as pd
 
-    from tilesam import public_datasets
+    from tilesam.data import public_datasets
 
     if args.action == "list":
         print(pd.DataFrame(public_datasets.datasets_table()).to_string(index=False))
@@ -127,7 +138,7 @@ def cmd_datasets(args) -> None:
 
 
 def cmd_synthetic(args) -> None:
-    from tilesam import synthetic
+    from tilesam.data import synthetic
 
     specs = synthetic.demo_specs()
     if args.name not in specs:
@@ -136,14 +147,14 @@ def cmd_synthetic(args) -> None:
 
 
 def cmd_import_image(args) -> None:
-    from tilesam import io
+    from tilesam.data import io
 
     info = io.import_image(args.src, args.dst, ndim=args.ndim, tile_shape=tuple(args.tile_shape), key=args.key)
     log.info("imported %s: shape %s, %s, %d channel(s)", args.src, info.shape, info.dtype, info.channels)
 
 
 def cmd_import_labels(args) -> None:
-    from tilesam import io
+    from tilesam.data import io
 
     io.import_labels(args.src, args.dst, image=args.image, key=args.key)
 
@@ -155,18 +166,16 @@ def cmd_embed(args) -> None:
 
     _setup_torch(args)
     model, grid, prov = _model_and_provenance(args)
-    stats = embed_block(
-        model, prov, args.image, grid, args.out, batch_size=args.batch_size, precision=args.precision
-    )
+    stats = embed_block(model, prov, args.image, grid, args.out, batch_size=args.batch_size, precision=args.precision)
     log.info("embedded block %d: %s (%s)", args.block, stats, asdict(prov)["model"])
 
 
 def cmd_segment(args) -> None:
     from dataclasses import asdict
 
-    from tilesam.amg import AmgParams
-    from tilesam.box_amg import DEFAULT_BOX_SIZES
-    from tilesam.segment import segment_block
+    from tilesam.config import AmgParams
+    from tilesam.segment.blocks import segment_block
+    from tilesam.segment.box_amg import DEFAULT_BOX_SIZES
 
     _setup_torch(args)
     model, grid, prov = _model_and_provenance(args)
@@ -176,25 +185,37 @@ def cmd_segment(args) -> None:
         import pandas as pd
 
         best = pd.read_csv(args.amg_search).iloc[0]
-        amg.update(pred_iou_thresh=float(best.pred_iou_thresh), stability_score_thresh=float(best.stability_score_thresh))
+        amg.update(
+            pred_iou_thresh=float(best.pred_iou_thresh), stability_score_thresh=float(best.stability_score_thresh)
+        )
     params = AmgParams(**amg)
-    stats = segment_block(model, args.embeddings, asdict(prov), grid, args.out, method=args.method, params=params,
-                          prompt=prompt, box_sizes=box_sizes)
+    stats = segment_block(
+        model,
+        args.embeddings,
+        asdict(prov),
+        grid,
+        args.out,
+        method=args.method,
+        params=params,
+        prompt=prompt,
+        box_sizes=box_sizes,
+    )
     log.info("segmented block %d: %s", args.block, stats)
 
 
 def cmd_stitch(args) -> None:
-    from tilesam.pipeline import stitch_image
-    from tilesam.stitch import StitchParams
+    from tilesam.config import StitchParams
+    from tilesam.jobs import stitch_image
 
     params = StitchParams(**json.loads(args.params or "{}"))
-    result = stitch_image(args.image, args.blocks, tuple(args.tile_shape), tuple(args.halo), args.tiles_per_block,
-                          args.out, params)
+    result = stitch_image(
+        args.image, args.blocks, tuple(args.tile_shape), tuple(args.halo), args.tiles_per_block, args.out, params
+    )
     log.info("stitched %s: %s", args.image, result)
 
 
 def cmd_evaluate(args) -> None:
-    from tilesam.pipeline import evaluate_image
+    from tilesam.jobs import evaluate_image
 
     evaluate_image(args.pred, args.gt, args.out, meta=json.loads(args.meta), blocks=args.blocks or ())
 
@@ -202,8 +223,8 @@ def cmd_evaluate(args) -> None:
 def cmd_prompt_eval(args) -> None:
     from dataclasses import asdict
 
-    from tilesam import ome
-    from tilesam.prompted import block_embeddings, evaluate_prompts
+    from tilesam.data import ome
+    from tilesam.interactive.evaluate import block_embeddings, evaluate_prompts
 
     _setup_torch(args)
     model, grid, prov = _model_and_provenance(args)
@@ -219,13 +240,12 @@ def cmd_prompt_eval(args) -> None:
 def cmd_amg_search(args) -> None:
     from dataclasses import asdict
 
-    from tilesam import ome
-    from tilesam.amg import AmgParams
-    from tilesam.box_amg import DEFAULT_BOX_SIZES
-    from tilesam.datasets import stem
-    from tilesam.prompted import block_embeddings
-    from tilesam.search import SearchImage, protocol_range, search_amg
-    from tilesam.stitch import StitchParams
+    from tilesam.config import AmgParams, StitchParams
+    from tilesam.data import ome
+    from tilesam.data.datasets import stem
+    from tilesam.interactive.evaluate import block_embeddings
+    from tilesam.segment.box_amg import DEFAULT_BOX_SIZES
+    from tilesam.segment.search import SearchImage, protocol_range, search_amg
 
     _setup_torch(args)
     if not (len(args.image) == len(args.gt) == len(args.embeddings)):
@@ -234,26 +254,43 @@ def cmd_amg_search(args) -> None:
     images = []
     for image, gt, blocks in zip(args.image, args.gt, args.embeddings):
         grid, prov = _provenance(args, record, model, image)
-        images.append(SearchImage(stem(image), grid, block_embeddings(blocks, args.tiles_per_block, asdict(prov)),
-                                  ome.open_level0(gt)[...]))
+        images.append(
+            SearchImage(
+                stem(image),
+                grid,
+                block_embeddings(blocks, args.tiles_per_block, asdict(prov)),
+                ome.open_level0(gt)[...],
+            )
+        )
     amg = json.loads(args.amg or "{}")
     prompt, box_sizes = amg.pop("prompt", "point"), tuple(amg.pop("box_sizes", DEFAULT_BOX_SIZES))
-    table = search_amg(model, images, AmgParams(**amg), prompt=prompt, box_sizes=box_sizes,
-                       pred_iou_grid=protocol_range(*args.pred_iou), stability_grid=protocol_range(*args.stability),
-                       stitch_params=StitchParams(**json.loads(args.stitch or "{}")))
+    table = search_amg(
+        model,
+        images,
+        AmgParams(**amg),
+        prompt=prompt,
+        box_sizes=box_sizes,
+        pred_iou_grid=protocol_range(*args.pred_iou),
+        stability_grid=protocol_range(*args.stability),
+        stitch_params=StitchParams(**json.loads(args.stitch or "{}")),
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     best = table.iloc[0]
-    log.info("best AMG thresholds: pred_iou %.3f, stability %.3f (mSA %.3f on %d images)",
-             best.pred_iou_thresh, best.stability_score_thresh, best.mSA, len(images))
+    log.info(
+        "best AMG thresholds: pred_iou %.3f, stability %.3f (mSA %.3f on %d images)",
+        best.pred_iou_thresh,
+        best.stability_score_thresh,
+        best.mSA,
+        len(images),
+    )
 
 
 def cmd_benchmark(args) -> None:
     import pandas as pd
 
-    from tilesam.benchmark import write_tables
-
-    from tilesam import figures
+    from tilesam.report import figures
+    from tilesam.report.tables import write_tables
 
     pairs = json.loads(args.compare or "[]")
     table = write_tables(args.evaluations, args.out_dir, pairs)
@@ -263,7 +300,8 @@ def cmd_benchmark(args) -> None:
 
 
 def cmd_finetune(args) -> None:
-    from tilesam.finetune import FinetuneConfig, finetune
+    from tilesam.config import FinetuneConfig
+    from tilesam.finetune import finetune
 
     _setup_torch(args)
     config = FinetuneConfig(
@@ -298,11 +336,13 @@ def cmd_finetune(args) -> None:
         resume=not args.restart,
         progress=not args.no_progress,
     )
-    log.info("finetuned %s: %s (card %s, best epoch %d)", result.name, result.checkpoint, result.card, result.best_epoch)
+    log.info(
+        "finetuned %s: %s (card %s, best epoch %d)", result.name, result.checkpoint, result.card, result.best_epoch
+    )
 
 
 def cmd_figure(args) -> None:
-    from tilesam import figures
+    from tilesam.report import figures
 
     if len(args.names) != len(args.results):
         raise ValueError(f"{len(args.names)} names for {len(args.results)} results")
@@ -335,8 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("fetch", help="download (checksum-verified) and convert to <root>/<name>/{images,labels}")
     q.add_argument("name")
     q.add_argument("--root", default="resources/datasets")
-    q.add_argument("--sha256", action="append", metavar="[FILE=]HASH",
-                   help="checksum where none is published (repeat as FILE=HASH for each file)")
+    q.add_argument(
+        "--sha256",
+        action="append",
+        metavar="[FILE=]HASH",
+        help="checksum where none is published (repeat as FILE=HASH for each file)",
+    )
     q.add_argument("--offline", action="store_true", help="never touch the network")
 
     p = sub.add_parser("synthetic", help="write one synthetic demo image and its labels")
@@ -391,8 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     _grid_args(p, block=False, image=False)
     p.add_argument("--image", action="append", required=True, help="an imported validation image (repeat)")
     p.add_argument("--gt", action="append", required=True, help="its ground truth (repeat, same order)")
-    p.add_argument("--embeddings", action="append", nargs="+", required=True,
-                   help="its embedding block stores (repeat, same order)")
+    p.add_argument(
+        "--embeddings",
+        action="append",
+        nargs="+",
+        required=True,
+        help="its embedding block stores (repeat, same order)",
+    )
     p.add_argument("--amg", help="AMG parameters as JSON (the thresholds are searched)")
     p.add_argument("--pred-iou", type=float, nargs=3, default=[0.6, 0.9, 0.025], metavar=("START", "STOP", "STEP"))
     p.add_argument("--stability", type=float, nargs=3, default=[0.6, 0.95, 0.025], metavar=("START", "STOP", "STEP"))
@@ -406,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-shape", type=int, nargs=2, required=True)
     p.add_argument("--halo", type=int, nargs=2, required=True)
     p.add_argument("--tiles-per-block", type=int, required=True)
-    p.add_argument("--params", help="stitching parameters as JSON (see tilesam.stitch.StitchParams)")
+    p.add_argument("--params", help="stitching parameters as JSON (see tilesam.stitch.tiles.StitchParams)")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("evaluate", help="scores of a label image against ground truth")
@@ -430,7 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", nargs="+", required=True, help="instance labels, paired with images by file name")
     p.add_argument("--val-images", nargs="+", help="validation images (default: --val-fraction of the training ones)")
     p.add_argument("--val-labels", nargs="+")
-    p.add_argument("--val-fraction", type=float, default=0.0, help="without --val-images: validate on the last F by name")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.0, help="without --val-images: validate on the last F by name"
+    )
     p.add_argument("--out", required=True, help="checkpoint to write (a plain SAM state dict); the card goes beside it")
     p.add_argument("--name", help="model name (default <base>-ft-<dataset>)")
     p.add_argument("--dataset", help="dataset name in the default model name (default: the images' folder)")
@@ -441,8 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sub-iterations", type=int, default=3, help="iterative-prompting passes per step")
     p.add_argument("--box-probability", type=float, default=0.5, help="share of views prompted by boxes (else points)")
     p.add_argument("--max-points", type=int, default=3, help="point-prompted views get 1..N random positive points")
-    p.add_argument("--train", nargs="+", default=["mask_decoder", "prompt_encoder"],
-                   choices=["mask_decoder", "prompt_encoder", "image_encoder"], help="parts to train")
+    p.add_argument(
+        "--train",
+        nargs="+",
+        default=["mask_decoder", "prompt_encoder"],
+        choices=["mask_decoder", "prompt_encoder", "image_encoder"],
+        help="parts to train",
+    )
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--prompt-lr-factor", type=float, default=1.0, help="the prompt encoder's learning rate / lr")
     p.add_argument("--crop-size", type=int, help="train on crops of this side (default: whole images)")

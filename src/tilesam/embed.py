@@ -2,7 +2,7 @@
 
 One block store holds the embeddings of a run of consecutive tiles. It records
 what made it (model and checksum, tile grid, the image's signature) and is
-resumable (see `tilesam.stores`).
+resumable (see `tilesam.data.stores`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm import tqdm
 
-from tilesam import io, stores
-from tilesam.tiling import Tile, TileGrid
+from tilesam.data import io, stores
+from tilesam.tiling import TileGrid
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +105,16 @@ def embed_block(
         log.info("resuming %s: %d of %d tiles already embedded", out, len(tiles) - len(todo), len(tiles))
 
     def load(idx: list[int]) -> list[np.ndarray]:
-        return [normalize(io.read_window(image, tiles[i].window_slices(), info.channels), info.intensity_range) for i in idx]
+        return [
+            normalize(io.read_window(image, tiles[i].window_slices(), info.channels), info.intensity_range) for i in idx
+        ]
 
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     seconds = 0.0
-    with ThreadPoolExecutor(max_workers=1) as reader, tqdm(total=len(tiles), initial=len(tiles) - len(todo), desc=f"embed block {prov.block}") as bar:
+    with (
+        ThreadPoolExecutor(max_workers=1) as reader,
+        tqdm(total=len(tiles), initial=len(tiles) - len(todo), desc=f"embed block {prov.block}") as bar,
+    ):
         pending = reader.submit(load, batches[0]) if batches else None
         for k, idx in enumerate(batches):
             windows = pending.result()
@@ -121,8 +126,13 @@ def embed_block(
                 root["embeddings"][i] = emb[j].astype(dtype)
                 root["done"][i] = True  # written after the embedding: a killed job never marks a tile done early
             bar.update(len(idx))
-    stats = {"tiles": len(tiles), "computed": len(todo), "encoder_seconds": seconds,
-             "device": str(model.device), "peak_mem_mb": peak_mem_mb()}
+    stats = {
+        "tiles": len(tiles),
+        "computed": len(todo),
+        "encoder_seconds": seconds,
+        "device": str(model.device),
+        "peak_mem_mb": peak_mem_mb(),
+    }
     root.attrs["stats"] = stats
     stores.finish(out)
     return stats

@@ -17,7 +17,7 @@ How training works, and why (micro-sam's recipe, sized for a CPU):
   positive points (a single point asks for three masks, and the best one counts, as SAM trains).
 - Iterative prompting: ``sub_iterations`` decoder passes per step; after each pass every object gets
   one positive click in its missed region and one negative click in its excess region (placed as
-  the evaluation in :mod:`tilesam.prompts` places them), and the pass's logits are fed back as
+  the evaluation in :mod:`tilesam.interactive.prompts` places them), and the pass's logits are fed back as
   ``mask_input``. The loss is averaged over the passes: Dice on the masks plus the MSE between the
   predicted IoU and the IoU the mask really has.
 - AdamW on the trained parts only (``train_parts``: any of mask_decoder, prompt_encoder,
@@ -55,7 +55,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +67,23 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm import tqdm
 
-from tilesam.datasets import stem
+from tilesam.config import TRAINABLE_PARTS, FinetuneConfig
+from tilesam.data.datasets import stem
 from tilesam.embed import model_input, normalize
+from tilesam.interactive.prompts import (
+    PADDING_LABEL,
+    bounding_box,
+    corrective_points,
+    ground_truth_objects,
+    iter_object_masks,
+)
 from tilesam.metrics import relabel_gt, segmentation_scores
 from tilesam.models import ModelCard, file_sha256, load_model, model_info, register, resolve_device
 from tilesam.models.fetch import ChecksumError, local_checkpoint, model_path
-from tilesam.prompts import PADDING_LABEL, bounding_box, corrective_points, ground_truth_objects, iter_object_masks
 
 __all__ = [
     "EmbeddingCache",
     "EpochRecord",
-    "FinetuneConfig",
     "FinetuneError",
     "FinetuneResult",
     "FrameTargets",
@@ -86,7 +92,6 @@ __all__ = [
     "PromptEvaluation",
     "Prompts",
     "Sample",
-    "TRAINABLE_PARTS",
     "View",
     "ViewPool",
     "add_corrections",
@@ -107,69 +112,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TRAINABLE_PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
 CARD_VERSION = "v1"
 EVAL_MODES: tuple[str, ...] = ("box", "point")
 
 
 class FinetuneError(RuntimeError):
     """Finetuning cannot start or continue (bad data, a state file of other settings, ...)."""
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Everything that decides the finetuned weights (it is part of the resume fingerprint)."""
-
-    iterations: int = 500
-    iterations_per_epoch: int | None = None  # None: one pass over the training images
-    images_per_batch: int = 1
-    objects_per_image: int = 8
-    sub_iterations: int = 3
-    box_probability: float = 0.5
-    max_points: int = 3
-    train_parts: tuple[str, ...] = ("mask_decoder", "prompt_encoder")
-    lr: float = 1e-4
-    prompt_encoder_lr_factor: float = 1.0  # its embeddings are single vectors: may need bigger steps
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.05
-    min_lr_factor: float = 0.1
-    grad_clip: float = 1.0
-    crop_size: int | None = None  # None: whole images
-    augment_variants: int = 4  # dihedral variants per image (1: no augmentation, 8: all)
-    min_object_pixels: int = 4  # objects smaller than this in the input frame are not trained on
-    val_max_objects: int | None = 32
-    use_mask_input: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "train_parts", tuple(self.train_parts))
-        unknown = set(self.train_parts) - set(TRAINABLE_PARTS)
-        if unknown or not self.train_parts:
-            raise ValueError(f"train_parts must be a non-empty subset of {TRAINABLE_PARTS}, got {self.train_parts}")
-        positive = ("images_per_batch", "objects_per_image", "sub_iterations", "max_points", "min_object_pixels")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-        if not 1 <= self.augment_variants <= 8:
-            raise ValueError(f"augment_variants must be 1..8 (the dihedral group), got {self.augment_variants}")
-        if not 0.0 <= self.box_probability <= 1.0:
-            raise ValueError(f"box_probability must be in [0, 1], got {self.box_probability}")
-        if self.crop_size is not None and self.crop_size < 16:
-            raise ValueError(f"crop_size must be at least 16 pixels, got {self.crop_size}")
-
-    @property
-    def encoder_frozen(self) -> bool:
-        return "image_encoder" not in self.train_parts
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> FinetuneConfig:
-        """Inverse of ``asdict`` (e.g. from a model card); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        if extra := set(values) - known:
-            raise ValueError(f"unknown finetune settings: {sorted(extra)}")
-        return cls(**values)
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -324,7 +272,9 @@ class FrameTargets:
 def frame_targets(labels: np.ndarray, img_size: int, min_pixels: int) -> FrameTargets:
     """Nearest-neighbour resize of the labels to the input frame; objects of at least min_pixels."""
     fh, fw = frame_shape(labels.shape, img_size)
-    resized = F.interpolate(torch.from_numpy(labels.astype(np.float32))[None, None], size=(fh, fw), mode="nearest-exact")
+    resized = F.interpolate(
+        torch.from_numpy(labels.astype(np.float32))[None, None], size=(fh, fw), mode="nearest-exact"
+    )
     frame = resized[0, 0].to(torch.int64).numpy()
     ids, counts = np.unique(frame, return_counts=True)
     keep = (ids != 0) & (counts >= min_pixels)
@@ -678,7 +628,7 @@ def evaluate_prompts(
 ) -> PromptEvaluation:
     """Score single-prompt segmentation of every (or a seeded subset of max_objects per image) object.
 
-    Prompts and mask choice are those of :mod:`tilesam.prompts` (box; point at the object's centre,
+    Prompts and mask choice are those of :mod:`tilesam.interactive.prompts` (box; point at the object's centre,
     three masks and the best-rated kept), on the whole images. With a cache the embeddings come from
     the cache's encoder, which must be the model's (true for models finetuned with a frozen encoder).
     """
@@ -691,7 +641,9 @@ def evaluate_prompts(
             continue
         embedding = _embedding(model, images, View(i, None, 0), cache, grad=False)
         for mode in modes:
-            masks = next(iter(iter_object_masks(model, embedding, labels.shape, labels, mode, seed=seed, relabel=False)))
+            masks = next(
+                iter(iter_object_masks(model, embedding, labels.shape, labels, mode, seed=seed, relabel=False))
+            )
             for k, object_id in enumerate(ids):
                 iou, dice = _overlap_scores(true_pixels[k], masks.pixels[k])
                 objects.append(ObjectScore(sample.name, mode, int(object_id), iou, dice))
@@ -879,7 +831,9 @@ class _Trainer:
         if self.val is None:
             return {}
         cache = self.cache if self.config.encoder_frozen else None
-        result = evaluate_prompts(self.model, self.val, cache, EVAL_MODES, self.config.val_max_objects, self.config.seed)
+        result = evaluate_prompts(
+            self.model, self.val, cache, EVAL_MODES, self.config.val_max_objects, self.config.seed
+        )
         return result.summary()
 
     def start(self) -> None:
@@ -992,7 +946,12 @@ def _plot_losses(path: Path, steps: list[dict[str, float]], history: list[EpochR
     if validated:
         twin = ax.twinx()
         for mode in EVAL_MODES:
-            twin.plot([r.iterations for r in validated], [r.val[f"{mode}_iou"] for r in validated], "s--", label=f"val {mode} IoU")
+            twin.plot(
+                [r.iterations for r in validated],
+                [r.val[f"{mode}_iou"] for r in validated],
+                "s--",
+                label=f"val {mode} IoU",
+            )
         twin.set_ylabel("validation IoU per object")
         twin.legend(loc="center right")
     ax.legend(loc="upper left")
@@ -1014,15 +973,27 @@ class _Base:
 def _base_identity(base: str | os.PathLike) -> _Base:
     info = model_info(base)
     if info["sha256"] is None:
-        raise FinetuneError(f"base model {base}: its sha256 is unknown, so the finetuned model's provenance would be unknown")
+        raise FinetuneError(
+            f"base model {base}: its sha256 is unknown, so the finetuned model's provenance would be unknown"
+        )
     if local_checkpoint(base) is not None:
         return _Base(info["path"], Path(info["path"]).stem, info["sha256"], info["architecture"])
     return _Base(f"{info['name']}@{info['version']}", info["name"], info["sha256"], info["architecture"])
 
 
 def _write_card(
-    path: Path, *, name: str, base: _Base, model: Sam, checkpoint: Path, dataset: str, config: FinetuneConfig,
-    train: Sequence[Sample], val: Sequence[Sample], state: _State, fingerprint: str,
+    path: Path,
+    *,
+    name: str,
+    base: _Base,
+    model: Sam,
+    checkpoint: Path,
+    dataset: str,
+    config: FinetuneConfig,
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    state: _State,
+    fingerprint: str,
 ) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -1180,7 +1151,9 @@ def finetune(
     else:
         trainer.start()
     resumed_from = trainer.state.epoch
-    with tqdm(total=config.iterations, initial=trainer.state.iterations, desc=f"finetune {name}", disable=not progress) as bar:
+    with tqdm(
+        total=config.iterations, initial=trainer.state.iterations, desc=f"finetune {name}", disable=not progress
+    ) as bar:
         while trainer.state.epoch < trainer.n_epochs:
             record = trainer.run_epoch(bar)
             trainer.save(state_file, fingerprint)
@@ -1190,8 +1163,17 @@ def finetune(
 
     _save_atomic(trainer.final_weights(), out)
     card = _write_card(
-        card_path(out), name=name, base=base_id, model=model, checkpoint=out, dataset=dataset, config=config,
-        train=train, val=val, state=trainer.state, fingerprint=fingerprint,
+        card_path(out),
+        name=name,
+        base=base_id,
+        model=model,
+        checkpoint=out,
+        dataset=dataset,
+        config=config,
+        train=train,
+        val=val,
+        state=trainer.state,
+        fingerprint=fingerprint,
     )
     stem_path = out.with_suffix("")
     _write_losses(Path(f"{stem_path}.losses.csv"), trainer.state.steps)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from tilesam.datasets import DatasetError, images_of
-from tilesam.modelspec import model_id, resolve_spec
+from tilesam.data.datasets import DatasetError, images_of
+from tilesam.models.spec import model_id, resolve_spec
 from tilesam.tiling import TileGrid
 
 SEG = config["segmentation"]

@@ -1,0 +1,1 @@
+"""Inputs and stores: reading images, OME-Zarr, block stores, datasets (local, public, synthetic)."""

@@ -1,0 +1,256 @@
+"""Reading microscopy inputs lazily and importing them into OME-Zarr.
+
+Every supported input (TIFF incl. multi-page/OME-TIFF, PNG/JPEG, zarr and
+OME-Zarr, HDF5 with a key, a folder of 2D slices) is opened as a dask array
+without reading it, then written chunk by chunk into an OME-Zarr chunked to the
+tile grid. Bad input fails here, early, with the file named: wrong
+dimensionality, unsupported dtype, NaN values, labels that do not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from tilesam.data import ome
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+SLICE_SUFFIXES = (".tif", ".tiff", ".png")
+MAPPED_CHUNK_BYTES = 32 * 2**20  # dask chunks of memory-mapped inputs
+
+
+class InputError(ValueError):
+    """An input file that tilesam cannot use; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What import made of an input: spatial shape, dtype, channels, intensity range."""
+
+    source: str
+    shape: tuple[int, ...]  # spatial: (Y, X) or (Z, Y, X)
+    dtype: str
+    channels: int  # 1 for grayscale, 3 for RGB
+    intensity_range: tuple[float, float]
+    signature: str
+
+    def to_attrs(self) -> dict:
+        return {"tilesam": {"image": asdict(self)}}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> ImageInfo:
+        d = dict(attrs["tilesam"]["image"])
+        d["shape"] = tuple(d["shape"])
+        d["intensity_range"] = tuple(d["intensity_range"])
+        return cls(**d)
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup", ".zarray"))
+
+
+def open_lazy(path: str | Path, key: str | None = None) -> da.Array:
+    """Open any supported input as a dask array without reading its pixels."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    suffix = path.suffix.lower()
+    try:
+        if _is_zarr(path):
+            node = zarr.open(str(path), mode="r")
+            if isinstance(node, zarr.Group):
+                name = key or ("0" if "0" in node else None)
+                if name is None:
+                    raise InputError(f"{path}: a zarr group; say which array to read with `key` (has {list(node)})")
+                node = node[name]
+            return da.from_zarr(node)
+        if path.name.endswith(".n5") or (path / "attributes.json").exists():
+            raise InputError(f"{path}: N5 is not supported by zarr>=3; convert it to zarr or TIFF first")
+        if path.is_dir():
+            return _open_slices(path)
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            try:  # uncompressed and contiguous, often one strip per page: read it chunk by chunk
+                mapped = _Mapped(tifffile.memmap(path, mode="r"))
+                chunks = da.core.normalize_chunks("auto", mapped.shape, limit=MAPPED_CHUNK_BYTES, dtype=mapped.dtype)
+                return da.from_array(mapped, chunks=chunks)
+            except ValueError:  # compressed or tiled: tifffile's zarr store reads it strip by strip or tile by tile
+                pass
+            store = tifffile.imread(path, aszarr=True)
+            node = zarr.open(store, mode="r")
+            if isinstance(node, zarr.Group):  # pyramidal OME-TIFF: full resolution first
+                node = node["0"]
+            return da.from_zarr(node)
+        if suffix in (".h5", ".hdf5", ".hdf"):
+            import h5py
+
+            if key is None:
+                raise InputError(f"{path}: an HDF5 file; say which dataset to read with `key`")
+            f = h5py.File(path, "r")
+            if key not in f:
+                raise InputError(f"{path}: no dataset {key!r} (has {list(f)})")
+            return da.from_array(f[key], chunks="auto")
+        if suffix in (".png", ".jpg", ".jpeg"):
+            from skimage import io as skio
+
+            return da.from_array(skio.imread(path))
+    except InputError:
+        raise
+    except Exception as err:  # any reader failure: say which file
+        raise InputError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err
+    raise InputError(
+        f"{path}: unsupported format {suffix!r} (supported: tif, png, jpg, zarr, h5 with key, slice folder)"
+    )
+
+
+class _Mapped:
+    """A memory-mapped file as dask reads it: mapped afresh for each chunk and unmapped after.
+
+    A numpy memmap given to dask would be copied whole, and one long-lived map would keep
+    every page read in this process's resident memory; this holds one chunk at a time.
+    """
+
+    def __init__(self, mapped: np.memmap):
+        self.path, self.offset, self.shape, self.dtype = mapped.filename, mapped.offset, mapped.shape, mapped.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.array(np.memmap(self.path, self.dtype, "r", self.offset, self.shape)[index])
+
+
+def _open_slices(folder: Path) -> da.Array:
+    """A folder of 2D slices, sorted by name, as one volume."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SLICE_SUFFIXES)
+    if not files:
+        raise InputError(f"{folder}: a folder without image slices ({', '.join(SLICE_SUFFIXES)})")
+    first = open_lazy(files[0])
+    slices = []
+    for f in files:
+        arr = open_lazy(f)
+        if arr.shape != first.shape or arr.dtype != first.dtype:
+            raise InputError(
+                f"{f}: slice {arr.shape} {arr.dtype} differs from {files[0].name} {first.shape} {first.dtype}"
+            )
+        slices.append(arr)
+    return da.stack(slices)
+
+
+def to_canonical(arr: da.Array, ndim: int, path: str | Path) -> tuple[da.Array, int]:
+    """Bring an array to tilesam's layout: (Y, X), (Z, Y, X), or channels first (C, ...).
+
+    Accepts channels last (RGB/RGBA, as TIFF and PNG store them) or first;
+    alpha is dropped. Returns the array and its number of channels.
+    """
+    if arr.dtype.kind not in "uif":
+        raise InputError(f"{path}: unsupported dtype {arr.dtype} (use uint8, uint16, other ints or float)")
+    shape = arr.shape
+    if arr.ndim == ndim:
+        return arr, 1
+    if arr.ndim == ndim + 1:
+        if shape[-1] in (3, 4):
+            arr = da.moveaxis(arr[..., :3], -1, 0)
+            return arr, 3
+        if shape[0] in (3, 4):
+            return arr[:3], 3
+        if shape[0] == 1:
+            return arr[0], 1
+        if shape[-1] == 1:
+            return arr[..., 0], 1
+    what = "2D image (Y,X) or RGB (Y,X,3)" if ndim == 2 else "3D volume (Z,Y,X) or RGB volume (Z,Y,X,3)"
+    raise InputError(f"{path}: shape {shape} is not a {what}; check the dataset's `ndim`")
+
+
+def probe(path: str | Path, ndim: int, key: str | None = None) -> tuple[int, ...]:
+    """The spatial shape of an input, read from its header only (used to plan jobs)."""
+    arr, channels = to_canonical(open_lazy(path, key), ndim, path)
+    return tuple(arr.shape[1:] if channels > 1 else arr.shape)
+
+
+def _signature(arr: zarr.Array, n_samples: int = 8) -> str:
+    """A cheap fingerprint of an array: shape, dtype and a hash of a few evenly spread chunks."""
+    h = hashlib.sha256(json.dumps([list(arr.shape), str(arr.dtype), list(arr.chunks)]).encode())
+    grid = [int(np.ceil(s / c)) for s, c in zip(arr.shape, arr.chunks)]
+    n_chunks = int(np.prod(grid))
+    for flat in np.unique(np.linspace(0, n_chunks - 1, min(n_samples, n_chunks)).astype(int)):
+        idx = np.unravel_index(flat, grid)
+        sl = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, arr.chunks, arr.shape))
+        h.update(np.ascontiguousarray(arr[sl]).tobytes())
+    return h.hexdigest()[:32]
+
+
+def import_image(
+    src: str | Path, dst: str | Path, *, ndim: int, tile_shape: tuple[int, int], key: str | None = None
+) -> ImageInfo:
+    """Write an input as OME-Zarr chunked to the tile grid, checking values on the way.
+
+    NaN or infinite values are an error (naming the file). The intensity range
+    (min, max over the whole image) is recorded so that every tile is
+    normalised the same way wherever it is embedded.
+    """
+    arr, channels = to_canonical(open_lazy(src, key), ndim, src)
+    spatial = arr.shape[1:] if channels > 1 else arr.shape
+    chunks = (1,) * (len(spatial) - 2) + tuple(min(t, s) for t, s in zip(tile_shape, spatial[-2:]))
+    if channels > 1:
+        chunks = (channels, *chunks)
+    arr = arr.rechunk(chunks)
+    lo, hi, n_bad = da.compute(arr.min(), arr.max(), (~da.isfinite(arr)).sum() if arr.dtype.kind == "f" else 0)
+    if n_bad:
+        raise InputError(f"{src}: {int(n_bad)} NaN or infinite values; fill or mask them before segmenting")
+    out = ome.create(dst, arr.shape, arr.dtype, chunks)
+    da.store(arr, out, lock=False)
+    info = ImageInfo(
+        source=str(src),
+        shape=tuple(int(s) for s in spatial),
+        dtype=str(arr.dtype),
+        channels=channels,
+        intensity_range=(float(lo), float(hi)),
+        signature=_signature(out),
+    )
+    zarr.open_group(str(dst), mode="a").attrs.update(info.to_attrs())
+    ome.build_pyramid(dst, labels=False, channels=channels > 1)
+    return info
+
+
+def import_labels(src: str | Path, dst: str | Path, *, image: str | Path, key: str | None = None) -> None:
+    """Write ground-truth labels as OME-Zarr next to their imported image.
+
+    The labels must have the image's spatial shape and an integer dtype; a
+    mismatch is an error that names both files.
+    """
+    info = read_info(image)
+    arr = open_lazy(src, key)
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"{src}: labels must be integers, got {arr.dtype}")
+    if tuple(arr.shape) != info.shape:
+        raise InputError(
+            f"{src}: labels of shape {tuple(arr.shape)} do not match image {info.source} of shape {info.shape}"
+        )
+    if arr.dtype.kind == "i" and bool(da.compute((arr < 0).any())[0]):
+        raise InputError(f"{src}: labels have negative values")
+    chunks = zarr.open_array(str(Path(image) / "0"), mode="r").chunks
+    chunks = chunks[1:] if info.channels > 1 else chunks
+    out = ome.create(dst, arr.shape, np.uint32, chunks, attrs={"tilesam": {"labels_source": str(src)}})
+    da.store(arr.rechunk(chunks).astype(np.uint32), out, lock=False)
+    ome.build_pyramid(dst, labels=True)
+
+
+def read_info(path: str | Path) -> ImageInfo:
+    """The ImageInfo that import_image stored with an imported image."""
+    attrs = zarr.open_group(str(path), mode="r").attrs
+    if "tilesam" not in attrs:
+        raise InputError(f"{path}: not an image imported by tilesam (no tilesam metadata)")
+    return ImageInfo.from_attrs(dict(attrs))
+
+
+def read_window(image: zarr.Array, index: tuple[slice, ...], channels: int) -> np.ndarray:
+    """Pixels of a window of an imported image as (H, W) or (H, W, C)."""
+    if channels > 1:
+        return np.moveaxis(image[(slice(None), *index)], 0, -1)
+    return image[index]

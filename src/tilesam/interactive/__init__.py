@@ -1,0 +1,1 @@
+"""Prompted segmentation: where prompts go, and the prompted evaluation protocol."""

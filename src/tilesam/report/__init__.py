@@ -1,0 +1,1 @@
+"""What people look at: benchmark tables and figures."""

@@ -1,0 +1,111 @@
+"""Benchmark figures as PNG: scores per model and method, scores over prompting iterations,
+and a qualitative panel (image, ground truth, and each model's result on the same crop).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from tilesam.data import ome  # noqa: E402
+
+
+def _datasets_axes(n: int, width: float = 5.0, height: float = 3.6):
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    return fig, axes[0]
+
+
+def msa_bars(table: pd.DataFrame, out: str | Path) -> None:
+    """Grouped bars of mSA: one panel per dataset, methods on the x axis, one bar per model."""
+    datasets = sorted(table["dataset"].unique())
+    fig, axes = _datasets_axes(len(datasets))
+    for ax, dataset in zip(axes, datasets):
+        sub = table[table["dataset"] == dataset]
+        pivot = sub.pivot_table(index="method", columns="model", values="mSA")
+        pivot.plot.bar(ax=ax, rot=30, width=0.8)
+        ax.set_title(dataset)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("mSA")
+        ax.set_xlabel("")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, title=None)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def msa_iterations(iterations: pd.DataFrame, out: str | Path) -> None:
+    """mSA over the iterations of interactive prompting, one line per model and start prompt."""
+    datasets = sorted(iterations["dataset"].unique()) if len(iterations) else ["(no iterative prompting)"]
+    fig, axes = _datasets_axes(len(datasets))
+    for ax, dataset in zip(axes, datasets):
+        sub = iterations[iterations["dataset"] == dataset] if len(iterations) else iterations
+        for (model, method), grp in sub.groupby(["model", "method"]):
+            ax.plot(grp["iteration"], grp["mSA"], marker="o", label=f"{model}, {method}")
+        ax.set_title(dataset)
+        ax.set_xlabel("iteration (0 = first prompt)")
+        ax.set_ylabel("mSA")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        if len(sub):
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _crop(shape: tuple[int, ...], gt: np.ndarray, size: int = 256) -> tuple[slice, slice]:
+    """The size x size crop (or the whole image) holding the most ground-truth pixels."""
+    h, w = shape[-2:]
+    ch, cw = min(size, h), min(size, w)
+    if gt is None or not gt.any():
+        return slice(0, ch), slice(0, cw)
+    ys, xs = np.nonzero(gt)
+    cy = int(np.clip(np.median(ys) - ch // 2, 0, h - ch))
+    cx = int(np.clip(np.median(xs) - cw // 2, 0, w - cw))
+    return slice(cy, cy + ch), slice(cx, cx + cw)
+
+
+def _colour(labels: np.ndarray) -> np.ndarray:
+    """Labels as RGB with a fixed pseudo-random colour per id (background black)."""
+    rng = np.random.default_rng(0)
+    lut = rng.uniform(0.2, 1.0, size=(int(labels.max()) + 1, 3))
+    lut[0] = 0
+    return lut[labels]
+
+
+def qualitative(
+    image: str | Path, gt: str | Path | None, results: dict[str, str | Path], out: str | Path, title: str = ""
+) -> None:
+    """Image, ground truth and each named result on the same crop (middle section of volumes)."""
+    img = ome.open_level0(image)
+    truth = ome.open_level0(gt) if gt else None
+    ndim = len(truth.shape) if truth is not None else len(ome.open_level0(next(iter(results.values()))).shape)
+    z = (truth.shape[0] // 2,) if (truth is not None and ndim == 3) else ()
+    plane_gt = truth[z] if truth is not None else None
+    shape = plane_gt.shape if plane_gt is not None else img.shape[-2:]
+    ys, xs = _crop(shape, plane_gt)
+    channels = img.ndim > ndim
+    raw = img[(slice(None), *z, ys, xs)] if channels else img[(*z, ys, xs)]
+    raw = np.moveaxis(raw, 0, -1) if channels else raw
+    panels = [("image", raw)]
+    if plane_gt is not None:
+        panels.append(("ground truth", _colour(plane_gt[ys, xs])))
+    for name, path in results.items():
+        panels.append((name, _colour(ome.open_level0(path)[(*z, ys, xs)])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, (name, arr) in zip(axes[0], panels):
+        ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,96 @@
+"""Automatic mask generation with a grid of box prompts, for models trained on boxes only.
+
+LiteMedSAM was trained with box prompts alone: a point prompt gives it an empty
+mask, so SAM's point-grid AMG finds nothing with it. Here each grid point is the
+centre of boxes of a few sizes; every box is decoded once (single-mask output,
+as SAM answers a box), and the masks go through the same IoU, stability and
+box-NMS filters as point-grid AMG (`tilesam.segment.amg.filter_candidates`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from tilesam.segment.amg import (
+    AmgParams,
+    Candidates,
+    MaskSet,
+    binarise_and_score,
+    masks_to_boxes,
+    passes_threshold,
+    point_grid,
+)
+
+#: Box side lengths as fractions of the window's longer side (small, medium, large objects).
+DEFAULT_BOX_SIZES = (0.06, 0.12, 0.24)
+
+
+def box_grid(points_per_side: int, sizes: tuple[float, ...], original_size: tuple[int, int]) -> np.ndarray:
+    """XYXY boxes (float, original pixels) centred on SAM's point grid, one per size, clipped."""
+    h, w = original_size
+    centres = point_grid(points_per_side) * np.array([w, h], dtype=np.float64)
+    half = np.array(sizes, dtype=np.float64)[:, None] * max(h, w) / 2  # (S, 1)
+    boxes = [np.concatenate([centres - hs, centres + hs], axis=1) for hs in half]
+    boxes = np.concatenate(boxes)
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w - 1)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
+    return boxes
+
+
+@torch.inference_mode()
+def decode_box_candidates(
+    model: Sam,
+    embedding: torch.Tensor,
+    original_size: tuple[int, int],
+    params: AmgParams,
+    sizes: tuple[float, ...] = DEFAULT_BOX_SIZES,
+) -> Candidates:
+    """Decode every grid box once; keep masks passing `params`' IoU and stability thresholds."""
+    device = model.device
+    embedding = embedding.to(device)
+    original_size = (int(original_size[0]), int(original_size[1]))
+    img_size = model.image_encoder.img_size
+    input_size = ResizeLongestSide.get_preprocess_shape(*original_size, img_size)
+    boxes = box_grid(params.points_per_side, tuple(sizes), original_size)
+    coords = torch.as_tensor(ResizeLongestSide(img_size).apply_boxes(boxes, original_size), device=device).float()
+    centres = torch.as_tensor((boxes[:, :2] + boxes[:, 2:]) / 2, device=device)
+    pe = model.prompt_encoder.get_dense_pe()
+    parts = []
+    for start in range(0, len(boxes), params.points_per_batch):
+        batch = slice(start, start + params.points_per_batch)
+        sparse, dense = model.prompt_encoder(points=None, boxes=coords[batch], masks=None)
+        low_res, iou = model.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        iou = iou[:, 0]
+        keep = passes_threshold(iou, params.pred_iou_thresh, strict=True)
+        if not keep.any():
+            continue
+        masks, stability = binarise_and_score(
+            model, low_res[keep][:, 0], input_size, original_size, params.stability_score_offset
+        )
+        stable = passes_threshold(stability, params.stability_score_thresh, strict=False)
+        masks = masks[stable]
+        parts.append(
+            MaskSet(
+                masks=masks,
+                iou_preds=iou[keep][stable].float(),
+                stability_scores=stability[stable].float(),
+                boxes=masks_to_boxes(masks),
+                points=centres[batch][keep][stable],
+            )
+        )
+    return Candidates(
+        maskset=MaskSet.concat(parts, original_size, device),
+        pred_iou_thresh=params.pred_iou_thresh,
+        stability_score_thresh=params.stability_score_thresh,
+        stability_score_offset=params.stability_score_offset,
+        n_points=len(boxes),
+    )

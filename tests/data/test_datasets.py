@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from tilesam.data import synthetic
+from tilesam.data.datasets import DatasetError, images_of, stem
+
+
+def _write(path, shape, dtype=np.uint8):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, np.zeros(shape, dtype))
+
+
+def test_images_pair_with_labels_by_name(tmp_path):
+    for name in ("a", "b"):
+        _write(tmp_path / "raw" / f"{name}.tif", (30, 40))
+        _write(tmp_path / "gt" / f"{name}.tif", (30, 40), np.uint16)
+    recs = images_of("mine", {"images": "raw/*.tif", "labels": "gt/*.tif"}, base=tmp_path)
+    assert [(r.name, r.shape) for r in recs] == [("a", (30, 40)), ("b", (30, 40))]
+    assert recs[0].labels.endswith("gt/a.tif")
+
+
+def test_glob_matching_nothing_names_the_glob(tmp_path):
+    with pytest.raises(DatasetError, match=r"'mine'.*images glob 'nothing/\*\.tif' matches no file"):
+        images_of("mine", {"images": "nothing/*.tif"}, base=tmp_path)
+
+
+def test_unpaired_images_and_labels_are_errors(tmp_path):
+    _write(tmp_path / "raw" / "a.tif", (30, 40))
+    _write(tmp_path / "raw" / "b.tif", (30, 40))
+    _write(tmp_path / "gt" / "a.tif", (30, 40))
+    with pytest.raises(DatasetError, match=r"b\.tif has no labels"):
+        images_of("d", {"images": "raw/*.tif", "labels": "gt/*.tif"}, base=tmp_path)
+    _write(tmp_path / "gt" / "b.tif", (30, 40))
+    _write(tmp_path / "gt" / "c.tif", (30, 40))
+    with pytest.raises(DatasetError, match="labels without an image: c"):
+        images_of("d", {"images": "raw/*.tif", "labels": "gt/*.tif"}, base=tmp_path)
+
+
+def test_volumes_and_bad_shapes(tmp_path):
+    _write(tmp_path / "v.tif", (5, 30, 40))
+    assert images_of("v", {"images": "v.tif", "ndim": 3}, base=tmp_path)[0].shape == (5, 30, 40)
+    with pytest.raises(DatasetError, match=r"v\.tif.*shape \(5, 30, 40\)"):
+        images_of("v", {"images": "v.tif", "ndim": 2}, base=tmp_path)
+
+
+def test_synthetic_dataset_plans_known_shapes():
+    recs = images_of("demo", {"source": "synthetic"})
+    assert {r.name: r.shape for r in recs} == {s.name: s.shape for s in synthetic.DEMO}
+    assert all(r.labels for r in recs)
+    assert any(r.ndim == 3 for r in recs)
+
+
+def test_stem():
+    assert stem("x/a.ome.tif") == "a" and stem("b.zarr/") == "b" and stem("c.TIF") == "c"
+
+
+def test_synthetic_is_deterministic_with_exact_truth():
+    spec = synthetic.DEMO[0]
+    a, b = synthetic.make_labels(spec), synthetic.make_labels(spec)
+    np.testing.assert_array_equal(a, b)
+    ids = np.unique(a)
+    assert ids[0] == 0 and (ids[1:] == np.arange(1, len(ids))).all()  # consecutive
+    assert len(ids) - 1 > 30
+    img = synthetic.render(a, spec.seed)
+    # nuclei are brighter than background
+    assert img[a > 0].mean() > img[a == 0].mean() + 60
+    vol = synthetic.make_labels(synthetic.DEMO[2])
+    spans = [len(np.unique(np.nonzero(vol == i)[0])) for i in range(1, vol.max() + 1)]
+    assert max(spans) >= 3  # objects span several sections
+
+
+def test_one_image_and_one_labels_file_pair_whatever_their_names(tmp_path):
+    tifffile.imwrite(tmp_path / "volume.tif", np.zeros((2, 8, 8), np.uint8))
+    tifffile.imwrite(tmp_path / "labels.tif", np.zeros((2, 8, 8), np.uint16))
+    (rec,) = images_of("em", {"images": "volume.tif", "labels": "labels.tif", "ndim": 3}, base=tmp_path)
+    assert (rec.name, Path(rec.labels).name, rec.shape) == ("volume", "labels.tif", (2, 8, 8))

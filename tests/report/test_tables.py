@@ -1,0 +1,94 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+
+from tilesam.data import ome
+from tilesam.report import figures
+from tilesam.report import tables as benchmark
+
+
+def _records(tmp_path):
+    rows = []
+    rng = np.random.default_rng(0)
+    for model in ("vit_b", "vit_b_lm"):
+        for image in ("a", "b"):
+            for method, iters in (("amg", [0]), ("box", [0]), ("iterative_box", [0, 1, 2])):
+                for it in iters:
+                    msa = float(rng.uniform(0.1, 0.9))
+                    rows.append(
+                        {
+                            "dataset": "d",
+                            "image": image,
+                            "model": model,
+                            "method": method,
+                            "iteration": it,
+                            "n_true": 10,
+                            "n_pred": 9,
+                            "msa": msa,
+                            "sa50": msa + 0.05,
+                            "sa75": msa - 0.05,
+                            "precision": 0.8,
+                            "recall": 0.7,
+                            "f1": 0.75,
+                            "encoder_s_per_tile": 1.0,
+                            "segment_s_per_image": 2.0,
+                            "peak_mem_mb": 100.0 + it,
+                            "device": "cpu",
+                        }
+                    )
+    paths = []
+    for i, row in enumerate(rows):
+        p = tmp_path / f"{i}.json"
+        p.write_text(json.dumps([row]))
+        paths.append(p)
+    return rows, paths
+
+
+def test_table_averages_images_and_reports_the_last_iteration(tmp_path):
+    rows, paths = _records(tmp_path)
+    table = benchmark.write_tables(paths, tmp_path / "out", [{"vanilla": "vit_b", "finetuned": "vit_b_lm"}])
+    assert len(table) == 6  # 2 models x 3 methods
+    row = table[(table.model == "vit_b") & (table.method == "iterative_box")].iloc[0]
+    last = [r["msa"] for r in rows if r["model"] == "vit_b" and r["method"] == "iterative_box" and r["iteration"] == 2]
+    assert row.mSA == pytest.approx(np.mean(last))
+    assert row.n_images == 2 and row.n_objects == 20 and row.peak_mem_mb == 102.0
+    it = pd.read_csv(tmp_path / "out/iterations.csv")
+    assert sorted(it.iteration.unique()) == [0, 1, 2]
+    comp = pd.read_csv(tmp_path / "out/comparison.csv")
+    r = comp[comp.method == "amg"].iloc[0]
+    assert r.mSA_diff == pytest.approx(r.mSA_finetuned - r.mSA_vanilla)
+    for name in ("table.md", "comparison.md", "per_image.csv"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_model_against_itself_differs_by_exactly_zero(tmp_path):
+    _, paths = _records(tmp_path)
+    table = benchmark.summarize(benchmark.per_image(paths))
+    comp = benchmark.compare(table, [{"vanilla": "vit_b", "finetuned": "vit_b"}])
+    diffs = comp[[c for c in comp.columns if c.endswith("_diff")]].to_numpy()
+    assert len(comp) == 3 and (diffs == 0).all()
+
+
+def test_figures_are_written(tmp_path):
+    _, paths = _records(tmp_path)
+    df = benchmark.per_image(paths)
+    figures.msa_bars(benchmark.summarize(df), tmp_path / "bars.png")
+    figures.msa_iterations(benchmark.iterations(df), tmp_path / "it.png")
+    figures.msa_iterations(benchmark.iterations(df.iloc[:0]), tmp_path / "empty.png")
+    image = ome.create(tmp_path / "img.ome.zarr", (300, 280), "uint8", (128, 128))
+    image[:] = np.random.default_rng(1).integers(0, 255, (300, 280))
+    gt = ome.create(tmp_path / "gt.ome.zarr", (300, 280), "uint32", (128, 128))
+    gt[100:140, 100:150] = 1
+    for path in ("bars.png", "it.png", "empty.png"):
+        assert imread(tmp_path / path).shape[0] > 100
+    figures.qualitative(
+        tmp_path / "img.ome.zarr",
+        tmp_path / "gt.ome.zarr",
+        {"a": tmp_path / "gt.ome.zarr"},
+        tmp_path / "q.png",
+        title="t",
+    )
+    assert imread(tmp_path / "q.png").shape[1] > imread(tmp_path / "q.png").shape[0]  # panels side by side

@@ -1,0 +1,73 @@
+"""The reproduction configs under config/benchmarks/: valid, and the offline ones plan every job."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+CONFIGS = sorted((REPO / "config/benchmarks").glob("*.yaml"))
+
+
+def dry_run(config: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TILESAM_OFFLINE": "1"}
+    cmd = [str(BIN / "snakemake"), "-n", "--cores", "2", "--configfile", str(config)]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+
+
+def jobs(stdout: str) -> dict[str, int]:
+    table = stdout.split("Job stats:")[1]
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, re.M) if m[0] != "total"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_is_valid(path):
+    config = yaml.safe_load(path.read_text())
+    if path.stem == "finetune_zero":  # goes on top of finetune_offline.yaml
+        base = yaml.safe_load((path.parent / "finetune_offline.yaml").read_text())
+        config = {**base, "finetune": {**base["finetune"], **config["finetune"]}}
+        assert config["finetune"]["iterations"] == 0
+    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
+    assert config["datasets"] and config["models"]
+
+
+def test_the_offline_configs_exist():
+    assert {"shared_offline", "finetune_offline", "lm", "em_organelles", "em_boundaries"} <= {p.stem for p in CONFIGS}
+
+
+def test_shared_offline_plans_the_whole_protocol(shared_dir):
+    result = dry_run(REPO / "config/benchmarks/shared_offline.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = jobs(result.stdout)
+    assert counts["amg_search"] == 1 and counts["benchmark_table"] == 1
+    assert counts["qualitative_figure"] == 3  # dsb2018_test, epfl_mito, isbi2012; not the search's val split
+    # every scored image x 4 prompt modes, except the ISBI volume: its own `prompts: [point, box]`
+    assert counts["evaluate_prompts"] == 4 * (counts["evaluate"] - 1) + 2
+    planned = set(re.findall(r"results/evaluation/isbi2012/volume/lite_medsam/(\w+)\.json", result.stdout))
+    assert planned == {"amg", "point", "box"}
+    assert "make_synthetic" not in counts  # a --configfile replaces the default config
+
+
+def test_finetune_offline_plans_training_then_the_comparison(shared_dir):
+    result = dry_run(REPO / "config/benchmarks/finetune_offline.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = jobs(result.stdout)
+    assert counts["finetune"] == 1 and counts["finetuned_model"] == 1 and counts["fetch_model"] == 1
+    # the test split only, for both models: AMG plus box and point prompts per image
+    assert counts["evaluate_prompts"] == 2 * counts["evaluate"]
+
+
+def test_online_configs_say_what_is_missing_offline():
+    result = dry_run(REPO / "config/benchmarks/em_boundaries.yaml")
+    if result.returncode == 0:
+        pytest.skip("the isbi2012 dataset is already in resources/datasets")
+    message = result.stdout + result.stderr
+    assert "isbi2012" in message and "offline" in message and "sha256" in message
