@@ -70,7 +70,10 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from tilesam.config import FinetuneConfig
-    from tilesam.finetune import EmbeddingCache, ImageSet, evaluate_prompts, finetune, pair_files
+    from tilesam.finetune.cache import EmbeddingCache
+    from tilesam.finetune.data import ImageSet, pair_files
+    from tilesam.finetune.trainer import finetune
+    from tilesam.finetune.validate import validate_prompts as evaluate_prompts
     from tilesam.models import load_model, resolve
 
     if not (args.data / "images").is_dir():

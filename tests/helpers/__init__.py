@@ -1,1 +1,1 @@
-"""Test helpers: a loopback HTTP file server, a one-node SLURM cluster."""
+"""Test helpers: a loopback HTTP file server, a one-node SLURM cluster, finetuning runs."""

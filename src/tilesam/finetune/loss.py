@@ -1,0 +1,201 @@
+"""The training signal: prompts for a view's objects, corrective clicks between passes, and the loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+
+from tilesam.config import FinetuneConfig
+from tilesam.finetune.cache import EmbeddingCache, mixed_precision, view_embedding
+from tilesam.finetune.data import FinetuneError, ImageSet
+from tilesam.finetune.views import FrameTargets, View, frame_targets, view_pixels
+from tilesam.interactive.prompts import PADDING_LABEL, bounding_box, corrective_points
+
+
+@dataclass
+class TrainingPrompts:
+    """Prompts of n objects in input-frame pixels: points (n, k, 2) as x, y, labels (n, k), boxes (n, 4)."""
+
+    points: np.ndarray | None
+    labels: np.ndarray | None
+    boxes: np.ndarray | None
+    multimask: bool
+
+
+def initial_prompts(masks: np.ndarray, rng: np.random.Generator, config: FinetuneConfig) -> TrainingPrompts:
+    """Boxes for all objects, or 1..max_points random positive points each (one draw per view)."""
+    shape = masks.shape[1:]
+    pixels = [np.flatnonzero(m) for m in masks]
+    if rng.random() < config.box_probability:
+        return TrainingPrompts(None, None, np.stack([bounding_box(p, shape) for p in pixels]), multimask=False)
+    n_points = int(rng.integers(1, config.max_points + 1))
+    points = []
+    for p in pixels:
+        picks = rng.choice(p, size=n_points, replace=p.size < n_points)
+        ys, xs = np.unravel_index(picks, shape)
+        points.append(np.stack([xs, ys], axis=1))
+    labels = np.ones((len(pixels), n_points), dtype=np.int64)
+    return TrainingPrompts(np.array(points, dtype=np.float64), labels, None, multimask=n_points == 1)
+
+
+def add_corrections(
+    prompts: TrainingPrompts, true: np.ndarray, pred: np.ndarray, rng: np.random.Generator
+) -> TrainingPrompts:
+    """The prompts plus, per object, a positive click in the missed and a negative one in the excess region.
+
+    A missing click (no error of that kind) is SAM's padding point, so the batch stays rectangular.
+    """
+    new_points, new_labels = [], []
+    for t, p in zip(true, pred):
+        positive, negative = corrective_points(t, p, rng)
+        row, labels = [], []
+        for click, label in ((positive, 1), (negative, 0)):
+            row.append([0.0, 0.0] if click is None else [float(click[1]), float(click[0])])
+            labels.append(PADDING_LABEL if click is None else label)
+        new_points.append(row)
+        new_labels.append(labels)
+    points, labels = np.array(new_points, dtype=np.float64), np.array(new_labels, dtype=np.int64)
+    if prompts.points is not None:
+        points = np.concatenate([prompts.points, points], axis=1)
+        labels = np.concatenate([prompts.labels, labels], axis=1)
+    return TrainingPrompts(points, labels, prompts.boxes, multimask=False)
+
+
+def _decode(
+    model: Sam, embedding: torch.Tensor, prompts: TrainingPrompts, mask_input: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low-res mask logits (n, m, 256, 256) and predicted IoUs (n, m); m = 3 for multimask, else 1."""
+    device = embedding.device
+
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, dtype=torch.float32, device=device)
+
+    points = None
+    if prompts.points is not None:
+        points = (tensor(prompts.points), torch.as_tensor(prompts.labels, dtype=torch.int64, device=device))
+    boxes = None if prompts.boxes is None else tensor(prompts.boxes)
+    with mixed_precision(device):
+        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        logits, iou = model.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=prompts.multimask,
+        )
+    return logits.float(), iou.float()
+
+
+def _frame_logits(model: Sam, low_res: torch.Tensor, frame: tuple[int, int]) -> torch.Tensor:
+    """Low-res logits upsampled to the padded input size and cropped to the image's frame."""
+    size = model.image_encoder.img_size
+    if low_res.shape[-1] != size:
+        low_res = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+    return low_res[..., : frame[0], : frame[1]]
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice per mask, over the last two axes (targets broadcast over the mask axis)."""
+    probs = torch.sigmoid(logits)
+    intersection = (probs * targets).sum((-2, -1))
+    total = probs.sum((-2, -1)) + targets.sum((-2, -1))
+    return 1.0 - (2.0 * intersection + 1.0) / (total + 1.0)
+
+
+def mask_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """IoU of the thresholded masks (logit > 0) with the targets, per mask; no gradient."""
+    pred = logits.detach() > 0
+    truth = targets.bool()
+    intersection = (pred & truth).sum((-2, -1)).float()
+    union = (pred | truth).sum((-2, -1)).float()
+    return intersection / union.clamp(min=1.0)
+
+
+@dataclass(frozen=True)
+class LossParts:
+    """The loss of one view's prompted objects, averaged over the sub-iterations."""
+
+    total: torch.Tensor
+    mask: float
+    iou: float
+
+
+def iterative_loss(
+    model: Sam,
+    embedding: torch.Tensor,
+    targets: FrameTargets,
+    ids: np.ndarray,
+    rng: np.random.Generator,
+    config: FinetuneConfig,
+) -> LossParts:
+    """Dice + IoU-MSE over ``sub_iterations`` decoder passes with corrective clicks in between."""
+    true = targets.masks(ids)
+    target = torch.as_tensor(true, dtype=torch.float32, device=embedding.device)[:, None]
+    prompts = initial_prompts(true, rng, config)
+    mask_input = None
+    total, mask_sum, iou_sum = embedding.new_zeros(()), 0.0, 0.0
+    for step in range(config.sub_iterations):
+        low_res, iou_pred = _decode(model, embedding, prompts, mask_input)
+        logits = _frame_logits(model, low_res, true.shape[1:])
+        dice = dice_loss(logits, target)  # (n, m)
+        best = dice.argmin(dim=1)  # with three masks, the one closest to the object counts
+        rows = torch.arange(len(ids), device=embedding.device)
+        mask_loss = dice[rows, best].mean()
+        iou_loss = F.mse_loss(iou_pred, mask_iou(logits, target))
+        total = total + mask_loss + iou_loss
+        mask_sum, iou_sum = mask_sum + float(mask_loss.detach()), iou_sum + float(iou_loss.detach())
+        if step + 1 < config.sub_iterations:
+            pred = (logits[rows, best] > 0).cpu().numpy()
+            prompts = add_corrections(prompts, true, pred, rng)
+            mask_input = low_res[rows, best][:, None].detach() if config.use_mask_input else None
+    n = config.sub_iterations
+    return LossParts(total / n, mask_sum / n, iou_sum / n)
+
+
+def _pick_objects(targets: FrameTargets, rng: np.random.Generator, n: int) -> np.ndarray:
+    """At most n of the view's trainable objects (a seeded choice, in id order)."""
+    ids = targets.ids
+    return np.sort(rng.choice(ids, size=n, replace=False)) if ids.size > n else ids
+
+
+def view_loss(
+    model: Sam,
+    images: ImageSet,
+    view: View,
+    cache: EmbeddingCache | None,
+    rng: np.random.Generator,
+    config: FinetuneConfig,
+    grad: bool = True,
+) -> LossParts | None:
+    """Loss of one view's objects (None when the view has no object to train on)."""
+    _, labels = view_pixels(images, view)
+    targets = frame_targets(labels, model.image_encoder.img_size, config.min_object_pixels)
+    if targets.ids.size == 0:
+        return None
+    ids = _pick_objects(targets, rng, config.objects_per_image)
+    embedding = view_embedding(model, images, view, cache, grad and not config.encoder_frozen)
+    with torch.set_grad_enabled(grad):
+        return iterative_loss(model, embedding, targets, ids, rng, config)
+
+
+def prompt_loss(
+    model: Sam, images: ImageSet, config: FinetuneConfig, cache: EmbeddingCache | None = None, seed: int = 0
+) -> float:
+    """Mean training loss over the untransformed whole images, with prompts drawn from ``seed``.
+
+    The same seed gives the same objects and prompts for any model (as long as the masks agree),
+    so it compares models on equal terms (e.g. before and after finetuning).
+    """
+    losses = []
+    for i in range(len(images)):
+        rng = np.random.default_rng([seed, i])
+        parts = view_loss(model, images, View(i, None, 0), cache, rng, config, grad=False)
+        if parts is not None:
+            losses.append(float(parts.total))
+    if not losses:
+        raise FinetuneError("prompt_loss: no image has an object to prompt")
+    return float(np.mean(losses))
