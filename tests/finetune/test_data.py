@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tilesam.finetune.data import FinetuneError, ImageSet, Sample, pair_files, split_samples
+from tilesam.finetune.data import FinetuneError, ImageSet, Sample, pair_files, split_samples, train_val_samples
 
 
 def test_files_pair_by_name_and_split_by_sorted_name(tmp_path):
@@ -23,6 +23,18 @@ def test_files_pair_by_name_and_split_by_sorted_name(tmp_path):
         pair_files(str(tmp_path / "im" / "*.tif"), str(tmp_path / "lab" / "*.tif"))
     with pytest.raises(FinetuneError, match="matches no file"):
         pair_files(str(tmp_path / "none" / "*.tif"), str(tmp_path / "lab" / "*.tif"))
+
+
+def test_validation_files_are_given_in_pairs_or_split_off(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.tif").write_bytes(b"")
+    files = [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]
+    train, val = train_val_samples(files, files, None, None, 0.5)
+    assert [s.name for s in train] == ["a"] and [s.name for s in val] == ["b"]
+    train, val = train_val_samples(files, files, files[:1], files[:1], 0.5)  # given files win over the fraction
+    assert [s.name for s in train] == ["a", "b"] and [s.name for s in val] == ["a"]
+    with pytest.raises(FinetuneError, match="both"):
+        train_val_samples(files, files, files, None, 0.0)
 
 
 def test_images_read_as_normalised_rgb_and_labels_as_connected_components(colour_image):

@@ -100,3 +100,9 @@ def test_schedule_warms_up_then_decays():
     factor = lr_schedule(FinetuneConfig(iterations=100, warmup_fraction=0.1, min_lr_factor=0.1))
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     assert factor(50) < 1.0 and factor(100) == pytest.approx(0.1)
+
+
+def test_epoch_score_is_the_mean_of_box_and_point_iou():
+    assert EpochRecord(epoch=0, iterations=0).score is None  # no validation data: the last epoch is kept
+    val = {"box_iou": 0.8, "point_iou": 0.4, "box_dice": 0.0, "point_dice": 0.0}
+    assert EpochRecord(epoch=1, iterations=5, val=val).score == pytest.approx(0.6)
