@@ -29,4 +29,4 @@ include: "workflow/rules/finetune.smk"
 rule all:
     default_target: True
     input:
-        all_outputs(),
+        PLAN.all_outputs(),

@@ -73,7 +73,7 @@ def main() -> int:
     from tilesam.finetune.cache import EmbeddingCache
     from tilesam.finetune.data import ImageSet, pair_files
     from tilesam.finetune.trainer import finetune
-    from tilesam.finetune.validate import validate_prompts as evaluate_prompts
+    from tilesam.finetune.validate import validate_prompts
     from tilesam.models import load_model, resolve
 
     if not (args.data / "images").is_dir():
@@ -142,8 +142,8 @@ def main() -> int:
     cache = EmbeddingCache(base_model, resolve(BASE).sha256, work / "embeddings")
     limit = args.test_objects or None
     evaluations = {
-        "vanilla": evaluate_prompts(base_model, test_set, cache, max_objects=limit, seed=args.seed),
-        "finetuned": evaluate_prompts(tuned_model, test_set, cache, max_objects=limit, seed=args.seed),
+        "vanilla": validate_prompts(base_model, test_set, cache, max_objects=limit, seed=args.seed),
+        "finetuned": validate_prompts(tuned_model, test_set, cache, max_objects=limit, seed=args.seed),
     }
     eval_seconds = time.perf_counter() - eval_started
 

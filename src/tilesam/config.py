@@ -1,15 +1,140 @@
-"""The parameters of each stage, as data classes: what a job can be told.
+"""The parameters of each stage, as data classes, with their defaults read from the config schema.
 
-The workflow's config sections map onto these (see workflow/schemas/config.schema.yaml).
+`workflow/schemas/config.schema.yaml` is the one source of every default and every allowed
+name: Snakemake validates a run's config against it, and each data class here takes its
+fields' defaults from its section (`from_schema`), failing at import if a field has no key
+or a key no field. Rules pass a whole config section as JSON; `build` turns it into the
+data class, coercing numbers as the schema types them (so `1` and `1.0` are one setting).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+SCHEMA = Path(__file__).with_name("config.schema.yaml")  # the workflow's schema (a link to it in a checkout)
+T = TypeVar("T")
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The workflow's config schema."""
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def section(*path: str) -> dict[str, Any]:
+    """The schema of one config section; `*` steps into a mapping's values (e.g. a dataset entry)."""
+    node = schema()
+    for key in path:
+        node = node["additionalProperties"] if key == "*" else node["properties"][key]
+    return node
+
+
+def defaults(*path: str) -> dict[str, Any]:
+    """The defaults of a section's keys (keys without a default are left out)."""
+    return {k: v["default"] for k, v in section(*path)["properties"].items() if "default" in v}
+
+
+def enum(*path: str) -> tuple:
+    """The allowed values of a key (for arrays: of its items), e.g. the prompt modes."""
+    node = section(*path)
+    node = node.get("items", node)
+    return tuple(_resolve(node)["enum"])
+
+
+def _resolve(node: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local `$ref` (`#/$defs/...`)."""
+    while "$ref" in node:
+        node = schema()["$defs"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def from_schema(*path: str, workflow_keys: tuple[str, ...] = ()):
+    """Class decorator (under `@dataclass`): each annotated field's default is its schema key's.
+
+    `workflow_keys` are keys of the section that the workflow's plan reads, not the stage
+    (e.g. which dataset the AMG search runs on). Any other mismatch is an error at import.
+    """
+
+    def apply(cls: type[T]) -> type[T]:
+        props = section(*path)["properties"]
+        names = list(cls.__annotations__)
+        keys = set(props) - set(workflow_keys)
+        if set(names) != keys:
+            raise TypeError(
+                f"{cls.__name__} and the schema section {'.'.join(path)} differ: fields without a key "
+                f"{sorted(set(names) - keys)}, keys without a field {sorted(keys - set(names))}"
+            )
+        for name in names:
+            if "default" in props[name]:
+                default = props[name]["default"]
+                setattr(cls, name, tuple(default) if isinstance(default, list) else default)
+        cls.__schema_path__ = path
+        return cls
+
+    return apply
+
+
+def _coerce(value: Any, prop: dict[str, Any]) -> Any:
+    kinds = prop.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    if value is None or isinstance(value, bool):
+        return value
+    if "integer" in kinds and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if "number" in kinds and "integer" not in kinds and isinstance(value, int):
+        return float(value)
+    if "array" in kinds and isinstance(value, list):
+        return tuple(_coerce(v, prop.get("items", {})) for v in value)
+    return value
+
+
+def build(cls: type[T], values: dict[str, Any] | None = None) -> T:
+    """The data class from a config section (or part of one); the section's workflow keys are skipped."""
+    props = section(*cls.__schema_path__)["properties"]
+    names = {f.name for f in fields(cls)}
+    values = values or {}
+    if unknown := set(values) - set(props):
+        raise ValueError(f"unknown {'.'.join(cls.__schema_path__)} settings: {sorted(unknown)}")
+    return cls(**{k: _coerce(v, props[k]) for k, v in values.items() if k in names})
+
+
+def replace(params: T, **changes: Any) -> T:
+    """`dataclasses.replace` (re-exported so callers need one import)."""
+    return dataclasses.replace(params, **changes)
+
+
+METHODS: tuple[str, ...] = enum("segmentation", "methods")  # automatic segmentation methods
+PROMPT_MODES: tuple[str, ...] = enum("evaluation", "prompts")  # prompted evaluation modes
+
+
+@dataclass(frozen=True)
+@from_schema("segmentation", workflow_keys=("methods", "amg", "amg_search"))
+class Tiling:
+    """How an image is cut into tiles (each seen with its halo) and tiles into blocks (jobs)."""
+
+    tile_shape: tuple[int, int]
+    halo: tuple[int, int]
+    tiles_per_block: int
+
+
+@dataclass(frozen=True)
+@from_schema("embeddings", workflow_keys=("keep_embeddings",))
+class EmbedParams:
+    """How tiles are embedded: storage dtype, encoder arithmetic, tiles per encoder batch."""
+
+    dtype: str
+    precision: str
+    batch_size: int
 
 
 @dataclass
+@from_schema("segmentation", "amg", workflow_keys=("prompt", "box_sizes"))
 class AmgParams:
     """AMG settings; defaults are micro-sam's automatic segmentation defaults.
 
@@ -19,15 +144,15 @@ class AmgParams:
     where SAM uses ``max(box_nms_thresh, crop_nms_thresh)``.
     """
 
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
-    crop_nms_thresh: float = 0.7
-    min_mask_region_area: int = 0
-    with_background: bool = True
+    points_per_side: int
+    points_per_batch: int
+    pred_iou_thresh: float
+    stability_score_thresh: float
+    stability_score_offset: float
+    box_nms_thresh: float
+    crop_nms_thresh: float
+    min_mask_region_area: int
+    with_background: bool
 
     def __post_init__(self) -> None:
         if self.points_per_side < 1 or self.points_per_batch < 1:
@@ -37,44 +162,55 @@ class AmgParams:
 
 
 @dataclass(frozen=True)
+@from_schema("stitch")
 class StitchParams:
     """Everything `stitch` can be told; the defaults suit SAM's automatic masks."""
 
-    iou_threshold: float = 0.5  # tiles: match instances whose overlap-IoU is at least this
-    fill_background: bool = True  # tiles: background pixels take the object a neighbour tile sees there
-    link_iou_threshold: float = 0.5  # volumes: link objects of adjacent sections at least this similar
-    close_gaps: bool = True  # volumes: link z to z+2 where neither has a partner in z+1
-    min_z_extent: int = 1  # volumes: drop objects spanning fewer sections
-    workers: int | None = None  # threads; None: up to 4, as many as there are cores
-
-
-TRAINABLE_PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
+    iou_threshold: float  # tiles: match instances whose overlap-IoU is at least this
+    fill_background: bool  # tiles: background pixels take the object a neighbour tile sees there
+    link_iou_threshold: float  # volumes: link objects of adjacent sections at least this similar
+    close_gaps: bool  # volumes: link z to z+2 where neither has a partner in z+1
+    min_z_extent: int  # volumes: drop objects spanning fewer sections
+    workers: int | None  # threads; None: up to 4, as many as there are cores
 
 
 @dataclass(frozen=True)
+@from_schema("segmentation", "amg_search", workflow_keys=("dataset",))
+class SearchGrid:
+    """The AMG threshold search's grid, each as (start, stop, step), stop included."""
+
+    pred_iou_thresh: tuple[float, float, float]
+    stability_score_thresh: tuple[float, float, float]
+
+
+TRAINABLE_PARTS: tuple[str, ...] = enum("finetune", "train_parts")
+
+
+@dataclass(frozen=True)
+@from_schema("finetune", workflow_keys=("val_dataset", "val_fraction"))
 class FinetuneConfig:
     """Everything that decides the finetuned weights (it is part of the resume fingerprint)."""
 
-    iterations: int = 500
-    iterations_per_epoch: int | None = None  # None: one pass over the training images
-    images_per_batch: int = 1
-    objects_per_image: int = 8
-    sub_iterations: int = 3
-    box_probability: float = 0.5
-    max_points: int = 3
-    train_parts: tuple[str, ...] = ("mask_decoder", "prompt_encoder")
-    lr: float = 1e-4
-    prompt_encoder_lr_factor: float = 1.0  # its embeddings are single vectors: may need bigger steps
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.05
-    min_lr_factor: float = 0.1
-    grad_clip: float = 1.0
-    crop_size: int | None = None  # None: whole images
-    augment_variants: int = 4  # dihedral variants per image (1: no augmentation, 8: all)
-    min_object_pixels: int = 4  # objects smaller than this in the input frame are not trained on
-    val_max_objects: int | None = 32
-    use_mask_input: bool = True
-    seed: int = 0
+    iterations: int
+    iterations_per_epoch: int | None  # None: one pass over the training images
+    images_per_batch: int
+    objects_per_image: int
+    sub_iterations: int
+    box_probability: float
+    max_points: int
+    train_parts: tuple[str, ...]
+    lr: float
+    prompt_encoder_lr_factor: float  # its embeddings are single vectors: may need bigger steps
+    weight_decay: float
+    warmup_fraction: float
+    min_lr_factor: float
+    grad_clip: float
+    crop_size: int | None  # None: whole images
+    augment_variants: int  # dihedral variants per image (1: no augmentation, 8: all)
+    min_object_pixels: int  # objects smaller than this in the input frame are not trained on
+    val_max_objects: int | None
+    use_mask_input: bool
+    seed: int
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_parts", tuple(self.train_parts))

@@ -14,7 +14,7 @@ rule make_synthetic:
 rule import_image:
     """Any input -> OME-Zarr chunked to the tile grid; checks dtype, shape and NaNs."""
     input:
-        lambda wildcards: record(wildcards).image,
+        lambda w: record(w).image,
     output:
         directory("results/images/{dataset}/{image}.ome.zarr"),
     log:
@@ -27,20 +27,18 @@ rule import_image:
         mem_mb=mem_mb_image,
         runtime=runtime_image,
     params:
-        ndim=lambda wildcards: record(wildcards).ndim,
-        key=lambda wildcards: (
-            f"--key {record(wildcards).key}" if record(wildcards).key else ""
-        ),
-        tile_shape=" ".join(map(str, SEG["tile_shape"])),
+        ndim=lambda w: record(w).ndim,
+        key=lambda w: ["--key", record(w).key] if record(w).key else [],
+        config=sections("segmentation"),
     shell:
-        "tilesam import-image {input:q} {output:q} --ndim {params.ndim} "
-        "--tile-shape {params.tile_shape} {params.key} 2> {log:q}"
+        "tilesam import-image {input:q} {output:q} --ndim {params.ndim} {params.key:q} "
+        "--config {params.config:q} 2> {log:q}"
 
 
 rule import_labels:
     """Ground truth -> OME-Zarr; an error if it does not match its image."""
     input:
-        labels=lambda wildcards: record(wildcards).labels,
+        labels=lambda w: record(w).labels,
         image="results/images/{dataset}/{image}.ome.zarr",
     output:
         directory("results/labels/{dataset}/{image}.ome.zarr"),
@@ -52,8 +50,6 @@ rule import_labels:
         mem_mb=mem_mb_image,
         runtime=runtime_image,
     params:
-        key=lambda wildcards: (
-            f"--key {record(wildcards).key}" if record(wildcards).key else ""
-        ),
+        key=lambda w: ["--key", record(w).key] if record(w).key else [],
     shell:
-        "tilesam import-labels {input.labels:q} {output:q} --image {input.image:q} {params.key} 2> {log:q}"
+        "tilesam import-labels {input.labels:q} {output:q} --image {input.image:q} {params.key:q} 2> {log:q}"

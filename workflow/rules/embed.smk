@@ -17,17 +17,12 @@ rule embed:
         "../envs/tilesam.yaml"
     threads: model_threads()
     resources:
-        gpu=device_gpus(),
-        mem_mb=mem_mb_embed,
-        runtime=runtime_embed,
+        gpu=GPUS,
+        mem_mb=lambda w, attempt: PLAN.mem_mb_embed(w.model, attempt),
+        runtime=lambda w, attempt: PLAN.runtime_embed(attempt),
     params:
-        tiles=TILE_ARGS,
+        config=sections("segmentation", "embeddings"),
         device=config["device"],
-        dtype=EMB["dtype"],
-        precision=EMB["precision"],
-        batch_size=EMB["batch_size"],
     shell:
-        "tilesam embed --image {input.image:q} --model {input.model:q} {params.tiles} "
-        "--block {wildcards.block} --dtype {params.dtype} --precision {params.precision} "
-        "--batch-size {params.batch_size} --device {params.device} --threads {threads} "
-        "--out {output:q} 2> {log:q}"
+        "tilesam embed --image {input.image:q} --model {input.model:q} --block {wildcards.block} "
+        "--config {params.config:q} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"

@@ -9,14 +9,14 @@ rule evaluate:
     log:
         "logs/evaluate/{dataset}/{image}/{model}/{method}.log",
     wildcard_constraints:
-        method="|".join(SEG["methods"]),
+        method="|".join(config["segmentation"]["methods"]),
     conda:
         "../envs/tilesam.yaml"
     resources:
         mem_mb=mem_mb_image,
         runtime=runtime_image,
     params:
-        meta=lambda wildcards: json.dumps(dict(wildcards)),
+        meta=lambda w: json.dumps(dict(w)),
     shell:
         "tilesam evaluate --pred {input.pred:q} --gt {input.gt:q} --blocks {input.blocks:q} "
         "--meta {params.meta:q} --out {output:q} 2> {log:q}"
@@ -36,21 +36,21 @@ rule evaluate_prompts:
     benchmark:
         "logs/benchmarks/evaluate_prompts/{dataset}/{image}/{model}/{mode}.tsv"
     wildcard_constraints:
-        mode="point|box|iterative_point|iterative_box",
+        mode="|".join(PROMPT_MODES),
     conda:
         "../envs/tilesam.yaml"
     threads: model_threads()
     resources:
-        gpu=device_gpus(),
-        mem_mb=mem_mb_prompts,
+        gpu=GPUS,
+        mem_mb=lambda w, attempt: PLAN.mem_mb_prompts(
+            w.dataset, w.image, w.model, attempt
+        ),
         runtime=runtime_image,
     params:
-        tiles=TILE_ARGS,
+        config=sections("segmentation", "embeddings"),
         device=config["device"],
-        dtype=EMB["dtype"],
-        meta=lambda wildcards: json.dumps(dict(wildcards)),
+        meta=lambda w: json.dumps(dict(w)),
     shell:
-        "tilesam prompt-eval --image {input.image:q} --model {input.model:q} {params.tiles} "
-        "--dtype {params.dtype} --device {params.device} --threads {threads} "
-        "--embeddings {input.embeddings:q} --gt {input.gt:q} --mode {wildcards.mode} "
-        "--meta {params.meta:q} --out {output:q} 2> {log:q}"
+        "tilesam prompt-eval --image {input.image:q} --model {input.model:q} --gt {input.gt:q} "
+        "--embeddings {input.embeddings:q} --mode {wildcards.mode} --meta {params.meta:q} "
+        "--config {params.config:q} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"

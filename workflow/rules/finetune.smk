@@ -8,7 +8,7 @@ ruleorder: finetuned_model > fetch_model
 rule finetune:
     """Finetune a model on a dataset's annotated images (resumes an interrupted run)."""
     input:
-        unpack(finetune_inputs),
+        unpack(lambda w: PLAN.finetune_inputs(w.dataset, w.base)),
     output:
         checkpoint="results/finetuned/{dataset}/{base}.pth",
         card="results/finetuned/{dataset}/{base}.json",
@@ -20,33 +20,38 @@ rule finetune:
         "../envs/tilesam.yaml"
     threads: model_threads()
     resources:
-        gpu=device_gpus(),
-        mem_mb=mem_mb_finetune,
-        runtime=runtime_finetune,
+        gpu=GPUS,
+        mem_mb=lambda w, input, attempt: PLAN.mem_mb_finetune(
+            w.base, len(input.images) + len(input.val_images), attempt
+        ),
+        runtime=lambda w, attempt: PLAN.runtime_finetune(attempt),
     params:
-        spec=lambda wildcards: MODEL_SPECS[wildcards.base],
+        spec=lambda w: PLAN.specs[w.base],
         name="{base}-ft-{dataset}",
+        val=lambda w, input: (
+            ["--val-images", *input.val_images, "--val-labels", *input.val_labels]
+            if input.val_images
+            else []
+        ),
+        config=sections("finetune"),
         device=config["device"],
-        args=finetune_args,
     shell:
         "tilesam finetune --model {params.spec:q} --images {input.images:q} "
-        "--labels {input.labels:q} --out {output.checkpoint:q} --name {params.name:q} "
-        "--dataset {wildcards.dataset:q} {params.args} --device {params.device} "
+        "--labels {input.labels:q} {params.val:q} --out {output.checkpoint:q} --name {params.name:q} "
+        "--dataset {wildcards.dataset:q} --config {params.config:q} --device {params.device} "
         "--threads {threads} --no-progress 2> {log:q}"
 
 
 rule finetuned_model:
     """The record of a finetuned model, after checking its checkpoint against its card."""
     input:
-        card=lambda wildcards: "results/finetuned/{1}/{0}.json".format(
-            *FINETUNED[wildcards.model]
-        ),
+        card=lambda w: "results/finetuned/{1}/{0}.json".format(*PLAN.finetuned[w.model]),
     output:
         "resources/models/{model}.json",
     log:
         "logs/finetuned_model/{model}.log",
     wildcard_constraints:
-        model="|".join(FINETUNED) or "^$",
+        model="|".join(PLAN.finetuned) or "^$",
     conda:
         "../envs/tilesam.yaml"
     shell:

@@ -11,7 +11,7 @@ rule fetch_model:
     conda:
         "../envs/tilesam.yaml"
     params:
-        spec=lambda wildcards: MODEL_SPECS[wildcards.model],
+        spec=lambda w: PLAN.specs[w.model],
         offline="--offline" if config["offline"] else "",
     shell:
         "tilesam models fetch {params.spec:q} --record {output:q} {params.offline} 2> {log:q}"

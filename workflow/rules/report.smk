@@ -1,7 +1,7 @@
 rule benchmark_table:
     """One row per dataset x model x method, the per-image scores, comparisons and figures."""
     input:
-        evaluations(),
+        PLAN.evaluations(),
     output:
         table=report(
             "results/benchmark/table.csv",
@@ -40,7 +40,7 @@ rule benchmark_table:
 rule qualitative_figure:
     """Image, ground truth and each model's automatic segmentation on the same crop."""
     input:
-        unpack(qualitative_inputs),
+        unpack(lambda w: PLAN.qualitative_inputs(w.dataset)),
     output:
         report(
             "results/benchmark/qualitative_{dataset}.png",
@@ -52,7 +52,7 @@ rule qualitative_figure:
     conda:
         "../envs/tilesam.yaml"
     params:
-        names=lambda wildcards: " ".join(qualitative_models(wildcards.dataset)),
+        names=lambda w: PLAN.qualitative_models(w.dataset),
     shell:
         "tilesam figure --image {input.image:q} --gt {input.gt:q} --results {input.results:q} "
-        "--names {params.names} --title {wildcards.dataset} --out {output:q} 2> {log:q}"
+        "--names {params.names:q} --title {wildcards.dataset:q} --out {output:q} 2> {log:q}"

@@ -4,7 +4,7 @@ rule segment:
         image="results/images/{dataset}/{image}.ome.zarr",
         model="resources/models/{model}.json",
         embeddings="results/embeddings/{dataset}/{image}/{model}/block{block}.zarr",
-        search=amg_search_result,
+        search=lambda w: PLAN.search_result(w.dataset, w.model),
     output:
         directory(
             "results/segmentation/{dataset}/{image}/{model}/{method}/block{block}.zarr"
@@ -19,28 +19,28 @@ rule segment:
         "../envs/tilesam.yaml"
     threads: model_threads()
     resources:
-        gpu=device_gpus(),
-        mem_mb=mem_mb_segment,
-        runtime=runtime_segment,
+        gpu=GPUS,
+        mem_mb=lambda w, attempt: PLAN.mem_mb_segment(w.model, attempt),
+        runtime=lambda w, attempt: PLAN.runtime_segment(attempt),
     params:
-        tiles=TILE_ARGS,
+        config=sections("segmentation", "embeddings"),
         device=config["device"],
-        dtype=EMB["dtype"],
-        amg=json.dumps(SEG["amg"]),
-        search=lambda wildcards, input: (
-            f"--amg-search {input.search}" if input.search else ""
-        ),
+        search=lambda w, input: ["--amg-search", input.search] if input.search else [],
     shell:
-        "tilesam segment --image {input.image:q} --model {input.model:q} {params.tiles} "
-        "--block {wildcards.block} --dtype {params.dtype} --device {params.device} "
-        "--threads {threads} --embeddings {input.embeddings:q} --method {wildcards.method} "
-        "--amg {params.amg:q} {params.search} --out {output:q} 2> {log:q}"
+        "tilesam segment --image {input.image:q} --model {input.model:q} --block {wildcards.block} "
+        "--embeddings {input.embeddings:q} --method {wildcards.method} {params.search:q} "
+        "--config {params.config:q} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"
 
 
 rule amg_search:
     """The protocol's AMG threshold search on the validation dataset (decoded once per tile)."""
     input:
-        unpack(amg_search_inputs),
+        model="resources/models/{model}.json",
+        stores=lambda w: [
+            path
+            for item in PLAN.search_images(w.model)
+            for path in (item["image"], item["gt"], *item["embeddings"])
+        ],
     output:
         report(
             "results/benchmark/amg_search/{model}.csv",
@@ -55,20 +55,13 @@ rule amg_search:
         "../envs/tilesam.yaml"
     threads: model_threads()
     resources:
-        gpu=device_gpus(),
-        mem_mb=lambda wildcards, attempt: int(6000 * attempt),
-        runtime=lambda wildcards, attempt: int(120 * attempt),
+        gpu=GPUS,
+        mem_mb=lambda w, attempt: int(6000 * attempt),
+        runtime=lambda w, attempt: int(120 * attempt),
     params:
-        tiles=TILE_ARGS,
+        images=lambda w: json.dumps(PLAN.search_images(w.model)),
+        config=sections("segmentation", "embeddings", "stitch"),
         device=config["device"],
-        dtype=EMB["dtype"],
-        amg=json.dumps(SEG["amg"]),
-        images=amg_search_args,
-        grid=lambda wildcards: "--pred-iou {} {} {} --stability {} {} {}".format(
-            *SEARCH["pred_iou_thresh"], *SEARCH["stability_score_thresh"]
-        ),
-        stitch=json.dumps(config["stitch"]),
     shell:
-        "tilesam amg-search --model {input.model:q} {params.tiles} {params.images} "
-        "--dtype {params.dtype} --device {params.device} --threads {threads} "
-        "--amg {params.amg:q} {params.grid} --stitch {params.stitch:q} --out {output:q} 2> {log:q}"
+        "tilesam amg-search --model {input.model:q} --images {params.images:q} --config {params.config:q} "
+        "--device {params.device} --threads {threads} --out {output:q} 2> {log:q}"

@@ -17,8 +17,7 @@ rule stitch:
         mem_mb=mem_mb_image,
         runtime=runtime_image,
     params:
-        tiles=TILE_ARGS,
-        stitch=json.dumps(config["stitch"]),
+        config=sections("segmentation", "stitch"),
     shell:
-        "tilesam stitch --image {input.image:q} --blocks {input.blocks:q} {params.tiles} "
-        "--params {params.stitch:q} --out {output:q} 2> {log:q}"
+        "tilesam stitch --image {input.image:q} --blocks {input.blocks:q} "
+        "--config {params.config:q} --out {output:q} 2> {log:q}"

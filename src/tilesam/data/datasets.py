@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tilesam import config
 from tilesam.data import io, public_datasets, synthetic
 from tilesam.data.public_datasets import PARTS
 
@@ -162,7 +163,7 @@ def _restrict(dataset: str, pairs: list, cfg: dict, base: Path, membership: dict
     return [p for p in pairs if p[0] in keep]
 
 
-DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+DEFAULT_FRACTIONS: dict[str, float] = config.defaults("datasets", "*")["split_fractions"]
 
 
 def split_names(

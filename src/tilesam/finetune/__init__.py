@@ -54,14 +54,3 @@ How training works, and why (micro-sam's recipe, sized for a CPU):
 - On a GPU the forward passes run under autocast (bfloat16 where supported, else float16 with a
   gradient scaler); GPU kernels are not bitwise deterministic, CPU runs are.
 """
-
-
-# Transitional, for tilesam.cli until it imports from the submodules (then delete this function):
-# a lazy lookup, so `import tilesam.finetune` still imports nothing.
-def __getattr__(name: str):
-    homes = {"finetune": "tilesam.finetune.trainer", "register_finetuned": "tilesam.finetune.card"}
-    if name not in homes:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(homes[name]), name)

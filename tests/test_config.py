@@ -1,0 +1,109 @@
+"""The config schema is the one source of defaults: every stage's data class is built from it."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, fields
+
+import pytest
+
+from tilesam import config
+
+STAGES = [
+    config.Tiling,
+    config.EmbedParams,
+    config.AmgParams,
+    config.SearchGrid,
+    config.StitchParams,
+    config.FinetuneConfig,
+]
+
+
+@pytest.mark.parametrize("cls", STAGES, ids=lambda c: c.__name__)
+def test_every_field_has_the_schema_default_and_every_key_a_field(cls):
+    props = config.section(*cls.__schema_path__)["properties"]
+    workflow_only = set(props) - {f.name for f in fields(cls)}
+    for f in fields(cls):
+        default = props[f.name]["default"]
+        assert f.default == (tuple(default) if isinstance(default, list) else default), f.name
+        assert f.default_factory is MISSING
+    # the keys without a field are the ones the workflow's plan reads (documented at the class)
+    assert workflow_only <= {
+        "methods",
+        "amg",
+        "amg_search",
+        "keep_embeddings",
+        "dataset",
+        "val_dataset",
+        "val_fraction",
+        "prompt",  # until AmgParams holds the prompt type
+        "box_sizes",
+    }
+
+
+def test_every_section_with_settings_has_a_data_class():
+    covered = {c.__schema_path__ for c in STAGES}
+    sections = {
+        ("segmentation",),
+        ("embeddings",),
+        ("segmentation", "amg"),
+        ("segmentation", "amg_search"),
+        ("stitch",),
+        ("finetune",),
+    }
+    assert sections <= covered
+
+
+def test_a_field_without_a_schema_key_fails_at_definition():
+    with pytest.raises(TypeError, match="typo_field"):
+
+        @dataclass
+        @config.from_schema("stitch")
+        class Broken:
+            iou_threshold: float
+            fill_background: bool
+            link_iou_threshold: float
+            close_gaps: bool
+            min_z_extent: int
+            workers: int | None
+            typo_field: int
+
+
+def test_a_schema_key_without_a_field_fails_at_definition():
+    with pytest.raises(TypeError, match="workers"):
+
+        @dataclass
+        @config.from_schema("stitch")
+        class Broken:
+            iou_threshold: float
+            fill_background: bool
+            link_iou_threshold: float
+            close_gaps: bool
+            min_z_extent: int
+
+
+def test_build_coerces_as_the_schema_types_and_skips_workflow_keys():
+    ft = config.build(config.FinetuneConfig, {"lr": 1, "objects_per_image": 4.0, "val_dataset": "val"})
+    assert ft.lr == 1.0 and isinstance(ft.lr, float)
+    assert ft.objects_per_image == 4 and isinstance(ft.objects_per_image, int)
+    tiling = config.build(config.Tiling, {"tile_shape": [64, 64], "methods": ["amg"]})
+    assert tiling.tile_shape == (64, 64) and tiling.halo == (64, 64)
+
+
+def test_build_rejects_unknown_keys_naming_them():
+    with pytest.raises(ValueError, match="tile_shap"):
+        config.build(config.Tiling, {"tile_shap": [64, 64]})
+
+
+def test_names_come_from_the_schema():
+    assert config.METHODS == tuple(config.section("segmentation", "methods")["items"]["enum"])
+    assert config.PROMPT_MODES == ("point", "box", "iterative_point", "iterative_box")
+    assert set(config.TRAINABLE_PARTS) == {"image_encoder", "prompt_encoder", "mask_decoder"}
+
+
+def test_finetune_config_rejects_unknown_parts_and_bad_values():
+    with pytest.raises(ValueError, match="train_parts"):
+        config.FinetuneConfig(train_parts=("decoder",))
+    with pytest.raises(ValueError, match="augment_variants"):
+        config.FinetuneConfig(augment_variants=9)
+    assert config.FinetuneConfig(train_parts=["mask_decoder"]).encoder_frozen
+    assert not config.FinetuneConfig(train_parts=("image_encoder", "mask_decoder")).encoder_frozen
