@@ -37,8 +37,9 @@ from tilesam.config import AmgParams, StitchParams
 from tilesam.embed import encode, normalize
 from tilesam.metrics import segmentation_scores
 from tilesam.models import load_model
-from tilesam.segment.amg import filter_candidates, masks_to_labels
+from tilesam.segment.amg import filter_candidates
 from tilesam.segment.box_amg import decode_box_candidates
+from tilesam.segment.labels import masks_to_labels
 from tilesam.stitch.tiles import stitch_in_memory
 from tilesam.tiling import TileGrid
 

@@ -19,8 +19,9 @@ from tqdm import tqdm
 from tilesam.config import AmgParams
 from tilesam.data import stores
 from tilesam.embed import peak_mem_mb, read_embedding
-from tilesam.segment.amg import filter_candidates, generate_masks, masks_to_labels
+from tilesam.segment.amg import filter_candidates, generate_masks
 from tilesam.segment.box_amg import DEFAULT_BOX_SIZES, decode_box_candidates
+from tilesam.segment.labels import masks_to_labels
 from tilesam.tiling import Tile, TileGrid
 
 METHODS = ("amg",)

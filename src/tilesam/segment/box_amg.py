@@ -9,35 +9,17 @@ box-NMS filters as point-grid AMG (`tilesam.segment.amg.filter_candidates`).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from tilesam.segment.amg import (
-    AmgParams,
-    Candidates,
-    MaskSet,
-    binarise_and_score,
-    masks_to_boxes,
-    passes_threshold,
-    point_grid,
-)
+from tilesam.config import AmgParams
+from tilesam.segment.decoder import binarise_and_score
+from tilesam.segment.grids import box_grid
+from tilesam.segment.masks import Candidates, MaskSet, masks_to_boxes, passes_threshold
 
 #: Box side lengths as fractions of the window's longer side (small, medium, large objects).
 DEFAULT_BOX_SIZES = (0.06, 0.12, 0.24)
-
-
-def box_grid(points_per_side: int, sizes: tuple[float, ...], original_size: tuple[int, int]) -> np.ndarray:
-    """XYXY boxes (float, original pixels) centred on SAM's point grid, one per size, clipped."""
-    h, w = original_size
-    centres = point_grid(points_per_side) * np.array([w, h], dtype=np.float64)
-    half = np.array(sizes, dtype=np.float64)[:, None] * max(h, w) / 2  # (S, 1)
-    boxes = [np.concatenate([centres - hs, centres + hs], axis=1) for hs in half]
-    boxes = np.concatenate(boxes)
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w - 1)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
-    return boxes
 
 
 @torch.inference_mode()

@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from tilesam.config import AmgParams, StitchParams
 from tilesam.metrics import segmentation_scores
-from tilesam.segment.amg import decode_candidates, filter_candidates, masks_to_labels
+from tilesam.segment.amg import decode_candidates, filter_candidates
 from tilesam.segment.box_amg import DEFAULT_BOX_SIZES, decode_box_candidates
+from tilesam.segment.labels import masks_to_labels
 from tilesam.stitch.tiles import stitch_in_memory
 from tilesam.tiling import Tile, TileGrid
 
