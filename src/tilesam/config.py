@@ -16,7 +16,8 @@ class AmgParams:
     ``with_background`` is micro-sam's labelling option (the label covering the most pixels is
     taken as background when it outgrows the unlabelled area); it is used by ``masks_to_labels``.
     ``crop_nms_thresh`` only matters for the NMS that follows ``min_mask_region_area`` clean-up,
-    where SAM uses ``max(box_nms_thresh, crop_nms_thresh)``.
+    where SAM uses ``max(box_nms_thresh, crop_nms_thresh)``. ``prompt: box`` prompts a grid of
+    boxes (sides ``box_sizes``) instead of points, for box-only models such as LiteMedSAM.
     """
 
     points_per_side: int = 32
@@ -28,12 +29,17 @@ class AmgParams:
     crop_nms_thresh: float = 0.7
     min_mask_region_area: int = 0
     with_background: bool = True
+    prompt: str = "point"  # point: SAM's point grid; box: boxes centred on it
+    box_sizes: tuple[float, ...] = (0.06, 0.12, 0.24)  # box sides as fractions of the window's longer side
 
     def __post_init__(self) -> None:
         if self.points_per_side < 1 or self.points_per_batch < 1:
             raise ValueError("points_per_side and points_per_batch must be positive")
         if self.min_mask_region_area < 0:
             raise ValueError("min_mask_region_area must be >= 0")
+        if self.prompt not in ("point", "box"):
+            raise ValueError(f"unknown AMG prompt {self.prompt!r}; use point or box")
+        self.box_sizes = tuple(self.box_sizes)  # JSON gives a list
 
 
 @dataclass(frozen=True)

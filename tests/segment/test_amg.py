@@ -328,3 +328,6 @@ def test_params_reject_nonsense():
         AmgParams(points_per_side=0)
     with pytest.raises(ValueError):
         AmgParams(min_mask_region_area=-1)
+    with pytest.raises(ValueError, match="unknown AMG prompt 'lasso'"):
+        AmgParams(prompt="lasso")
+    assert AmgParams(prompt="box", box_sizes=[0.1]).box_sizes == (0.1,)  # as JSON gives it

@@ -31,6 +31,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops import batched_nms
 
 from tilesam.config import AmgParams
+from tilesam.segment.box_amg import decode_box_candidates
 from tilesam.segment.decoder import Geometry, decode_point_batch, model_dtype
 from tilesam.segment.grids import point_grid
 from tilesam.segment.masks import Candidates, MaskSet, masks_to_boxes, passes_threshold
@@ -48,16 +49,25 @@ def _prompt_points(
     return points, torch.as_tensor(coords, device=device)
 
 
-@torch.inference_mode()
 def decode_candidates(
     model: Sam, embedding: torch.Tensor, original_size: tuple[int, int], params: AmgParams
 ) -> Candidates:
-    """Decode the point grid once; keep masks passing ``params``' IoU and stability thresholds.
+    """Decode the prompt grid (``params.prompt``: points or boxes) once; keep masks passing its thresholds.
 
     Use the loosest thresholds of a parameter search here and ``filter_candidates`` for each
     setting. Masks are kept binarised at ``original_size`` (H*W bytes each): with both
-    thresholds at 0, that is 3 * points_per_side^2 masks.
+    thresholds at 0, that is 3 * points_per_side^2 masks for points.
     """
+    if params.prompt == "box":
+        return decode_box_candidates(model, embedding, original_size, params)
+    return _decode_point_candidates(model, embedding, original_size, params)
+
+
+@torch.inference_mode()
+def _decode_point_candidates(
+    model: Sam, embedding: torch.Tensor, original_size: tuple[int, int], params: AmgParams
+) -> Candidates:
+    """Point-grid candidates with SAM's multimask output (three masks per point)."""
     if embedding.dim() != 4 or embedding.shape[0] != 1:
         raise ValueError(f"expected one image embedding (1, C, h, w), got {tuple(embedding.shape)}")
     device = model.device
@@ -174,11 +184,13 @@ def generate_masks(model: Sam, embedding: torch.Tensor, original_size: tuple[int
     """The masks SamAutomaticMaskGenerator(crop_n_layers=0) returns, from a stored embedding.
 
     ``embedding`` is the image encoder output (1, C, 64, 64) for the image of
-    ``original_size`` (H, W), on the model's device.
+    ``original_size`` (H, W), on the model's device. With ``prompt: box`` the box grid's masks
+    go through the same thresholds and NMS.
     """
     candidates = decode_candidates(model, embedding, original_size, params)
     masks = filter_candidates(candidates, params.pred_iou_thresh, params.stability_score_thresh, params.box_nms_thresh)
-    if params.min_mask_region_area > 0:
+    # box AMG has never had the small-region clean-up; kept so that its outputs stay as they were
+    if params.min_mask_region_area > 0 and params.prompt == "point":
         nms = max(params.box_nms_thresh, params.crop_nms_thresh)
         masks = remove_small_regions(masks, params.min_mask_region_area, nms)
     return masks

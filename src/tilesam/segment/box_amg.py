@@ -18,9 +18,6 @@ from tilesam.segment.decoder import binarise_and_score
 from tilesam.segment.grids import box_grid
 from tilesam.segment.masks import Candidates, MaskSet, masks_to_boxes, passes_threshold
 
-#: Box side lengths as fractions of the window's longer side (small, medium, large objects).
-DEFAULT_BOX_SIZES = (0.06, 0.12, 0.24)
-
 
 @torch.inference_mode()
 def decode_box_candidates(
@@ -28,15 +25,14 @@ def decode_box_candidates(
     embedding: torch.Tensor,
     original_size: tuple[int, int],
     params: AmgParams,
-    sizes: tuple[float, ...] = DEFAULT_BOX_SIZES,
 ) -> Candidates:
-    """Decode every grid box once; keep masks passing `params`' IoU and stability thresholds."""
+    """Decode every grid box (`params.box_sizes`) once; keep masks passing `params`' IoU and stability thresholds."""
     device = model.device
     embedding = embedding.to(device)
     original_size = (int(original_size[0]), int(original_size[1]))
     img_size = model.image_encoder.img_size
     input_size = ResizeLongestSide.get_preprocess_shape(*original_size, img_size)
-    boxes = box_grid(params.points_per_side, tuple(sizes), original_size)
+    boxes = box_grid(params.points_per_side, params.box_sizes, original_size)
     coords = torch.as_tensor(ResizeLongestSide(img_size).apply_boxes(boxes, original_size), device=device).float()
     centres = torch.as_tensor((boxes[:, :2] + boxes[:, 2:]) / 2, device=device)
     pe = model.prompt_encoder.get_dense_pe()
