@@ -32,7 +32,8 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from tilesam.config import AmgParams
-from tilesam.segment.amg import MaskSet, decode_candidates, filter_candidates, generate_masks
+from tilesam.segment.amg import decode_candidates, filter_candidates, generate_masks
+from tilesam.segment.masks import MaskSet
 
 DSB_IMAGES = REPO.parent / "shared" / "data" / "dsb2018" / "images"
 

@@ -37,8 +37,9 @@ from tilesam.config import AmgParams, StitchParams
 from tilesam.embed import encode, normalize
 from tilesam.metrics import segmentation_scores
 from tilesam.models import load_model
-from tilesam.segment.amg import filter_candidates, masks_to_labels
+from tilesam.segment.amg import filter_candidates
 from tilesam.segment.box_amg import decode_box_candidates
+from tilesam.segment.labels import masks_to_labels
 from tilesam.stitch.tiles import stitch_in_memory
 from tilesam.tiling import TileGrid
 
@@ -47,16 +48,14 @@ DATA = REPO.parent / "shared" / "data" / "dsb2018"
 OUT = REPO / "benchmarks" / "out"
 
 
-def segment_tiles(
-    model, image: np.ndarray, grid: TileGrid, params: AmgParams, sizes: tuple[float, ...]
-) -> dict[int, np.ndarray]:
+def segment_tiles(model, image: np.ndarray, grid: TileGrid, params: AmgParams) -> dict[int, np.ndarray]:
     """AMG labels of every window of the grid (a one-tile grid is the whole image)."""
     lo, hi = float(image.min()), float(image.max())
     tiles = {}
     for tile in grid.tiles():
         window = image[tile.window_slices()]
         embedding = encode(model, [normalize(window, (lo, hi))])
-        candidates = decode_box_candidates(model, embedding, tile.window_shape, params, sizes)
+        candidates = decode_box_candidates(model, embedding, tile.window_shape, params)
         kept = filter_candidates(
             candidates, params.pred_iou_thresh, params.stability_score_thresh, params.box_nms_thresh
         )
@@ -85,9 +84,13 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     model = load_model("lite_medsam", device="cpu")
     params = AmgParams(
-        points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou, stability_score_thresh=args.stability
+        points_per_side=args.points_per_side,
+        pred_iou_thresh=args.pred_iou,
+        stability_score_thresh=args.stability,
+        prompt="box",
+        box_sizes=tuple(args.box_sizes),
     )
-    sizes = tuple(args.box_sizes)
+    sizes = params.box_sizes
     rows = []
     paths = sorted((args.data / "images").glob("*.tif"))
     for path in paths:
@@ -101,7 +104,7 @@ def main() -> int:
         tiled_grid = TileGrid(shape, (args.tile, args.tile), (args.halo, args.halo))
         for kind, grid in (("whole", whole_grid), ("tiled", tiled_grid)):
             t0 = time.perf_counter()
-            tiles = segment_tiles(model, image, grid, params, sizes)
+            tiles = segment_tiles(model, image, grid, params)
             labels = stitch_in_memory(grid, tiles, StitchParams())
             row[f"seconds_{kind}"] = time.perf_counter() - t0
             row[f"mSA_{kind}"] = segmentation_scores(gt, labels).msa

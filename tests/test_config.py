@@ -35,8 +35,6 @@ def test_every_field_has_the_schema_default_and_every_key_a_field(cls):
         "dataset",
         "val_dataset",
         "val_fraction",
-        "prompt",  # until AmgParams holds the prompt type
-        "box_sizes",
     }
 
 

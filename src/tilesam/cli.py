@@ -66,18 +66,6 @@ def _settings(args: argparse.Namespace, cls: type) -> Any:
     return schema.build(cls, values)
 
 
-def _amg(args) -> tuple[schema.AmgParams, dict]:
-    """AMG parameters and the prompt type (point or box grid, box sizes) of `--config`."""
-    values = json.loads(args.config or "{}").get("segmentation", {}).get("amg", {})
-    prompt = {k: values.pop(k) for k in ("prompt", "box_sizes") if k in values}
-    defaults = schema.defaults("segmentation", "amg")
-    prompt = {
-        "prompt": prompt.get("prompt", defaults["prompt"]),
-        "box_sizes": tuple(prompt.get("box_sizes", defaults["box_sizes"])),
-    }
-    return schema.build(schema.AmgParams, values), prompt
-
-
 def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=schema.defaults()["device"], choices=schema.enum("device"))
     p.add_argument("--threads", type=int, help="torch CPU threads (the job's threads)")
@@ -142,11 +130,10 @@ def cmd_embed(args) -> None:
 def cmd_segment(args) -> None:
     from tilesam import jobs
 
-    amg, prompt = _amg(args)
-    dtype = _settings(args, schema.EmbedParams).dtype
+    amg, dtype = _settings(args, schema.AmgParams), _settings(args, schema.EmbedParams).dtype
     jobs.segment(
         args.image, args.model, args.embeddings, args.block, args.out, tiling=_settings(args, schema.Tiling), amg=amg,
-        prompt=prompt, dtype=dtype, method=args.method, device=args.device, search=args.amg_search,
+        dtype=dtype, method=args.method, device=args.device, search=args.amg_search,
     )  # fmt: skip
 
 
@@ -175,9 +162,9 @@ def cmd_prompt_eval(args) -> None:
 def cmd_amg_search(args) -> None:
     from tilesam import jobs
 
-    amg, prompt = _amg(args)
     jobs.amg_search(
-        args.model, json.loads(args.images), args.out, tiling=_settings(args, schema.Tiling), amg=amg, prompt=prompt,
+        args.model, json.loads(args.images), args.out, tiling=_settings(args, schema.Tiling),
+        amg=_settings(args, schema.AmgParams),
         grid=_settings(args, schema.SearchGrid), stitch_params=_settings(args, schema.StitchParams),
         dtype=_settings(args, schema.EmbedParams).dtype, device=args.device,
     )  # fmt: skip
@@ -259,7 +246,7 @@ COMMANDS: dict[str, Command] = {
                        (IMAGE, MODEL, BLOCK, arg("--embeddings", required=True),
                         arg("--method", default="amg", choices=schema.METHODS),
                         arg("--amg-search", help="CSV of `tilesam amg-search`: its best thresholds replace the config's"),
-                        OUT, CONFIG), MODEL_JOB, True),
+                        OUT, CONFIG), (*MODEL_JOB, schema.AmgParams), True),
     "prompt-eval": Command(cmd_prompt_eval, "prompted (interactive) evaluation from stored embeddings",
                            (IMAGE, MODEL, GT, arg("--mode", required=True, choices=schema.PROMPT_MODES),
                             arg("--embeddings", nargs="+", required=True, help="the image's embedding stores, in order"),
@@ -268,7 +255,7 @@ COMMANDS: dict[str, Command] = {
                           (MODEL, arg("--images", required=True,
                                       help='JSON list of {"image", "gt", "embeddings": [block stores]}'),
                            arg("--out", required=True, help="CSV: mSA per setting, best first"), CONFIG),
-                          (*MODEL_JOB, schema.SearchGrid, schema.StitchParams), True),
+                          (*MODEL_JOB, schema.SearchGrid, schema.StitchParams), True),  # AMG's from --config
     "stitch": Command(cmd_stitch, "join per-tile labels into one label image",
                       (IMAGE, arg("--blocks", nargs="+", required=True), OUT, CONFIG), (*TILES, schema.StitchParams)),
     "evaluate": Command(cmd_evaluate, "scores of a label image against ground truth",

@@ -134,14 +134,15 @@ class EmbedParams:
 
 
 @dataclass
-@from_schema("segmentation", "amg", workflow_keys=("prompt", "box_sizes"))
+@from_schema("segmentation", "amg")
 class AmgParams:
     """AMG settings; defaults are micro-sam's automatic segmentation defaults.
 
     ``with_background`` is micro-sam's labelling option (the label covering the most pixels is
     taken as background when it outgrows the unlabelled area); it is used by ``masks_to_labels``.
     ``crop_nms_thresh`` only matters for the NMS that follows ``min_mask_region_area`` clean-up,
-    where SAM uses ``max(box_nms_thresh, crop_nms_thresh)``.
+    where SAM uses ``max(box_nms_thresh, crop_nms_thresh)``. ``prompt: box`` prompts a grid of
+    boxes (sides ``box_sizes``) instead of points, for box-only models such as LiteMedSAM.
     """
 
     points_per_side: int
@@ -153,12 +154,17 @@ class AmgParams:
     crop_nms_thresh: float
     min_mask_region_area: int
     with_background: bool
+    prompt: str  # point: SAM's point grid; box: boxes centred on it
+    box_sizes: tuple[float, ...]  # box sides as fractions of the window's longer side
 
     def __post_init__(self) -> None:
         if self.points_per_side < 1 or self.points_per_batch < 1:
             raise ValueError("points_per_side and points_per_batch must be positive")
         if self.min_mask_region_area < 0:
             raise ValueError("min_mask_region_area must be >= 0")
+        if self.prompt not in enum("segmentation", "amg", "prompt"):
+            raise ValueError(f"unknown AMG prompt {self.prompt!r}; use point or box")
+        self.box_sizes = tuple(self.box_sizes)  # JSON gives a list
 
 
 @dataclass(frozen=True)

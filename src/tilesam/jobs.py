@@ -156,7 +156,6 @@ def segment(
     *,
     tiling: Tiling,
     amg: AmgParams,
-    prompt: dict,
     dtype: str,
     method: str,
     device: str,
@@ -168,7 +167,7 @@ def segment(
     sam, record = load_record(model, device)
     grid, prov = _provenance(record, sam, image, tiling, block, dtype)
     params = searched(amg, search) if search else amg
-    stats = segment_block(sam, embeddings, asdict(prov), grid, out, method=method, params=params, **prompt)
+    stats = segment_block(sam, embeddings, asdict(prov), grid, out, method=method, params=params)
     log.info("segmented block %d: %s", block, stats)
     return stats
 
@@ -253,7 +252,6 @@ def amg_search(
     *,
     tiling: Tiling,
     amg: AmgParams,
-    prompt: dict,
     grid: SearchGrid,
     stitch_params: StitchParams,
     dtype: str,
@@ -276,7 +274,6 @@ def amg_search(
         sam,
         searched_images,
         amg,
-        **prompt,
         pred_iou_grid=protocol_range(*grid.pred_iou_thresh),
         stability_grid=protocol_range(*grid.stability_score_thresh),
         stitch_params=stitch_params,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 YX = tuple[int, int]
@@ -160,8 +160,3 @@ class TileGrid:
     @classmethod
     def load(cls, path: str | Path) -> TileGrid:
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-def tile_record(tile: Tile) -> dict:
-    """A JSON-friendly record of a tile (for stores' attributes and logs)."""
-    return asdict(tile)

@@ -21,22 +21,14 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTra
 from segment_anything.utils.amg import (
     MaskData,
     area_from_rle,
-    batched_mask_to_box,
-    build_point_grid,
     mask_to_rle_pytorch,
     rle_to_mask,
 )
 
-from tilesam.segment.amg import (
-    AmgParams,
-    MaskSet,
-    decode_candidates,
-    filter_candidates,
-    generate_masks,
-    masks_to_boxes,
-    masks_to_labels,
-    point_grid,
-)
+from tilesam.config import AmgParams
+from tilesam.segment.amg import decode_candidates, filter_candidates, generate_masks
+from tilesam.segment.labels import masks_to_labels
+from tilesam.segment.masks import MaskSet
 
 torch.set_num_threads(2)
 
@@ -331,55 +323,11 @@ def test_masks_to_labels_on_real_masks(lite_case):
     assert np.array_equal(label_area[labels[painted]], smallest[painted])
 
 
-def _maskset(masks: np.ndarray) -> MaskSet:
-    m = torch.as_tensor(masks)
-    n = len(m)
-    return MaskSet(m, torch.ones(n), torch.ones(n), masks_to_boxes(m), torch.zeros((n, 2), dtype=torch.float64))
-
-
-def test_masks_to_labels_paints_largest_first_and_relabels():
-    masks = np.zeros((4, 10, 10), dtype=bool)
-    masks[0, 2:4, 2:4] = True  # small, inside the big one: stays on top
-    masks[1, :, :6] = True  # big
-    masks[2, 6:8, 6:8] = True  # 4 px, painted over by mask 3 (equal area, later in order)
-    masks[3, 6:8, 6:8] = True
-    labels = masks_to_labels(_maskset(masks), (10, 10))
-    assert labels.dtype == np.uint32
-    assert sorted(np.unique(labels)) == [0, 1, 2, 3]  # one mask fully overwritten, ids consecutive
-    assert labels[0, 0] == 1  # largest painted first -> id 1
-    assert len(np.unique(labels[2:4, 2:4])) == 1 and labels[2, 2] not in (0, labels[0, 0])
-    assert (labels[masks[1] & ~masks[0]] == labels[0, 0]).all()
-    assert len(np.unique(labels[6:8, 6:8])) == 1 and labels[6, 6] not in (0, 1, labels[2, 2])
-    assert (labels[~masks.any(axis=0)] == 0).all()
-
-
-def test_masks_to_labels_with_background_drops_dominant_label():
-    masks = np.zeros((2, 10, 10), dtype=bool)
-    masks[0, :, :8] = True  # 80 px > 20 px unlabelled: taken as background
-    masks[1, 1:3, 1:3] = True
-    dropped = masks_to_labels(_maskset(masks), (10, 10), with_background=True)
-    assert sorted(np.unique(dropped)) == [0, 1] and (dropped[1:3, 1:3] == 1).all()
-    masks[0, :, :] = False
-    masks[0, :4, :4] = True  # now smaller than the unlabelled area: kept
-    kept = masks_to_labels(_maskset(masks), (10, 10), with_background=True)
-    assert sorted(np.unique(kept)) == [0, 1, 2]
-
-
-def test_masks_to_boxes_matches_sam():
-    rng = np.random.default_rng(1)
-    masks = rng.random((20, 17, 23)) < 0.02
-    masks[3] = False  # empty -> [0, 0, 0, 0]
-    masks = torch.as_tensor(masks)
-    assert torch.equal(masks_to_boxes(masks), batched_mask_to_box(masks))
-
-
-@pytest.mark.parametrize("n", [1, 5, 32])
-def test_point_grid_matches_sam(n):
-    np.testing.assert_array_equal(point_grid(n), build_point_grid(n))
-
-
 def test_params_reject_nonsense():
     with pytest.raises(ValueError):
         AmgParams(points_per_side=0)
     with pytest.raises(ValueError):
         AmgParams(min_mask_region_area=-1)
+    with pytest.raises(ValueError, match="unknown AMG prompt 'lasso'"):
+        AmgParams(prompt="lasso")
+    assert AmgParams(prompt="box", box_sizes=[0.1]).box_sizes == (0.1,)  # as JSON gives it

@@ -19,8 +19,8 @@ from tqdm import tqdm
 from tilesam.config import AmgParams
 from tilesam.data import stores
 from tilesam.embed import peak_mem_mb, read_embedding
-from tilesam.segment.amg import filter_candidates, generate_masks, masks_to_labels
-from tilesam.segment.box_amg import DEFAULT_BOX_SIZES, decode_box_candidates
+from tilesam.segment.amg import generate_masks
+from tilesam.segment.labels import masks_to_labels
 from tilesam.tiling import Tile, TileGrid
 
 METHODS = ("amg",)
@@ -36,12 +36,10 @@ def segment_block(
     *,
     method: str = "amg",
     params: AmgParams | None = None,
-    prompt: str = "point",
-    box_sizes: tuple[float, ...] = DEFAULT_BOX_SIZES,
 ) -> dict:
     """Segment every tile of a block into `<out>` (arrays `t<i>`: window-sized uint32 labels).
 
-    `prompt: box` prompts a grid of boxes instead of points (`tilesam.segment.box_amg`),
+    `params.prompt: box` prompts a grid of boxes instead of points (`tilesam.segment.box_amg`),
     for models trained on box prompts only, such as LiteMedSAM.
     """
     if method not in METHODS:
@@ -49,15 +47,7 @@ def segment_block(
     params = params or AmgParams()
     src = stores.open_done(embeddings, "embeddings", embedding_provenance)
     tiles = grid.block(embedding_provenance["block"], embedding_provenance["tiles_per_block"])
-    if prompt not in ("point", "box"):
-        raise ValueError(f"unknown AMG prompt {prompt!r}; use point or box")
-    provenance = {
-        **embedding_provenance,
-        "method": method,
-        "params": asdict(params),
-        "prompt": prompt,
-        "box_sizes": list(box_sizes) if prompt == "box" else None,
-    }
+    provenance = {**embedding_provenance, "method": method, **_params_record(params)}
     root = stores.open_partial(out, "segmentation", provenance, len(tiles))
     done = root["done"][:]
     seconds = 0.0
@@ -67,7 +57,7 @@ def segment_block(
         t0 = time.perf_counter()
         embedding = read_embedding(src, i).to(model.device)
         labels = masks_to_labels(
-            _masks(model, embedding, tile.window_shape, params, prompt, box_sizes),
+            generate_masks(model, embedding, tile.window_shape, params),
             tile.window_shape,
             with_background=params.with_background,
         )
@@ -88,18 +78,14 @@ def segment_block(
     return stats
 
 
-def _masks(
-    model: Sam,
-    embedding: torch.Tensor,
-    shape: tuple[int, int],
-    params: AmgParams,
-    prompt: str,
-    box_sizes: tuple[float, ...],
-):
-    if prompt == "point":
-        return generate_masks(model, embedding, shape, params)
-    candidates = decode_box_candidates(model, embedding, shape, params, box_sizes)
-    return filter_candidates(candidates, params.pred_iou_thresh, params.stability_score_thresh, params.box_nms_thresh)
+def _params_record(params: AmgParams) -> dict:
+    """The store's record of `params`, as it has always been written (tables and resume checks read it).
+
+    `params` holds the thresholds and grid, `prompt` and `box_sizes` (None for points) sit beside it.
+    """
+    record = asdict(params)
+    prompt, box_sizes = record.pop("prompt"), record.pop("box_sizes")
+    return {"params": record, "prompt": prompt, "box_sizes": list(box_sizes) if prompt == "box" else None}
 
 
 def costs(block_stores: list[str | Path]) -> dict:

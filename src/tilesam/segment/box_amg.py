@@ -9,35 +9,14 @@ box-NMS filters as point-grid AMG (`tilesam.segment.amg.filter_candidates`).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from tilesam.segment.amg import (
-    AmgParams,
-    Candidates,
-    MaskSet,
-    binarise_and_score,
-    masks_to_boxes,
-    passes_threshold,
-    point_grid,
-)
-
-#: Box side lengths as fractions of the window's longer side (small, medium, large objects).
-DEFAULT_BOX_SIZES = (0.06, 0.12, 0.24)
-
-
-def box_grid(points_per_side: int, sizes: tuple[float, ...], original_size: tuple[int, int]) -> np.ndarray:
-    """XYXY boxes (float, original pixels) centred on SAM's point grid, one per size, clipped."""
-    h, w = original_size
-    centres = point_grid(points_per_side) * np.array([w, h], dtype=np.float64)
-    half = np.array(sizes, dtype=np.float64)[:, None] * max(h, w) / 2  # (S, 1)
-    boxes = [np.concatenate([centres - hs, centres + hs], axis=1) for hs in half]
-    boxes = np.concatenate(boxes)
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w - 1)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h - 1)
-    return boxes
+from tilesam.config import AmgParams
+from tilesam.segment.decoder import binarise_and_score
+from tilesam.segment.grids import box_grid
+from tilesam.segment.masks import Candidates, MaskSet, masks_to_boxes, passes_threshold
 
 
 @torch.inference_mode()
@@ -46,15 +25,14 @@ def decode_box_candidates(
     embedding: torch.Tensor,
     original_size: tuple[int, int],
     params: AmgParams,
-    sizes: tuple[float, ...] = DEFAULT_BOX_SIZES,
 ) -> Candidates:
-    """Decode every grid box once; keep masks passing `params`' IoU and stability thresholds."""
+    """Decode every grid box (`params.box_sizes`) once; keep masks passing `params`' IoU and stability thresholds."""
     device = model.device
     embedding = embedding.to(device)
     original_size = (int(original_size[0]), int(original_size[1]))
     img_size = model.image_encoder.img_size
     input_size = ResizeLongestSide.get_preprocess_shape(*original_size, img_size)
-    boxes = box_grid(params.points_per_side, tuple(sizes), original_size)
+    boxes = box_grid(params.points_per_side, params.box_sizes, original_size)
     coords = torch.as_tensor(ResizeLongestSide(img_size).apply_boxes(boxes, original_size), device=device).float()
     centres = torch.as_tensor((boxes[:, :2] + boxes[:, 2:]) / 2, device=device)
     pe = model.prompt_encoder.get_dense_pe()

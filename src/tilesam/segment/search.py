@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from tilesam.config import AmgParams, StitchParams
 from tilesam.metrics import segmentation_scores
-from tilesam.segment.amg import decode_candidates, filter_candidates, masks_to_labels
-from tilesam.segment.box_amg import DEFAULT_BOX_SIZES, decode_box_candidates
+from tilesam.segment.amg import decode_candidates, filter_candidates
+from tilesam.segment.labels import masks_to_labels
 from tilesam.stitch.tiles import stitch_in_memory
 from tilesam.tiling import Tile, TileGrid
 
@@ -46,34 +46,27 @@ class SearchImage:
     gt: np.ndarray
 
 
-def _candidates(model: Sam, image: SearchImage, params: AmgParams, prompt: str, box_sizes: tuple[float, ...]):
-    out = {}
-    for tile in image.grid.tiles():
-        embedding = image.embedding_of(tile)
-        if prompt == "box":
-            out[tile.id] = decode_box_candidates(model, embedding, tile.window_shape, params, box_sizes)
-        else:
-            out[tile.id] = decode_candidates(model, embedding, tile.window_shape, params)
-    return out
-
-
 def search_amg(
     model: Sam,
     images: list[SearchImage],
     params: AmgParams,
     *,
-    prompt: str = "point",
-    box_sizes: tuple[float, ...] = DEFAULT_BOX_SIZES,
     pred_iou_grid: list[float] = PRED_IOU_GRID,
     stability_grid: list[float] = STABILITY_GRID,
     stitch_params: StitchParams | None = None,
 ) -> pd.DataFrame:
-    """mSA (mean over images) of every (pred_iou_thresh, stability_score_thresh), best first."""
+    """mSA (mean over images) of every (pred_iou_thresh, stability_score_thresh), best first.
+
+    `params` gives everything else, the prompt grid (points or boxes) included.
+    """
     stitch_params = stitch_params or StitchParams()
     loosest = replace(params, pred_iou_thresh=min(pred_iou_grid), stability_score_thresh=min(stability_grid))
     rows = []
     for image in tqdm(images, desc="AMG search"):
-        candidates = _candidates(model, image, loosest, prompt, box_sizes)
+        candidates = {
+            tile.id: decode_candidates(model, image.embedding_of(tile), tile.window_shape, loosest)
+            for tile in image.grid.tiles()
+        }
         for iou in pred_iou_grid:
             for stability in stability_grid:
                 tiles = {

@@ -1,6 +1,17 @@
-import numpy as np
+"""AMG prompt grids: SAM's point grid, and boxes centred on it."""
 
-from tilesam.segment.box_amg import box_grid
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from segment_anything.utils.amg import build_point_grid
+
+from tilesam.segment.grids import box_grid, point_grid
+
+
+@pytest.mark.parametrize("n", [1, 5, 32])
+def test_point_grid_matches_sam(n):
+    np.testing.assert_array_equal(point_grid(n), build_point_grid(n))
 
 
 def test_box_grid_is_centred_on_the_point_grid_and_clipped():
