@@ -182,6 +182,12 @@ def cmd_figure(args) -> None:
     jobs.figure(args.image, args.gt, args.results, args.names, args.out, title=args.title)
 
 
+def cmd_export(args) -> None:
+    from tilesam.stitch.export import export_labels
+
+    print(export_labels(args.labels, args.out, table=args.table))
+
+
 def cmd_finetune(args) -> None:
     from tilesam import jobs
 
@@ -267,6 +273,9 @@ COMMANDS: dict[str, Command] = {
     "figure": Command(cmd_figure, "qualitative panel: image, ground truth, results on one crop",
                       (IMAGE, arg("--gt"), arg("--results", nargs="+", required=True),
                        arg("--names", nargs="+", required=True), arg("--title", default=""), OUT)),
+    "export": Command(cmd_export, "a stitched label image (OME-Zarr) -> TIFF, and its instance table as CSV",
+                      (arg("labels", help="labels.ome.zarr from the stitch job"), arg("out", help="TIFF to write"),
+                       arg("--table", help="CSV of the instances (id, area, bounding box, centroid)"))),
     "finetune": Command(cmd_finetune, "finetune a model on images with instance labels (resumable)", (
         arg("--model", required=True, help="base model: registry name, name@version or checkpoint path"),
         arg("--images", nargs="+", required=True, help="training images: globs or files (2D, gray or RGB)"),
@@ -325,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     _models_parser(sub)
     _datasets_parser(sub)
     for name, command in COMMANDS.items():
-        p = sub.add_parser(name, help=command.help)
+        p = sub.add_parser(name, help=command.help, description=command.help)
         p.set_defaults(func=command.func)
         for a in command.args:
             p.add_argument(*a.flags, **a.options)

@@ -1,0 +1,53 @@
+"""The command line: settings flags come from the schema, and `tilesam export` writes a TIFF and a table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from tilesam import cli, config
+from tilesam.data import ome
+
+
+def test_every_stage_setting_is_a_flag_and_the_flags_win_over_the_config_json():
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["embed", "--image", "i", "--model", "m", "--block", "0", "--out", "o", "--halo", "8", "8"]
+        + ["--config", json.dumps({"segmentation": {"tile_shape": [128, 128], "halo": [16, 16]}})]
+    )
+    assert cli._settings(args, config.Tiling) == config.Tiling(tile_shape=(128, 128), halo=(8, 8))
+    assert cli._settings(args, config.EmbedParams) == config.EmbedParams()
+    args = parser.parse_args(["finetune", "--model", "m", "--images", "a", "--labels", "b", "--out", "o"])
+    assert cli._settings(args, config.FinetuneConfig) == config.FinetuneConfig()
+    flags = {a.dest.partition(":")[2] for a in parser._subparsers._group_actions[0].choices["finetune"]._actions}
+    assert {f for f in config.FinetuneConfig.__annotations__} <= flags
+
+
+def test_a_bad_setting_is_one_clear_line(capsys):
+    code = cli.main(
+        ["import-image", "a.tif", "b.zarr", "--config", json.dumps({"segmentation": {"tile_shap": [1, 1]}})]
+    )
+    assert code == 1 and "tile_shap" in capsys.readouterr().err
+
+
+def test_export_writes_the_tif_and_the_instance_table(tmp_path, capsys):
+    labels = np.zeros((40, 50), np.uint32)
+    labels[5:15, 5:20], labels[20:35, 30:45] = 1, 2
+    arr = ome.create(tmp_path / "labels.ome.zarr", labels.shape, np.uint32, (16, 16))
+    arr[:] = labels
+    ome.build_pyramid(tmp_path / "labels.ome.zarr", labels=True)
+    out, table = tmp_path / "out.tif", tmp_path / "out.csv"
+    assert cli.main(["export", str(tmp_path / "labels.ome.zarr"), str(out), "--table", str(table)]) == 0
+    assert np.array_equal(tifffile.imread(out), labels)
+    assert len(pd.read_csv(table)) == 2
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0 and cli.COMMANDS[command].help.split()[0] in capsys.readouterr().out
