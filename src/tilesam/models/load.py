@@ -30,7 +30,9 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from .fetch import fetch, fetch_card, file_sha256, is_cached, local_checkpoint, model_path
+from tilesam.download import file_sha256
+
+from .fetch import fetch, fetch_card, is_cached, local_checkpoint, model_path
 from .registry import ModelCard, architecture_defaults, lookup, resolve
 from .tiny_vit import tiny_vit_5m_lite_medsam, tiny_vit_5m_mobile_sam
 
@@ -282,7 +284,7 @@ def model_info(name_or_path: str | os.PathLike, *, trust_pickle: bool = False) -
 
     Never downloads. For registry models the card's checksum is used (or, for a card without one,
     the cached file's hash, else None); a local file is hashed (remembered, see
-    :func:`~tilesam.models.fetch.file_sha256`) and its architecture read off its state dict.
+    :func:`~tilesam.download.file_sha256`) and its architecture read off its state dict.
     """
     local = local_checkpoint(name_or_path)
     if local is None:
