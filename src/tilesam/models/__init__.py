@@ -31,7 +31,7 @@ _LAZY = {
     "load_model": "tilesam.models.load",
     "model_info": "tilesam.models.load",
     "read_checkpoint": "tilesam.models.load",
-    "resolve_device": "tilesam.models.load",
+    "resolve_device": "tilesam.device",  # its home; kept here while tilesam.finetune imports it from here
 }
 
 __all__ = [

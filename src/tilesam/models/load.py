@@ -30,6 +30,7 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from tilesam.device import resolve_device
 from tilesam.download import file_sha256
 
 from .fetch import fetch, fetch_card, is_cached, local_checkpoint, model_path
@@ -45,7 +46,6 @@ __all__ = [
     "load_model",
     "model_info",
     "read_checkpoint",
-    "resolve_device",
 ]
 
 _VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -64,13 +64,6 @@ class Checkpoint:
     architecture: str
     model_state: dict[str, torch.Tensor]
     decoder_state: dict[str, Any] | None
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """None or 'auto' -> cuda when available, else cpu; anything else as given."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
