@@ -32,6 +32,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from tilesam.config import AmgParams
+from tilesam.device import resolve_device
 from tilesam.segment.amg import decode_candidates, filter_candidates, generate_masks
 from tilesam.segment.masks import MaskSet
 
@@ -195,7 +196,7 @@ def markdown(rows: list[Row]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=resolve_device("auto"))
     parser.add_argument("--models", nargs="+", default=["lite_medsam", "vit_b"])
     parser.add_argument("--tiles", nargs="+", type=int, default=[256, 512])
     parser.add_argument("--points-per-side", type=int, default=16)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from _common import OUT, load_model, machine, timed
 
+from tilesam.device import resolve_device
 from tilesam.embed import encode
 
 FIELDS = ["model", "input", "tile", "batch", "precision", "seconds", "tiles_per_s", "s_per_tile", "peak_mb"]
@@ -88,7 +89,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=resolve_device("auto"))
     parser.add_argument("--models", nargs="+", default=["lite_medsam", "vit_b"])
     parser.add_argument("--tiles", nargs="+", type=int, default=[256, 512], help="window sides (tile + halo)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])

@@ -13,22 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from tilesam.config import AmgParams, EmbedParams, FinetuneConfig, SearchGrid, StitchParams, Tiling, replace
+from tilesam.device import resolve_device
 
 log = logging.getLogger("tilesam")
 
 
 # --- shared by the model jobs -----------------------------------------------------------------
-def resolve_device(name: str) -> str:
-    """`auto` -> cuda when torch sees a GPU, else cpu; `cuda` without one is an error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was asked for, but torch sees no CUDA device")
-    return name
-
-
 def load_record(record_path: str | Path, device: str = "auto"):
     """The model of a workflow model record (from `fetch_model` or `record_finetuned`), and the record."""
     from tilesam.models import load_model

@@ -22,7 +22,7 @@ from helpers.http_server import FileServer
 from tilesam import cli
 from tilesam.data.datasets import DatasetError, images_of, split_from_files, split_names
 from tilesam.data.public_datasets import MIRROR_ENV, REGISTRY, fetch_dataset
-from tilesam.models import ChecksumError, OfflineError, UnknownChecksumError
+from tilesam.download import ChecksumError, OfflineError, UnknownChecksumError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,47 +1,21 @@
-"""Prompted evaluation of whole tiled images, and the AMG threshold search, with the real model."""
+"""Prompted evaluation of whole tiled images, with the real model."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tilesam.config import AmgParams, StitchParams
-from tilesam.data import synthetic
+from helpers.tiled_cells import embedder, make_cells
 from tilesam.embed import encode, normalize
 from tilesam.interactive.evaluate import evaluate_prompts, object_tiles, prompt_image
 from tilesam.interactive.prompts import prompt_objects
-from tilesam.metrics import relabel_gt, segmentation_scores
-from tilesam.segment.amg import filter_candidates, masks_to_labels
-from tilesam.segment.box_amg import decode_box_candidates
-from tilesam.segment.search import SearchImage, protocol_range, search_amg
-from tilesam.stitch.tiles import stitch_in_memory
+from tilesam.metrics import relabel_gt
 from tilesam.tiling import TileGrid
-
-SPEC = synthetic.SyntheticSpec("cells", (200, 260), 16, (9.0, 18.0), seed=11)
 
 
 @pytest.fixture(scope="module")
 def cells():
-    gt = synthetic.make_labels(SPEC)
-    return synthetic.render(gt, SPEC.seed), gt
-
-
-def embedder(model, image):
-    """tile -> embedding of its window, computed once per tile (as the embed jobs store them)."""
-    cache = {}
-    rng = (float(image.min()), float(image.max()))
-
-    def embedding_of(tile):
-        if tile.window not in cache:
-            cache[tile.window] = encode(model, [normalize(image[tile.window_slices()], rng)])
-        return cache[tile.window]
-
-    return embedding_of
-
-
-def test_protocol_range_is_inclusive_and_exact():
-    assert protocol_range(0.6, 0.9) == [round(0.6 + 0.025 * k, 6) for k in range(13)]
-    assert protocol_range(0.6, 0.95)[-1] == 0.95 and len(protocol_range(0.6, 0.95)) == 15
+    return make_cells()
 
 
 def test_every_object_is_prompted_on_exactly_one_tile_holding_its_centre(cells):
@@ -90,33 +64,3 @@ def test_tiled_box_prompts_find_the_objects_and_iterations_are_recorded(lite_med
         evaluate_prompts(lite_medsam, gt, grid, embedding_of, "lasso")
     with pytest.raises(ValueError, match="ground truth has shape"):
         evaluate_prompts(lite_medsam, gt[:100], grid, embedding_of, "box")
-
-
-def test_search_scores_each_setting_as_a_direct_run_with_it(lite_medsam, cells):
-    """Decoding once at the loosest thresholds and filtering equals decoding with each setting."""
-    image, gt = cells
-    grid = TileGrid(gt.shape, (128, 128), (24, 24))
-    embedding_of = embedder(lite_medsam, image)
-    params = AmgParams(points_per_side=4)
-    sizes = (0.12, 0.24)
-    table = search_amg(
-        lite_medsam,
-        [SearchImage("cells", grid, embedding_of, gt)],
-        params,
-        prompt="box",
-        box_sizes=sizes,
-        pred_iou_grid=[0.6, 0.8],
-        stability_grid=[0.6, 0.9],
-    )
-    assert len(table) == 4 and table["mSA"].is_monotonic_decreasing
-    for row in table.itertuples():
-        direct = AmgParams(
-            points_per_side=4, pred_iou_thresh=row.pred_iou_thresh, stability_score_thresh=row.stability_score_thresh
-        )
-        tiles = {}
-        for tile in grid.tiles():
-            c = decode_box_candidates(lite_medsam, embedding_of(tile), tile.window_shape, direct, sizes)
-            kept = filter_candidates(c, direct.pred_iou_thresh, direct.stability_score_thresh, direct.box_nms_thresh)
-            tiles[tile.id] = masks_to_labels(kept, tile.window_shape, with_background=True)
-        msa = segmentation_scores(gt, stitch_in_memory(grid, tiles, StitchParams())).msa
-        assert row.mSA == pytest.approx(msa, abs=1e-12)

@@ -18,7 +18,6 @@ from tilesam.models import (
     load_model,
     model_info,
     read_checkpoint,
-    resolve_device,
 )
 from tilesam.models.load import detect_architecture
 from tilesam.models.tiny_vit import TinyViT
@@ -198,12 +197,6 @@ def test_model_info_for_names_and_files(tmp_path, lite_state):
     path.write_bytes(fetch("lite_medsam").read_bytes())
     info = model_info(path)
     assert (info["architecture"], info["sha256"], info["path"]) == ("lite_medsam_tinyvit", LITE_SHA, str(path))
-
-
-def test_resolve_device():
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device(None).type == expected and resolve_device("auto").type == expected
-    assert resolve_device("cpu") == torch.device("cpu")
 
 
 def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:

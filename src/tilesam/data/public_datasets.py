@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from tilesam.models.fetch import ChecksumError, UnknownChecksumError, fetch_verified
+from tilesam.download import ChecksumError, UnknownChecksumError, fetch_verified
 
 MIRROR_ENV = "TILESAM_DATASETS_MIRROR"  # base url that replaces every dataset url: <mirror>/<file>
 PARTS = ("train", "val", "test")

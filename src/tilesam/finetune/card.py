@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tilesam.config import FinetuneConfig
+from tilesam.download import ChecksumError, file_sha256
 from tilesam.finetune.data import FinetuneError, Sample
 from tilesam.finetune.validate import EVAL_MODES
-from tilesam.models import ModelCard, file_sha256, model_info, register
-from tilesam.models.fetch import ChecksumError, local_checkpoint, model_path
+from tilesam.models import ModelCard, model_info, register
+from tilesam.models.fetch import local_checkpoint, model_path
 
 if TYPE_CHECKING:  # types only: the trainer writes cards, so importing it here would be circular
     from segment_anything.modeling import Sam

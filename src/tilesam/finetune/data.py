@@ -13,9 +13,9 @@ import numpy as np
 import tifffile
 
 from tilesam.data.datasets import stem
+from tilesam.download import file_sha256
 from tilesam.embed import normalize
 from tilesam.metrics import relabel_gt
-from tilesam.models import file_sha256
 
 Paths = str | os.PathLike | Sequence[str | os.PathLike]  # globs and/or files
 

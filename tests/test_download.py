@@ -1,0 +1,151 @@
+"""Verified downloads through a real HTTP server on 127.0.0.1: verification, retries, cache, offline mode."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers.http_server import FileServer
+from tilesam.download import (
+    RETRIES,
+    ChecksumError,
+    DownloadError,
+    OfflineError,
+    cache_dir,
+    fetch_verified,
+    file_sha256,
+)
+
+GOOD = b"the expected file " * 500
+GOOD_SHA = hashlib.sha256(GOOD).hexdigest()
+WHAT = "test file"
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("TILESAM_CACHEDIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TILESAM_OFFLINE", raising=False)
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    srv = FileServer()
+    srv.routes["/files/test.bin"] = (200, GOOD)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def target(tmp_path, cache) -> Path:
+    return tmp_path / "downloads" / "test.bin"
+
+
+def fetch(server: FileServer, target: Path, **kwargs) -> Path:
+    return fetch_verified(server.url("/files/test.bin"), target, GOOD_SHA, what=WHAT, progress=False, **kwargs)
+
+
+@pytest.fixture
+def no_retry_wait(monkeypatch) -> list[float]:
+    """pooch waits 1 s, 2 s, 3 s between retries; record the waits instead."""
+    import pooch.core
+
+    waits: list[float] = []
+    monkeypatch.setattr(pooch.core.time, "sleep", waits.append)
+    return waits
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("offline mode opened a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_cache_dir_follows_environment(cache):
+    assert cache_dir() == cache
+
+
+def test_download_is_verified_cached_and_reused(server, target):
+    assert fetch(server, target) == target and target.read_bytes() == GOOD
+    assert server.requests == ["/files/test.bin"]
+    assert fetch(server, target) == target
+    assert len(server.requests) == 1  # the second fetch made no request
+    assert list(target.parent.iterdir()) == [target]  # no partial files left behind
+
+
+def test_corrupt_download_is_rejected_and_removed(server, target):
+    bad = b"another file " * 500
+    server.routes["/files/test.bin"] = (200, bad)
+    with pytest.raises(ChecksumError) as info:
+        fetch(server, target)
+    message = str(info.value)
+    for part in (WHAT, server.url("/files/test.bin"), GOOD_SHA, hashlib.sha256(bad).hexdigest(), "deleted"):
+        assert part in message
+    assert len(server.requests) == 1  # a wrong file is not a network failure: no retries
+    assert not target.parent.exists() or list(target.parent.iterdir()) == []
+
+
+def test_server_errors_are_retried_then_fail_clearly(server, target, no_retry_wait):
+    server.routes["/files/test.bin"] = (500, b"internal error")
+    with pytest.raises(DownloadError, match=f"could not download {WHAT} from {server.url('/files/test.bin')}") as info:
+        fetch(server, target)
+    assert "500" in str(info.value)
+    assert len(server.requests) == 1 + RETRIES
+    assert len(no_retry_wait) == RETRIES
+    assert not target.exists()
+
+
+def test_a_corrupted_cache_entry_is_downloaded_again(server, target):
+    target.parent.mkdir(parents=True)
+    target.write_bytes(GOOD[: len(GOOD) // 2])
+    assert fetch(server, target).read_bytes() == GOOD
+    assert len(server.requests) == 1
+
+
+def test_a_given_source_is_downloaded_instead_of_the_url(server, target):
+    server.routes["/mirror/test.bin"] = (200, GOOD)
+    assert fetch(server, target, source=server.url("/mirror/test.bin")).read_bytes() == GOOD
+    assert server.requests == ["/mirror/test.bin"]
+
+
+@pytest.mark.parametrize("via_env", [True, False])
+def test_offline_missing_file_names_path_and_source(server, target, no_network, monkeypatch, via_env):
+    if via_env:
+        monkeypatch.setenv("TILESAM_OFFLINE", "1")
+    with pytest.raises(OfflineError) as info:
+        fetch(server, target, offline=None if via_env else True, hint="; or ask a colleague")
+    message = str(info.value)
+    assert str(target) in message and server.url("/files/test.bin") in message and "ask a colleague" in message
+    assert server.requests == []
+
+
+def test_offline_uses_the_verified_cache(server, target, no_network, monkeypatch):
+    target.parent.mkdir(parents=True)
+    target.write_bytes(GOOD)
+    monkeypatch.setenv("TILESAM_OFFLINE", "1")
+    assert fetch(server, target) == target
+    target.write_bytes(GOOD.upper())  # same size, other content
+    with pytest.raises(ChecksumError, match="offline mode"):
+        fetch(server, target)
+    assert target.exists() and server.requests == []
+
+
+def test_checksum_record_skips_rehash_until_the_file_changes(tmp_path, cache, monkeypatch):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"a" * 1000)
+    first = file_sha256(path)
+    changed = hashlib.sha256(b"b" * 1001).hexdigest()
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    assert file_sha256(path) == first and calls == []  # remembered: not hashed again
+    path.write_bytes(b"b" * 1001)
+    assert file_sha256(path) == changed and calls == [1]
+    assert file_sha256(path, remember=False) == changed and calls == [1, 1]
