@@ -37,8 +37,7 @@ from tilesam.config import AmgParams, StitchParams
 from tilesam.embed import encode, normalize
 from tilesam.metrics import segmentation_scores
 from tilesam.models import load_model
-from tilesam.segment.amg import filter_candidates
-from tilesam.segment.box_amg import decode_box_candidates
+from tilesam.segment.amg import generate_masks
 from tilesam.segment.labels import masks_to_labels
 from tilesam.stitch.tiles import stitch_in_memory
 from tilesam.tiling import TileGrid
@@ -49,17 +48,18 @@ OUT = REPO / "benchmarks" / "out"
 
 
 def segment_tiles(model, image: np.ndarray, grid: TileGrid, params: AmgParams) -> dict[int, np.ndarray]:
-    """AMG labels of every window of the grid (a one-tile grid is the whole image)."""
+    """AMG labels of every window of the grid (a one-tile grid is the whole image).
+
+    Per window what the workflow's embed and segment jobs do (tilesam.segment.blocks.segment_block),
+    without the stores in between: normalise with the image's range, encode, generate_masks,
+    masks_to_labels.
+    """
     lo, hi = float(image.min()), float(image.max())
     tiles = {}
     for tile in grid.tiles():
-        window = image[tile.window_slices()]
-        embedding = encode(model, [normalize(window, (lo, hi))])
-        candidates = decode_box_candidates(model, embedding, tile.window_shape, params)
-        kept = filter_candidates(
-            candidates, params.pred_iou_thresh, params.stability_score_thresh, params.box_nms_thresh
-        )
-        tiles[tile.id] = masks_to_labels(kept, tile.window_shape, with_background=params.with_background)
+        embedding = encode(model, [normalize(image[tile.window_slices()], (lo, hi))])
+        masks = generate_masks(model, embedding, tile.window_shape, params)
+        tiles[tile.id] = masks_to_labels(masks, tile.window_shape, with_background=params.with_background)
     return tiles
 
 
