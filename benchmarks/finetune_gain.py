@@ -14,7 +14,13 @@ LiteMedSAM was trained with box prompts only, so its point prompts give empty ma
 with points and boxes should raise point prompts a lot and box prompts somewhat.
 
     /tmp/venv/bin/python benchmarks/finetune_gain.py [--train 30] [--val 5] [--iterations 100]
-        [--objects 8] [--sub-iterations 2] [--lr 3e-4] [--prompt-lr-factor 10] [--test-objects 20] [--threads 1] [--fresh]
+        [--objects-per-image 8] [--sub-iterations 2] [--lr 3e-4] [--prompt-encoder-lr-factor 10]
+        [--test-objects 20] [--threads 1] [--fresh]
+
+The finetuning settings are a tilesam.config.FinetuneConfig built from the config schema's
+`finetune` defaults and the few this benchmark sets differently (SETTINGS, below); each of its
+flags is named after its schema key (the older --objects, --prompt-lr-factor and --val-objects
+still work).
 
 Writes benchmarks/out/finetune_gain.csv (the table), finetune_gain_objects.csv (per object),
 finetune_gain.json (settings, runtimes, the zero-iteration check) and finetune_gain_losses.png;
@@ -34,75 +40,83 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from tilesam import config as schema
+
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "benchmarks" / "out"
 DATA = REPO.parent / "shared" / "data" / "dsb2018"
 BASE = "lite_medsam"
+MODES = ("box", "point")
+
+# Where this benchmark's finetuning differs from the config schema's `finetune` defaults: short
+# enough for 2 shared CPU cores, with bigger steps (and bigger still for the prompt encoder).
+SETTINGS = {
+    "iterations": 100,
+    "iterations_per_epoch": 25,
+    "sub_iterations": 2,
+    "lr": 3e-4,
+    "prompt_encoder_lr_factor": 10.0,
+    "augment_variants": 1,
+    "val_max_objects": 10,
+}
+# The FinetuneConfig fields it has flags for (--<key with dashes>), with the flags' older names.
+FLAGS = {
+    "iterations": (),
+    "iterations_per_epoch": (),
+    "objects_per_image": ("--objects",),
+    "sub_iterations": (),
+    "lr": (),
+    "prompt_encoder_lr_factor": ("--prompt-lr-factor",),
+    "max_points": (),
+    "augment_variants": (),
+    "val_max_objects": ("--val-objects",),
+    "seed": (),
+}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DATA, help="folder with images/ and labels/")
     p.add_argument("--train", type=int, default=30, help="first N images by name: finetuning")
     p.add_argument("--val", type=int, default=5, help="last N of the finetuning images: validation")
-    p.add_argument("--iterations", type=int, default=100)
-    p.add_argument("--iterations-per-epoch", type=int, default=25)
-    p.add_argument("--objects", type=int, default=8, help="objects per image and step")
-    p.add_argument("--sub-iterations", type=int, default=2)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--prompt-lr-factor", type=float, default=10.0, help="the prompt encoder's learning rate / lr")
-    p.add_argument("--max-points", type=int, default=3)
-    p.add_argument(
-        "--augment-variants", type=int, default=1, help="dihedral variants per image (each costs an encoder pass)"
-    )
-    p.add_argument("--val-objects", type=int, default=10, help="objects scored per validation image")
+    settings = p.add_argument_group("finetune settings (tilesam.config.FinetuneConfig)")
+    defaults = {**schema.defaults("finetune"), **SETTINGS}
+    props = schema.section("finetune")["properties"]
+    for key, old_names in FLAGS.items():
+        settings.add_argument(
+            f"--{key.replace('_', '-')}",
+            *old_names,
+            dest=key,
+            type=type(defaults[key]),
+            default=defaults[key],
+            help=f"{props[key].get('description', '')} (default {defaults[key]})".lstrip(),
+        )
     p.add_argument("--test-objects", type=int, default=20, help="objects prompted per test image (0: all)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fresh", action="store_true", help="finetune again even if a finished run exists")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def main() -> int:
-    args = parse_args()
-    import pandas as pd
-    import torch
+def finetune_config(args: argparse.Namespace) -> schema.FinetuneConfig:
+    """The finetuning settings: the schema's defaults, this benchmark's SETTINGS, then the flags."""
+    return schema.build(schema.FinetuneConfig, {key: getattr(args, key) for key in FLAGS})
 
-    torch.set_num_threads(args.threads)
-    from tilesam.config import FinetuneConfig
-    from tilesam.finetune.cache import EmbeddingCache
-    from tilesam.finetune.data import ImageSet, pair_files
-    from tilesam.finetune.trainer import finetune
-    from tilesam.finetune.validate import validate_prompts
-    from tilesam.models import load_model, resolve
 
-    if not (args.data / "images").is_dir():
-        print(f"needs the dsb2018 data in {args.data} (images/, labels/)", file=sys.stderr)
-        return 2
-    started = time.perf_counter()
+def split(args: argparse.Namespace) -> tuple[list, list, list]:
+    """Train, validation and test samples: the images sorted by name, cut at --train and --train - --val."""
+    from tilesam.finetune.data import pair_files
+
     samples = pair_files(str(args.data / "images" / "*.tif"), str(args.data / "labels" / "*.tif"))
-    train, val, test = (
-        samples[: args.train - args.val],
-        samples[args.train - args.val : args.train],
-        samples[args.train :],
-    )
-    work = OUT_DIR / "finetune_gain"
-    if args.fresh and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    config = FinetuneConfig(
-        iterations=args.iterations,
-        iterations_per_epoch=args.iterations_per_epoch,
-        objects_per_image=args.objects,
-        sub_iterations=args.sub_iterations,
-        lr=args.lr,
-        prompt_encoder_lr_factor=args.prompt_lr_factor,
-        max_points=args.max_points,
-        augment_variants=args.augment_variants,
-        val_max_objects=args.val_objects,
-        seed=args.seed,
-    )
-    print(f"finetuning {BASE} on {len(train)} images (validation {len(val)}), testing on {len(test)}", flush=True)
+    return samples[: args.train - args.val], samples[args.train - args.val : args.train], samples[args.train :]
+
+
+def run_finetune(config, train: list, val: list, work: Path, started: float):
+    """Finetune BASE on the train samples (validating on val); its result and its seconds since `started`.
+
+    A reused (finished or resumed) run reports the epochs' recorded times instead.
+    """
+    from tilesam.finetune.trainer import finetune
+
     result = finetune(
         BASE,
         [s.image for s in train],
@@ -113,67 +127,124 @@ def main() -> int:
         config=config,
         embedding_cache=work / "embeddings",
     )
-    finetune_seconds = time.perf_counter() - started
-    if result.resumed_from > 0:  # a finished (or partly finished) run was reused: report its recorded time
-        finetune_seconds = sum(e.seconds for e in result.epochs)
+    seconds = time.perf_counter() - started
+    if result.resumed_from > 0:
+        seconds = sum(e.seconds for e in result.epochs)
+    return result, seconds
 
-    # zero iterations: the base weights, bit for bit
+
+def finetune_zero(train: list, work: Path) -> Path:
+    """BASE finetuned with zero iterations (its weights must be BASE's, bit for bit)."""
+    from tilesam.finetune.trainer import finetune
+
     zero = finetune(
         BASE,
         [s.image for s in train[:1]],
         [s.labels for s in train[:1]],
         work / "zero.pth",
-        config=FinetuneConfig(iterations=0),
+        config=schema.build(schema.FinetuneConfig, {"iterations": 0}),
         name=f"{BASE}-ft-zero",
         progress=False,
     )
-    base_model = load_model(BASE, device="cpu")
-    base_state, zero_state = base_model.state_dict(), torch.load(zero.checkpoint, weights_only=True)
-    zero_difference = max(float((base_state[k].double() - zero_state[k].double()).abs().max()) for k in base_state)
+    return zero.checkpoint
 
-    eval_started = time.perf_counter()
-    tuned_model = load_model(result.checkpoint, device="cpu")
+
+def max_difference(model, checkpoint: Path) -> float:
+    """Max |difference| between a model's weights and a checkpoint's."""
+    import torch
+
+    state, other = model.state_dict(), torch.load(checkpoint, weights_only=True)
+    return max(float((state[k].double() - other[k].double()).abs().max()) for k in state)
+
+
+def evaluate(base_model, checkpoint: Path, test: list, work: Path, args: argparse.Namespace) -> dict:
+    """Prompted evaluation of the vanilla and the finetuned model on the test samples, on shared embeddings."""
+    import torch
+
+    from tilesam.finetune.cache import EmbeddingCache
+    from tilesam.finetune.data import ImageSet
+    from tilesam.finetune.validate import validate_prompts
+    from tilesam.models import load_model, resolve
+
+    tuned_model = load_model(checkpoint, device="cpu")
+    base_state, tuned_state = base_model.state_dict(), tuned_model.state_dict()
     encoder_keys = [k for k in base_state if k.startswith("image_encoder.")]
-    tuned_state = tuned_model.state_dict()
     assert all(torch.equal(base_state[k], tuned_state[k]) for k in encoder_keys), (
         "encoder changed: embeddings not shareable"
     )
     test_set = ImageSet(test)
     cache = EmbeddingCache(base_model, resolve(BASE).sha256, work / "embeddings")
     limit = args.test_objects or None
-    evaluations = {
-        "vanilla": validate_prompts(base_model, test_set, cache, max_objects=limit, seed=args.seed),
-        "finetuned": validate_prompts(tuned_model, test_set, cache, max_objects=limit, seed=args.seed),
+    return {
+        name: validate_prompts(model, test_set, cache, max_objects=limit, seed=args.seed)
+        for name, model in (("vanilla", base_model), ("finetuned", tuned_model))
     }
-    eval_seconds = time.perf_counter() - eval_started
+
+
+def tables(evaluations: dict):
+    """The table (a row per model and prompt: objects, mean IoU, Dice, mSA) and the per-object rows."""
+    import pandas as pd
 
     rows, objects = [], []
     for model, evaluation in evaluations.items():
         summary = evaluation.summary()
-        for mode in ("box", "point"):
-            n = sum(1 for o in evaluation.objects if o.mode == mode)
+        for mode in MODES:
             rows.append(
                 {
                     "model": model,
                     "prompt": mode,
-                    "objects": n,
+                    "objects": sum(1 for o in evaluation.objects if o.mode == mode),
                     "mean_iou": summary[f"{mode}_iou"],
                     "mean_dice": summary[f"{mode}_dice"],
                     "msa": summary[f"{mode}_msa"],
                 }
             )
         objects += [{"model": model, **asdict(o)} for o in evaluation.objects]
-    table = pd.DataFrame(rows)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    table.to_csv(OUT_DIR / "finetune_gain.csv", index=False, float_format="%.4f")
-    pd.DataFrame(objects).to_csv(OUT_DIR / "finetune_gain_objects.csv", index=False, float_format="%.4f")
-    shutil.copyfile(work / f"{BASE}-ft-dsb2018.losses.png", OUT_DIR / "finetune_gain_losses.png")
-    total_seconds = time.perf_counter() - started
-    better = {
+    return pd.DataFrame(rows), pd.DataFrame(objects)
+
+
+def finetuned_better(table) -> dict[str, bool]:
+    """Per prompt mode: does the finetuned model's mean IoU beat the vanilla one's?"""
+    return {
         mode: float(table.query("model == 'finetuned' and prompt == @mode").mean_iou.iloc[0])
         > float(table.query("model == 'vanilla' and prompt == @mode").mean_iou.iloc[0])
-        for mode in ("box", "point")
+        for mode in MODES
     }
+
+
+def main() -> int:
+    args = parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from tilesam.models import load_model
+
+    if not (args.data / "images").is_dir():
+        print(f"needs the dsb2018 data in {args.data} (images/, labels/)", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    config = finetune_config(args)
+    train, val, test = split(args)
+    work = OUT_DIR / "finetune_gain"
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"finetuning {BASE} on {len(train)} images (validation {len(val)}), testing on {len(test)}", flush=True)
+    result, finetune_seconds = run_finetune(config, train, val, work, started)
+    zero = finetune_zero(train, work)
+    base_model = load_model(BASE, device="cpu")
+    zero_difference = max_difference(base_model, zero)
+    eval_started = time.perf_counter()
+    evaluations = evaluate(base_model, result.checkpoint, test, work, args)
+    eval_seconds = time.perf_counter() - eval_started
+
+    table, objects = tables(evaluations)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    table.to_csv(OUT_DIR / "finetune_gain.csv", index=False, float_format="%.4f")
+    objects.to_csv(OUT_DIR / "finetune_gain_objects.csv", index=False, float_format="%.4f")
+    shutil.copyfile(work / f"{BASE}-ft-dsb2018.losses.png", OUT_DIR / "finetune_gain_losses.png")
+    total_seconds = time.perf_counter() - started
+    better = finetuned_better(table)
     report = {
         "config": asdict(config),
         "train": [s.name for s in train],
@@ -190,18 +261,22 @@ def main() -> int:
         "finetuned_better": better,
     }
     (OUT_DIR / "finetune_gain.json").write_text(json.dumps(report, indent=1))
+    print_summary(table, result, zero_difference, (finetune_seconds, eval_seconds, total_seconds), args.threads)
+    ok = all(better.values()) and zero_difference == 0.0
+    print("OK: finetuned beats vanilla for box and point prompts" if ok else f"FAILED: {better}")
+    return 0 if ok else 1
 
+
+def print_summary(table, result, zero_difference: float, seconds: tuple[float, float, float], threads: int) -> None:
     print(table.to_markdown(index=False, floatfmt=".3f"))
     for e in result.epochs:
         print(f"epoch {e.epoch}: iterations {e.iterations}, train loss {e.train_loss}, validation {e.val}")
     print(f"best epoch {result.best_epoch}; zero-iteration finetune vs base: max |difference| = {zero_difference}")
+    finetune_seconds, eval_seconds, total_seconds = seconds
     print(
         f"finetuning {finetune_seconds:.0f} s, evaluation {eval_seconds:.0f} s, total {total_seconds:.0f} s "
-        f"({args.threads} thread(s))"
+        f"({threads} thread(s))"
     )
-    ok = all(better.values()) and zero_difference == 0.0
-    print("OK: finetuned beats vanilla for box and point prompts" if ok else f"FAILED: {better}")
-    return 0 if ok else 1
 
 
 if __name__ == "__main__":
