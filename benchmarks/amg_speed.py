@@ -1,6 +1,8 @@
 """Time tilesam.segment.amg.generate_masks against SamAutomaticMaskGenerator.generate on the same input.
 
-Both start from the same stored embedding, so the image encoder is excluded from both: the
+Both start from the same stored embedding, so the image encoder is excluded from both. The input
+is the top-left window of a real DSB2018 image, made SAM's uint8 RGB input and embedded as the
+workflow's embed jobs do it (tilesam.embed.normalize over the image's range, then encode). The
 generator's ``predictor.set_image`` is replaced by one that installs the precomputed features
 (what ``set_image`` leaves behind), so its ``generate()`` times point decoding, filtering, RLE
 encoding and output records, the work ``generate_masks`` replaces. Our time includes moving the
@@ -27,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import OUT, REPO, load_model, machine, timed
-from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from tilesam.config import AmgParams
 from tilesam.device import resolve_device
+from tilesam.embed import encode, normalize
 from tilesam.segment.amg import decode_candidates, filter_candidates, generate_masks
 from tilesam.segment.masks import MaskSet
 
@@ -63,34 +66,21 @@ class Row:
         return self.sam_cpu_s / self.ours_cpu_s
 
 
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """micro-sam's tile normalisation: min-max to 0..255, grayscale replicated to RGB."""
-    image = image.astype(np.float64)
-    if image.ndim == 3:
-        image = image[..., :3].mean(axis=-1)
-    span = max(image.max() - image.min(), 1e-12)
-    gray = np.round((image - image.min()) / span * 255).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=-1)
-
-
 def load_tile(size: int) -> np.ndarray:
-    """Top-left size x size window of the first real DSB2018 image that large (else noise)."""
+    """Top-left size x size window of the first real DSB2018 image that large (else noise), as SAM's input.
+
+    Normalised as the workflow's embed jobs do it (tilesam.embed.normalize over the image's range).
+    """
     import tifffile
 
     for path in sorted(DSB_IMAGES.glob("*.tif")):
         image = tifffile.imread(path)
         if min(image.shape[:2]) >= size:
-            return to_rgb_uint8(image[:size, :size])
+            return normalize(image[:size, :size], (float(image.min()), float(image.max())))
     print(f"no DSB2018 image of {size}x{size} under {DSB_IMAGES}: using smoothed noise")
     rng = np.random.default_rng(0)
     noise = rng.random((size // 8, size // 8)).repeat(8, 0).repeat(8, 1)
-    return to_rgb_uint8(noise)
-
-
-def embed(model: Sam, image: np.ndarray) -> torch.Tensor:
-    predictor = SamPredictor(model)
-    predictor.set_image(image)
-    return predictor.features
+    return normalize(noise, (float(noise.min()), float(noise.max())))
 
 
 def sam_generator(model: Sam, features: torch.Tensor, params: AmgParams) -> SamAutomaticMaskGenerator:
@@ -126,7 +116,7 @@ def same_masks(ours: MaskSet, records: list[dict]) -> bool:
 
 def run_case(model_name: str, model: Sam, tile: int, label: str, params: AmgParams, device: str, repeats: int) -> Row:
     image = load_tile(tile)
-    features = embed(model, image)
+    features = encode(model, [image])
     generator = sam_generator(model, features, params)
 
     def ours() -> MaskSet:
@@ -163,7 +153,7 @@ def time_grid_search(model: Sam, tile: int, points_per_side: int, device: str) -
     grid's loosest thresholds and each setting is a filter + NMS over the kept candidates.
     """
     image = load_tile(tile)
-    features = embed(model, image)
+    features = encode(model, [image])
     floor = AmgParams(points_per_side=points_per_side, pred_iou_thresh=0.6, stability_score_thresh=0.6)
     candidates, decode_s, _ = timed(lambda: decode_candidates(model, features, image.shape[:2], floor), device)
     grid = [(i, s) for i in np.arange(0.6, 0.9001, 0.025) for s in np.arange(0.6, 0.9501, 0.025)]
