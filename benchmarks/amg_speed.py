@@ -21,20 +21,17 @@ Writes benchmarks/out/amg_speed_<device>.csv and prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import csv
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from _common import OUT, REPO, load_model, machine, timed
+from _common import REPO, load_model, machine, markdown_table, speed_parser, timed
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from tilesam.config import AmgParams
-from tilesam.device import resolve_device
 from tilesam.embed import encode, normalize
 from tilesam.segment.amg import decode_candidates, filter_candidates, generate_masks
 from tilesam.segment.masks import MaskSet
@@ -171,29 +168,25 @@ def time_grid_search(model: Sam, tile: int, points_per_side: int, device: str) -
 
 def markdown(rows: list[Row]) -> str:
     head = (
-        "| model | tile | params | points | masks SAM / ours | identical | SAM s | ours s | speedup "
-        "| SAM cpu s | ours cpu s | cpu speedup |"
+        "model | tile | params | points | masks SAM / ours | identical | SAM s | ours s | speedup "
+        "| SAM cpu s | ours cpu s | cpu speedup"
     )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        lines.append(
-            f"| {r.model} | {r.tile} | {r.params} | {r.points} | {r.masks_sam} / {r.masks_ours} | "
+    return markdown_table(
+        head,
+        (
+            f"{r.model} | {r.tile} | {r.params} | {r.points} | {r.masks_sam} / {r.masks_ours} | "
             f"{'yes' if r.identical else 'NO'} | {r.sam_s:.2f} | {r.ours_s:.2f} | {r.speedup:.2f}x | "
-            f"{r.sam_cpu_s:.2f} | {r.ours_cpu_s:.2f} | {r.cpu_speedup:.2f}x |"
-        )
-    return "\n".join(lines)
+            f"{r.sam_cpu_s:.2f} | {r.ours_cpu_s:.2f} | {r.cpu_speedup:.2f}x"
+            for r in rows
+        ),
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default=resolve_device("auto"))
-    parser.add_argument("--models", nargs="+", default=["lite_medsam", "vit_b"])
-    parser.add_argument("--tiles", nargs="+", type=int, default=[256, 512])
+    parser = speed_parser(__doc__)
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--grid", action="store_true", help="also time a threshold grid search from one decode")
-    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -20,16 +20,14 @@ Writes benchmarks/out/encoder_speed_<device>.csv and prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import resource
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import OUT, load_model, machine, timed
+from _common import load_model, machine, markdown_table, speed_parser, timed
 
-from tilesam.device import resolve_device
 from tilesam.embed import encode
 
 FIELDS = ["model", "input", "tile", "batch", "precision", "seconds", "tiles_per_s", "s_per_tile", "peak_mb"]
@@ -77,29 +75,24 @@ def run_case(model, name: str, tile: int, batch: int, precision: str, device: st
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| model | input | tile | batch | precision | tiles/s | s/tile | peak MB |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['input']} | {r['tile']} | {r['batch']} | {r['precision']} | "
-            f"{r['tiles_per_s']:.2f} | {r['s_per_tile']:.3f} | {r['peak_mb']} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(
+        "model | input | tile | batch | precision | tiles/s | s/tile | peak MB",
+        (
+            f"{r['model']} | {r['input']} | {r['tile']} | {r['batch']} | {r['precision']} | "
+            f"{r['tiles_per_s']:.2f} | {r['s_per_tile']:.3f} | {r['peak_mb']}"
+            for r in rows
+        ),
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default=resolve_device("auto"))
-    parser.add_argument("--models", nargs="+", default=["lite_medsam", "vit_b"])
-    parser.add_argument("--tiles", nargs="+", type=int, default=[256, 512], help="window sides (tile + halo)")
+    parser = speed_parser(__doc__)
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
     parser.add_argument(
         "--precisions", nargs="+", default=None, help="default: float32 on CPU; float32 bfloat16 float16 on CUDA"
     )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 import torch
+from _common import OUT, REPO
 
 from tilesam.config import AmgParams, StitchParams
 from tilesam.embed import encode, normalize
@@ -42,9 +43,7 @@ from tilesam.segment.labels import masks_to_labels
 from tilesam.stitch.tiles import stitch_in_memory
 from tilesam.tiling import TileGrid
 
-REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "dsb2018"
-OUT = REPO / "benchmarks" / "out"
 
 
 def segment_tiles(model, image: np.ndarray, grid: TileGrid, params: AmgParams) -> dict[int, np.ndarray]:
