@@ -233,6 +233,7 @@ class Command:
     device: bool = False
 
 
+NDIM = schema.defaults("datasets", "*")["ndim"]
 BLOCK = arg("--block", type=int, required=True)
 GT = arg("--gt", required=True, help="ground-truth labels (OME-Zarr from `tilesam import-labels`)")
 TILES = (schema.Tiling,)
@@ -243,7 +244,7 @@ COMMANDS: dict[str, Command] = {
     "synthetic": Command(cmd_synthetic, "write one synthetic demo image and its labels",
                          (arg("name"), arg("image"), arg("labels"))),
     "import-image": Command(cmd_import_image, "any input -> OME-Zarr chunked to the tile grid",
-                            (arg("src"), arg("dst"), arg("--ndim", type=int, choices=[2, 3], default=2), arg("--key"),
+                            (arg("src"), arg("dst"), arg("--ndim", type=int, choices=schema.enum("datasets", "*", "ndim"), default=NDIM), arg("--key"),
                              CONFIG), TILES),
     "import-labels": Command(cmd_import_labels, "ground-truth labels -> OME-Zarr, checked against the image",
                              (arg("src"), arg("dst"), arg("--image", required=True), arg("--key"))),
@@ -311,13 +312,15 @@ def _models_parser(sub) -> None:
 
 
 def _datasets_parser(sub) -> None:
+    from tilesam.data import public_datasets
+
     p = sub.add_parser("datasets", help="list or fetch public benchmark datasets")
     p.set_defaults(func=cmd_datasets)
     actions = p.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="name, modality, ndim, url and sha256 of every file")
     q = actions.add_parser("fetch", help="download (checksum-verified) and convert to <root>/<name>/{images,labels}")
     q.add_argument("name")
-    q.add_argument("--root", default="resources/datasets")
+    q.add_argument("--root", default=public_datasets.ROOT)
     q.add_argument(
         "--sha256",
         action="append",

@@ -75,7 +75,7 @@ def images_of(
     synthetic_dir: str = "results/synthetic",
     *,
     offline: bool | None = None,
-    datasets_root: str = "resources/datasets",
+    datasets_root: str = public_datasets.ROOT,
 ) -> list[ImageRecord]:
     """The image records of one dataset entry, restricted to its `split` (default: all images).
 

@@ -37,6 +37,7 @@ from tilesam.download import ChecksumError, UnknownChecksumError, fetch_verified
 
 MIRROR_ENV = "TILESAM_DATASETS_MIRROR"  # base url that replaces every dataset url: <mirror>/<file>
 PARTS = ("train", "val", "test")
+ROOT = "resources/datasets"  # where datasets are converted, relative to the run folder
 
 
 class UnknownDatasetError(ValueError):
@@ -285,7 +286,7 @@ def _expected(ds: PublicDataset, given: dict[str, str], downloads: Path) -> dict
 
 def fetch_dataset(
     name: str,
-    root: str | os.PathLike = "resources/datasets",
+    root: str | os.PathLike = ROOT,
     *,
     offline: bool | None = None,
     sha256: str | Mapping[str, str] | None = None,

@@ -16,16 +16,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from tilesam.interactive.prompts import MODES, iter_object_masks
+from tilesam.interactive.prompts import MODES, N_ITERATIONS, iter_object_masks
 from tilesam.metrics import relabel_gt, segmentation_scores
 from tilesam.tiling import Tile, TileGrid
 
 if TYPE_CHECKING:
     import torch
     from segment_anything.modeling import Sam
-
-#: iterations of the iterative modes: the start prompt and 7 corrections (micro-sam's protocol)
-N_ITERATIONS = 8
 
 
 def object_tiles(gt: np.ndarray, grid: TileGrid) -> dict[int, np.ndarray]:

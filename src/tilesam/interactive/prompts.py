@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
+from tilesam.config import PROMPT_MODES
 from tilesam.metrics import relabel_gt
 
 if TYPE_CHECKING:
@@ -51,7 +52,9 @@ if TYPE_CHECKING:
     from segment_anything.modeling import Sam
 
 Mode = Literal["point", "box", "iterative_point", "iterative_box"]
-MODES: tuple[str, ...] = ("point", "box", "iterative_point", "iterative_box")
+MODES: tuple[str, ...] = PROMPT_MODES  # the schema's names
+#: iterations of the iterative modes: the start prompt and 7 corrections (micro-sam's protocol)
+N_ITERATIONS = 8
 PADDING_LABEL = -1  # SAM's "not a point" label
 YX = tuple[int, int]
 
@@ -163,7 +166,7 @@ def iter_object_masks(
     original_size: tuple[int, int],
     gt_labels: np.ndarray,
     mode: Mode,
-    n_iterations: int = 8,
+    n_iterations: int = N_ITERATIONS,
     seed: int = 0,
     batch_size: int | None = 64,
     use_mask_input: bool = True,
@@ -211,7 +214,7 @@ def prompt_objects(
     original_size: tuple[int, int],
     gt_labels: np.ndarray,
     mode: Mode,
-    n_iterations: int = 8,
+    n_iterations: int = N_ITERATIONS,
     seed: int = 0,
     batch_size: int | None = 64,
     use_mask_input: bool = True,

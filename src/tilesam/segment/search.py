@@ -17,7 +17,7 @@ import torch
 from segment_anything.modeling import Sam
 from tqdm import tqdm
 
-from tilesam.config import AmgParams, StitchParams
+from tilesam.config import AmgParams, SearchGrid, StitchParams
 from tilesam.metrics import segmentation_scores
 from tilesam.segment.amg import decode_candidates, filter_candidates
 from tilesam.segment.labels import masks_to_labels
@@ -31,9 +31,9 @@ def protocol_range(start: float, stop: float, step: float = 0.025) -> list[float
     return [round(start + k * step, 6) for k in range(n)]
 
 
-#: micro-sam's grid: IoU 0.6..0.9 and stability 0.6..0.95 in steps of 0.025
-PRED_IOU_GRID = protocol_range(0.6, 0.9)
-STABILITY_GRID = protocol_range(0.6, 0.95)
+#: the protocol's grid (micro-sam's: IoU 0.6..0.9 and stability 0.6..0.95 in steps of 0.025), from the schema
+PRED_IOU_GRID = protocol_range(*SearchGrid().pred_iou_thresh)
+STABILITY_GRID = protocol_range(*SearchGrid().stability_score_thresh)
 
 
 @dataclass
