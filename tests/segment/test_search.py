@@ -28,7 +28,7 @@ def test_protocol_range_is_inclusive_and_exact():
 def test_search_scores_each_setting_as_a_direct_run_with_it(lite_medsam, cells):
     """Decoding once at the loosest thresholds and filtering equals decoding with each setting."""
     image, gt = cells
-    grid = TileGrid(gt.shape, (128, 128), (24, 24))
+    grid = TileGrid(gt.shape, (200, 130), (24, 24))  # two tiles: one border to stitch across
     embedding_of = embedder(lite_medsam, image)
     sizes = (0.12, 0.24)
     params = AmgParams(points_per_side=4, prompt="box", box_sizes=sizes)
