@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from snakemake.utils import validate
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from helpers.snakemake_cli import BIN, REPO, env, job_counts
+
 CONFIGS = sorted((REPO / "config/benchmarks").glob("*.yaml"))
 
 
 def dry_run(config: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TILESAM_OFFLINE": "1"}
     cmd = [str(BIN / "snakemake"), "-n", "--cores", "2", "--configfile", str(config)]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
-
-
-def jobs(stdout: str) -> dict[str, int]:
-    table = stdout.split("Job stats:")[1]
-    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, re.M) if m[0] != "total"}
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env(TILESAM_OFFLINE="1"), timeout=600)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -46,7 +38,7 @@ def test_the_offline_configs_exist():
 def test_shared_offline_plans_the_whole_protocol(shared_dir):
     result = dry_run(REPO / "config/benchmarks/shared_offline.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
-    counts = jobs(result.stdout)
+    counts = job_counts(result.stdout)
     assert counts["amg_search"] == 1 and counts["benchmark_table"] == 1
     assert counts["qualitative_figure"] == 3  # dsb2018_test, epfl_mito, isbi2012; not the search's val split
     # every scored image x 4 prompt modes, except the ISBI volume: its own `prompts: [point, box]`
@@ -59,7 +51,7 @@ def test_shared_offline_plans_the_whole_protocol(shared_dir):
 def test_finetune_offline_plans_training_then_the_comparison(shared_dir):
     result = dry_run(REPO / "config/benchmarks/finetune_offline.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
-    counts = jobs(result.stdout)
+    counts = job_counts(result.stdout)
     assert counts["finetune"] == 1 and counts["finetuned_model"] == 1 and counts["fetch_model"] == 1
     # the test split only, for both models: AMG plus box and point prompts per image
     assert counts["evaluate_prompts"] == 2 * counts["evaluate"]

@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,16 +22,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-import yaml
 
 from helpers import slurm_cluster
+from helpers.snakemake_cli import BIN, REPO, env, write_config
 from tilesam.data import synthetic
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 PROFILE = REPO / "workflow/profiles/slurm"
 
-# 120x120 pixels in 64x64 tiles: 4 tiles, 2 blocks of 2 -> one grouped embed+segment job
+# 64x120 pixels in 64x64 tiles: 2 tiles, 2 blocks of 1 -> one grouped embed+segment job
 SMALL = {
     "datasets": {"tiny": {"images": "data/images/*.tif", "labels": "data/labels/*.tif"}},
     "models": ["lite_medsam"],
@@ -40,14 +37,15 @@ SMALL = {
     "segmentation": {
         "tile_shape": [64, 64],
         "halo": [16, 16],
-        "tiles_per_block": 2,
+        "tiles_per_block": 1,
         "amg": {"points_per_side": 4, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.5},
     },
 }
-SPEC = synthetic.SyntheticSpec("cells", (120, 120), 6, (8.0, 14.0), seed=3)
+SPEC = synthetic.SyntheticSpec("cells", (64, 120), 6, (8.0, 14.0), seed=3)
 # Both runs must end within this. Every SLURM job starts a snakemake and then a tilesam
 # process (12 s and 9 s of start-up measured on a busy 2-core machine), and the plugin's
-# status checks back off (5, 20, 45, 80 s ... after a submission). The good run has five
+# status checks back off (1, 12, 33, 64 s ... after a submission: the first after
+# --slurm-init-seconds-before-status-checks, then 10 s longer each time). The good run has five
 # jobs in a row; it took 9 minutes on that machine with a load of 7 from other work.
 RUN_TIMEOUT = 900
 # what a test adds to the profile (see the module docstring)
@@ -55,7 +53,7 @@ TEST_ARGS = [
     "--slurm-status-command",
     "squeue",
     "--slurm-init-seconds-before-status-checks",
-    "5",
+    "1",
     "--jobs",
     "3",
     "--set-threads",
@@ -101,8 +99,8 @@ def start_on_slurm(c: slurm_cluster.LocalSlurm, workdir: Path, *args: str) -> su
 
     Its output goes to WORKDIR.out (a file, not a pipe: two runs go on at once).
     """
-    env = c.env
-    env["PATH"] = os.pathsep.join([str(c.root / "bin"), str(BIN), env["PATH"]])  # sbatch exports it to the jobs
+    run_env = c.env
+    run_env["PATH"] = os.pathsep.join([str(c.root / "bin"), str(BIN), run_env["PATH"]])  # sbatch exports it to the jobs
     cmd = [
         str(BIN / "snakemake"),
         "-s",
@@ -118,7 +116,7 @@ def start_on_slurm(c: slurm_cluster.LocalSlurm, workdir: Path, *args: str) -> su
         return subprocess.Popen(
             cmd,
             cwd=workdir,
-            env=env,
+            env=run_env,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -151,11 +149,6 @@ def finish(
             f"snakemake on SLURM did not finish in time:\n{out[-4000:]}\n{c.queue()}\n{c.logs()}"
         ) from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, Path(f"{workdir}.out").read_text(errors="replace"))
-
-
-def write_config(workdir: Path, config: dict) -> None:
-    (workdir / "config").mkdir(parents=True, exist_ok=True)
-    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
 
 
 def jobs_of_run(c: slurm_cluster.LocalSlurm, output: str) -> dict[int, dict[str, str]]:
@@ -255,13 +248,12 @@ def test_dry_run_with_the_slurm_profile_lists_jobs_and_resources():
     """No cluster needed: the profile plans the default config, with partitions and resources per rule."""
     if not _has_plugin():
         pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install -e '.[test]')")
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(
         [str(BIN / "snakemake"), "--profile", str(PROFILE), "-n", "--forceall"],
         cwd=REPO,
         capture_output=True,
         text=True,
-        env=env,
+        env=env(),
         timeout=300,
     )
     out = result.stdout + result.stderr
