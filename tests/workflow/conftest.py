@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.snakemake_cli import snakemake, write_config
+from helpers.snakemake_cli import Background, write_config
 from tilesam.data import synthetic
 
 BASE = "lite_medsam"
@@ -59,9 +59,16 @@ class FinishedRun:
     finetuned: str = FINETUNED  # `<base>-ft-train`, 0 iterations: the base model's weights
 
 
-@pytest.fixture(scope="session")
-def finished_run(tmp_path_factory) -> FinishedRun:
-    """One finished run of RUN_CONFIG; tests read it and must not change it (copy it first)."""
+@pytest.fixture(scope="session", autouse=True)
+def _shared_run(request, tmp_path_factory):
+    """Starts the run of RUN_CONFIG with the first workflow test, if a selected test reads it.
+
+    It then goes on while the tests before the first reader run, the SLURM test among them,
+    which mostly waits for its cluster's jobs; `finished_run` waits for it to end.
+    """
+    if not any("finished_run" in item.fixturenames for item in request.session.items):
+        yield None
+        return
     workdir = tmp_path_factory.mktemp("run")
     synthetic.write_demo(IMAGE, workdir / "data/images/cells.tif", workdir / "data/labels/cells.tif")
     synthetic.write_demo(VAL, workdir / "data/val/v.tif", workdir / "data/val_labels/v.tif")
@@ -70,5 +77,15 @@ def finished_run(tmp_path_factory) -> FinishedRun:
             spec, workdir / f"data/train/{spec.name}.tif", workdir / f"data/train_labels/{spec.name}.tif"
         )
     write_config(workdir, RUN_CONFIG)
-    snakemake(workdir)
-    return FinishedRun(workdir, int(synthetic.make_labels(IMAGE).max()))
+    run = Background(workdir)
+    try:
+        yield run
+    finally:
+        run.stop()
+
+
+@pytest.fixture(scope="session")
+def finished_run(_shared_run) -> FinishedRun:
+    """The finished run of RUN_CONFIG; tests read it and must not change it (copy it first)."""
+    _shared_run.wait()
+    return FinishedRun(_shared_run.workdir, int(synthetic.make_labels(IMAGE).max()))
