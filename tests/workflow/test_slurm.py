@@ -46,7 +46,9 @@ SPEC = synthetic.SyntheticSpec("cells", (64, 120), 6, (8.0, 14.0), seed=3)
 # process (12 s and 9 s of start-up measured on a busy 2-core machine), and the plugin's
 # status checks back off (1, 12, 33, 64 s ... after a submission: the first after
 # --slurm-init-seconds-before-status-checks, then 10 s longer each time). The good run has five
-# jobs in a row; it took 9 minutes on that machine with a load of 7 from other work.
+# jobs in a row; with 4 tiles it took 9 minutes on that machine with a load of 7 from other
+# work, with 2 tiles 4 minutes at a load of 3 and 7 minutes beside the shared workflow run
+# (tests/workflow/conftest.py), which goes on meanwhile.
 RUN_TIMEOUT = 900
 # what a test adds to the profile (see the module docstring)
 TEST_ARGS = [
