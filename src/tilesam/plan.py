@@ -79,9 +79,11 @@ class Plan:
     specs: dict[str, str]  # model id -> resolved spec (registry name or checkpoint path)
     finetuned: dict[str, tuple[str, str]]  # model id -> (base id, training dataset)
     tiling: schema.Tiling = field(init=False)
+    amg: schema.AmgParams = field(init=False)
 
     def __post_init__(self) -> None:
         self.tiling = schema.build(schema.Tiling, self.config["segmentation"])
+        self.amg = schema.build(schema.AmgParams, self.config["segmentation"]["amg"])
 
     # --- building -------------------------------------------------------------------------
     @classmethod
@@ -285,14 +287,12 @@ class Plan:
 
     def mem_mb_segment(self, model: str, attempt: int = 1) -> int:
         """Model + one batch of candidate masks at window resolution + the kept masks."""
-        amg = schema.build(schema.AmgParams, self.config["segmentation"]["amg"])
-        masks_mb = 20 * amg.points_per_batch * self._window_mpx()
+        masks_mb = 20 * self.amg.points_per_batch * self._window_mpx()
         return int((self.memory(model).load_mb + masks_mb + 1000 * self._window_mpx()) * attempt)
 
     def runtime_segment(self, attempt: int = 1) -> int:
         """Start-up plus 2 minutes per tile at 32 x 32 points; the point grid sets the cost."""
-        amg = schema.build(schema.AmgParams, self.config["segmentation"]["amg"])
-        points = (amg.points_per_side / 32) ** 2
+        points = (self.amg.points_per_side / 32) ** 2
         return int((10 + 2 * self.tiling.tiles_per_block * max(points, 0.25)) * attempt)
 
     def mem_mb_prompts(self, dataset: str, image: str, model: str, attempt: int = 1) -> int:
