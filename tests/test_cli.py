@@ -83,6 +83,7 @@ def test_models_fetch_records_the_files_and_the_users_trust(tmp_path, monkeypatc
     assert cli.main(["models", "fetch", str(mine), "--record", str(record), "--trust-pickle"]) == 0
     entry = json.loads(record.read_text())
     assert entry["trust_pickle"] is True and entry["path"] == str(mine.resolve()) and entry["load"] == str(mine)
+    assert entry["id"] == "record" and entry["decoder"] is None
     assert entry["architecture"] == "lite_medsam_tinyvit" and entry["checksum"].startswith("sha256:")
     assert cli.main(["models", "fetch", "lite_medsam", "--record", str(record), "--trust-pickle"]) == 0
     assert json.loads(record.read_text())["trust_pickle"] is False  # registry files are checked by hash

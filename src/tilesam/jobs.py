@@ -123,7 +123,8 @@ def fetch_model(
             decoder=files.decoder.resolve() if files.decoder else None,
             trust_pickle=trust,
         )
-        _write_json(record, entry)
+        # the workflow names the record after the model's id (`best-3fa2c1`): the row of a table -> this file
+        _write_json(record, {"id": Path(record).stem, **entry})
     return files
 
 
