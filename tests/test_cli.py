@@ -69,6 +69,7 @@ def test_models_fetch_records_the_files_and_the_users_trust(tmp_path, monkeypatc
     """A checkpoint with Python objects: refused without --trust-pickle, recorded with it; registry: never trusted."""
     import torch
 
+    from tilesam import jobs
     from tilesam.models import fetch
 
     monkeypatch.setenv("TILESAM_CACHEDIR", str(tmp_path / "cache"))
@@ -86,4 +87,12 @@ def test_models_fetch_records_the_files_and_the_users_trust(tmp_path, monkeypatc
     assert entry["id"] == "record" and entry["decoder"] is None
     assert entry["architecture"] == "lite_medsam_tinyvit" and entry["checksum"].startswith("sha256:")
     assert cli.main(["models", "fetch", "lite_medsam", "--record", str(record), "--trust-pickle"]) == 0
-    assert json.loads(record.read_text())["trust_pickle"] is False  # registry files are checked by hash
+    entry = json.loads(record.read_text())
+    assert entry["trust_pickle"] is False and entry["load"] == "lite_medsam@v1"  # registry files: checked by hash
+    assert jobs.load_record_decoder(record) is None
+    decoder = mine.parent / "decoder.pt"
+    torch.save({"decoder.out.weight": torch.ones(3, 2)}, decoder)
+    assert cli.main(["models", "fetch", f"{mine}+{decoder}", "--record", str(record), "--trust-pickle"]) == 0
+    entry = json.loads(record.read_text())
+    assert entry["decoder"] == str(decoder.resolve()) and entry["load"] == f"{mine.resolve()}+{decoder.resolve()}"
+    assert torch.equal(jobs.load_record_decoder(record)["decoder.out.weight"], torch.ones(3, 2))

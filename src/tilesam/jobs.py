@@ -32,6 +32,14 @@ def load_record(record_path: str | Path, device: str = "auto"):
     return sam, record
 
 
+def load_record_decoder(record_path: str | Path) -> dict[str, Any] | None:
+    """The instance-segmentation decoder state of a workflow model record's model (None: it has none)."""
+    from tilesam.models import load_decoder_state
+
+    record = json.loads(Path(record_path).read_text())
+    return load_decoder_state(record["load"], trust_pickle=bool(record.get("trust_pickle")))
+
+
 def _provenance(record: dict, model, image: str | Path, tiling: Tiling, block: int, dtype: str):
     """The tile grid of an imported image and the provenance its block stores carry."""
     from tilesam.data import io
@@ -106,8 +114,8 @@ def fetch_model(
     if record:
         info = models.model_info(name, trust_pickle=trust_pickle)
         ref = models.parse(name)
-        if ref.card is not None:
-            load, trust = name, False  # registry files are checked by their hash, never by trust
+        if ref.card is not None:  # name@version: the record keeps meaning this file when a newer version appears
+            load, trust = ref.card.spec, False  # registry files are checked by their hash, never by trust
         else:
             load = str(files.weights.resolve())
             if files.decoder is not None:

@@ -35,6 +35,7 @@ from tilesam.models import (
     unregister,
 )
 from tilesam.models.fetch import decoder_path, model_path
+from tilesam.models.registry import lookup
 
 
 def _checkpoint_bytes(seed: int = 0) -> bytes:
@@ -111,13 +112,18 @@ def test_unknown_checksum_needs_one_from_the_caller(server, cache):
         with pytest.raises(ChecksumError, match=f"expected {'0' * 64}, actual {GOOD_SHA}"):
             fetch("test_old", progress=False, sha256="0" * 64)
         assert fetch("test_old", progress=False, sha256=GOOD_SHA).read_bytes() == GOOD
+        model_path(lookup("test_old")).unlink()
+        md5 = hashlib.md5(GOOD).hexdigest()  # what zenodo's record pages list
+        assert fetch("test_old", progress=False, sha256=f"md5:{md5}").read_bytes() == GOOD
     finally:
         unregister("test_old")
 
 
-def test_given_checksum_may_not_contradict_the_registry(card):
+def test_given_checksum_may_not_contradict_the_registry(card, ais_card):
     with pytest.raises(ChecksumError, match="contradicts"):
         fetch("test_model", sha256="1" * 64)
+    with pytest.raises(ChecksumError, match="given xxh128 0+ contradicts the registry's"):
+        fetch("test_ais", sha256="xxh128:" + "0" * 32)
 
 
 def test_local_paths_are_returned_as_they_are(tmp_path, cache):
