@@ -211,3 +211,12 @@ def test_a_checkpoint_with_its_decoder_file_is_a_model(tmp_path):
     assert architecture_of(plan.specs[pair]) == "vit_t"  # told by the checkpoint's size, not the decoder's
     with pytest.raises(PlanError, match="no such decoder file .*missing.pt"):
         Plan.from_config(full_config(models=[f"{best}+{tmp_path / 'missing.pt'}"]))
+
+
+def test_compare_pairs_may_name_checkpoints_as_the_models_list_does(tmp_path):
+    one, two = _checkpoint(tmp_path / "run1" / "best.pt"), _checkpoint(tmp_path / "run2" / "best.pt")
+    cfg = full_config(models=[str(one), str(two)], compare=[{"vanilla": str(one), "finetuned": str(two)}])
+    plan = Plan.from_config(cfg)
+    (pair,) = plan.config["compare"]
+    assert [plan.specs[pair["vanilla"]], plan.specs[pair["finetuned"]]] == [str(one.resolve()), str(two.resolve())]
+    assert cfg["compare"] == plan.config["compare"]  # the rules pass this config's pairs to the report

@@ -83,6 +83,21 @@ def _add_model(models: list[str], specs: dict[str, str], spec: str) -> str | Non
     return None
 
 
+def _compare_by_id(pairs: list[dict], entries: list[str], specs: dict[str, str]) -> list[dict]:
+    """Compare pairs with model ids: a pair may name a checkpoint as the models list does (``run1/best.pt``).
+
+    The rules pass ``config["compare"]`` on to the report, which matches it against the table's ids.
+    """
+    ids = {}
+    for entry in entries:
+        if entry not in specs and entry != "auto":
+            try:
+                ids[entry] = model_id(resolve_spec(entry))
+            except (KeyError, ValueError, FileNotFoundError):
+                pass  # a finetuned name is its own id; anything else is reported by the check
+    return [{role: ids.get(model, model) for role, model in pair.items()} for pair in pairs]
+
+
 @dataclass
 class Plan:
     """Everything the rules ask of a config; built once by `from_config`."""
@@ -130,6 +145,7 @@ class Plan:
         for entry, mid in repeated:  # said once per entry, not per dataset
             same = "is listed more than once" if entry == first_entry[mid] else f"is the same as {first_entry[mid]!r}"
             log.warning("models: %r %s (%s, id %s): planned once", entry, same, specs[mid], mid)
+        config["compare"] = _compare_by_id(config["compare"], config["models"], specs)
         plan = cls(config, images, models_of, specs, finetuned)
         plan._check()
         return plan
