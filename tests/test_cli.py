@@ -51,3 +51,48 @@ def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, "--help"])
     assert exit_.value.code == 0 and cli.COMMANDS[command].help.split()[0] in capsys.readouterr().out
+
+
+def test_models_list_shows_the_decoder_column_and_recommend_follows_micro_sam(capsys):
+    import io
+
+    assert cli.main(["models", "list"]) == 0
+    table = pd.read_fwf(io.StringIO(capsys.readouterr().out)).set_index(["name", "version"])
+    assert table.loc[("vit_b_lm", "v3"), "decoder"] == "yes" and table.loc[("vit_b_lm", "v1"), "decoder"] == "no"
+    assert table.loc[("vit_b_medical_imaging", "v3"), "decoder"] == "yes"
+    for modality, model in [("lm", "vit_b_lm"), ("medical", "vit_b_medical_imaging"), ("other", "vit_b")]:
+        assert cli.main(["models", "recommend", "--modality", modality]) == 0
+        assert capsys.readouterr().out.strip() == model
+
+
+def test_models_fetch_records_the_files_and_the_users_trust(tmp_path, monkeypatch, capsys):
+    """A checkpoint with Python objects: refused without --trust-pickle, recorded with it; registry: never trusted."""
+    import torch
+
+    from tilesam import jobs
+    from tilesam.models import fetch
+
+    monkeypatch.setenv("TILESAM_CACHEDIR", str(tmp_path / "cache"))
+    state = torch.load(fetch("lite_medsam"), weights_only=True)
+    mine = tmp_path / "run 1" / "best.pt"
+    mine.parent.mkdir()
+    torch.save({"model_state": state, "best_metric": np.float64(0.5)}, mine)
+    record = tmp_path / "record.json"
+    assert cli.main(["models", "fetch", str(mine), "--record", str(record)]) == 1
+    err = capsys.readouterr().err
+    assert str(mine) in err and "trust_pickle: true" in err and "weights_only" not in err and not record.exists()
+    assert cli.main(["models", "fetch", str(mine), "--record", str(record), "--trust-pickle"]) == 0
+    entry = json.loads(record.read_text())
+    assert entry["trust_pickle"] is True and entry["path"] == str(mine.resolve()) and entry["load"] == str(mine)
+    assert entry["id"] == "record" and entry["decoder"] is None
+    assert entry["architecture"] == "lite_medsam_tinyvit" and entry["checksum"].startswith("sha256:")
+    assert cli.main(["models", "fetch", "lite_medsam", "--record", str(record), "--trust-pickle"]) == 0
+    entry = json.loads(record.read_text())
+    assert entry["trust_pickle"] is False and entry["load"] == "lite_medsam@v1"  # registry files: checked by hash
+    assert jobs.load_record_decoder(record) is None
+    decoder = mine.parent / "decoder.pt"
+    torch.save({"decoder.out.weight": torch.ones(3, 2)}, decoder)
+    assert cli.main(["models", "fetch", f"{mine}+{decoder}", "--record", str(record), "--trust-pickle"]) == 0
+    entry = json.loads(record.read_text())
+    assert entry["decoder"] == str(decoder.resolve()) and entry["load"] == f"{mine.resolve()}+{decoder.resolve()}"
+    assert torch.equal(jobs.load_record_decoder(record)["decoder.out.weight"], torch.ones(3, 2))

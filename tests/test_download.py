@@ -7,7 +7,9 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import pooch
 import pytest
+import xxhash
 
 from helpers.http_server import FileServer
 from tilesam.download import (
@@ -18,6 +20,8 @@ from tilesam.download import (
     cache_dir,
     fetch_verified,
     file_sha256,
+    hashed_in_process,
+    verify_fresh,
 )
 
 GOOD = b"the expected file " * 500
@@ -143,9 +147,49 @@ def test_checksum_record_skips_rehash_until_the_file_changes(tmp_path, cache, mo
     first = file_sha256(path)
     changed = hashlib.sha256(b"b" * 1001).hexdigest()
     calls = []
-    real = hashlib.sha256
-    monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    real = pooch.file_hash
+    monkeypatch.setattr(pooch, "file_hash", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert file_sha256(path) == first and calls == []  # remembered: not hashed again
     path.write_bytes(b"b" * 1001)
     assert file_sha256(path) == changed and calls == [1]
     assert file_sha256(path, remember=False) == changed and calls == [1, 1]
+
+
+GOOD_XXH = "xxh128:" + xxhash.xxh3_128_hexdigest(GOOD)
+
+
+def test_xxh128_checksums_are_verified(server, target):
+    assert fetch_verified(server.url("/files/test.bin"), target, GOOD_XXH, what=WHAT, progress=False) == target
+    assert target.read_bytes() == GOOD and hashed_in_process(target, GOOD_XXH)
+    wrong = "xxh128:" + "0" * 32
+    target.unlink()
+    with pytest.raises(ChecksumError, match=f"xxh128 expected {'0' * 32}, actual {GOOD_XXH[7:]}"):
+        fetch_verified(server.url("/files/test.bin"), target, wrong, what=WHAT, progress=False)
+    assert list(target.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "known, message",
+    [("xxh128:abc", "32 hex digits"), ("crc32:" + "0" * 8, "unknown algorithm 'crc32'"), ("0" * 63, "64 hex")],
+)
+def test_malformed_checksums_fail_before_any_download(server, target, known, message):
+    with pytest.raises(ValueError, match=message):
+        fetch_verified(server.url("/files/test.bin"), target, known, what=WHAT, progress=False)
+    assert server.requests == []
+
+
+def test_verify_fresh_ignores_the_remembered_record(tmp_path, cache):
+    """A same-size swap that keeps the mtime fools the size/mtime record, never verify_fresh."""
+    import os
+
+    path = tmp_path / "model.pth"
+    path.write_bytes(GOOD)
+    assert file_sha256(path) == GOOD_SHA  # remembered
+    stat = path.stat()
+    path.write_bytes(GOOD.upper())  # same size, other content
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_sha256(path) == GOOD_SHA  # the record is fooled ...
+    with pytest.raises(ChecksumError, match=f"{path} has sha256 .* expected {GOOD_SHA}"):
+        verify_fresh(path, GOOD_SHA, what="test model")  # ... the fresh hash is not
+    path.write_bytes(GOOD)
+    assert verify_fresh(path, GOOD_XXH, what="test model") == path

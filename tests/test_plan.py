@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -162,3 +163,60 @@ def test_a_checkpoint_files_architecture_is_told_by_its_size(tmp_path):
     small.write_bytes(b"0" * 1000)
     assert architecture_of(str(small)) == "vit_t"
     assert architecture_of("vit_b_lm") == "vit_b" and architecture_of("vit_h") == "vit_h"
+
+
+def _checkpoint(path, size: int = 1000):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"0" * size)
+    return path
+
+
+def test_two_checkpoints_with_one_file_name_are_two_models(tmp_path):
+    """Issue 17 item 1: `run1/best.pt` and `run2/best.pt` (micro-sam's default name) used to collapse into `best`."""
+    one, two = _checkpoint(tmp_path / "run1" / "best.pt"), _checkpoint(tmp_path / "run2" / "best.pt")
+    plan = Plan.from_config(full_config(models=[str(one), str(two)]))
+    ids = plan.models_of["demo"]
+    assert len(ids) == 2 and len(set(ids)) == 2 and all(re.fullmatch(r"best-[0-9a-f]{6}", i) for i in ids)
+    assert {plan.specs[i] for i in ids} == {str(one.resolve()), str(two.resolve())}
+    assert len(plan.evaluations()) == 2 * 3  # each image scored once per model, not twice for one
+
+
+def test_a_file_named_like_a_registry_model_is_another_model(tmp_path):
+    mine = _checkpoint(tmp_path / "x" / "lite_medsam.pth")
+    plan = Plan.from_config(full_config(models=["lite_medsam", str(mine)]))
+    registry, own = plan.models_of["demo"]
+    assert registry == "lite_medsam" and own.startswith("lite_medsam-") and own != registry
+    assert plan.specs == {"lite_medsam": "lite_medsam", own: str(mine.resolve())}
+
+
+def test_the_same_file_twice_is_one_model_said_once(tmp_path, monkeypatch, caplog):
+    best = _checkpoint(tmp_path / "run1" / "best.pt")
+    monkeypatch.chdir(tmp_path)
+    cfg = full_config(models=[str(best), "run1/best.pt", "./run1/../run1/best.pt"])
+    cfg["datasets"]["more"] = {"source": "synthetic"}
+    with caplog.at_level("WARNING", logger="tilesam"):
+        plan = Plan.from_config(cfg)
+    messages = [r.getMessage() for r in caplog.records if "planned once" in r.getMessage()]
+    assert len(messages) == 2  # one line per repeated entry, not one per dataset
+    assert all(str(best.resolve()) in m and str(best) in m for m in messages)
+    assert plan.models_of == {"demo": plan.models_of["more"], "more": [plan.models_of["demo"][0]]}
+    assert len(plan.specs) == 1
+
+
+def test_a_checkpoint_with_its_decoder_file_is_a_model(tmp_path):
+    best, decoder = _checkpoint(tmp_path / "best.pt"), _checkpoint(tmp_path / "decoder.pt")
+    plan = Plan.from_config(full_config(models=[f"{best}+{decoder}", str(best)]))
+    pair, alone = plan.models_of["demo"]
+    assert pair != alone and pair.startswith("best-") and plan.specs[pair] == f"{best.resolve()}+{decoder.resolve()}"
+    assert architecture_of(plan.specs[pair]) == "vit_t"  # told by the checkpoint's size, not the decoder's
+    with pytest.raises(PlanError, match="no such decoder file .*missing.pt"):
+        Plan.from_config(full_config(models=[f"{best}+{tmp_path / 'missing.pt'}"]))
+
+
+def test_compare_pairs_may_name_checkpoints_as_the_models_list_does(tmp_path):
+    one, two = _checkpoint(tmp_path / "run1" / "best.pt"), _checkpoint(tmp_path / "run2" / "best.pt")
+    cfg = full_config(models=[str(one), str(two)], compare=[{"vanilla": str(one), "finetuned": str(two)}])
+    plan = Plan.from_config(cfg)
+    (pair,) = plan.config["compare"]
+    assert [plan.specs[pair["vanilla"]], plan.specs[pair["finetuned"]]] == [str(one.resolve()), str(two.resolve())]
+    assert cfg["compare"] == plan.config["compare"]  # the rules pass this config's pairs to the report

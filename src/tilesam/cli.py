@@ -80,8 +80,13 @@ def cmd_models(args) -> None:
     elif args.action == "recommend":
         print(models.recommend(args.modality))
     elif args.action == "fetch":
+        if args.record and len(args.names) != 1:
+            raise ValueError(f"--record takes one model, got {len(args.names)}: {' '.join(args.names)}")
         for name in args.names:
-            print(f"{name}: {jobs.fetch_model(name, record=args.record, offline=args.offline)}")
+            files = jobs.fetch_model(
+                name, record=args.record, offline=args.offline, sha256=args.sha256, trust_pickle=args.trust_pickle
+            )
+            print(f"{name}: {files.weights}" + (f" (decoder {files.decoder})" if files.decoder else ""))
     elif args.action == "record":
         jobs.record_finetuned(args.card, args.out)
 
@@ -220,6 +225,13 @@ IMAGE = arg("--image", required=True, help="imported image (OME-Zarr from `tiles
 MODEL = arg("--model", required=True, help="model record (JSON from `tilesam models fetch --record`)")
 META = arg("--meta", default="{}", help="JSON fields to carry into the result (dataset, model, ...)")
 OFFLINE = arg("--offline", action="store_true", help="never touch the network")
+TRUST_PICKLE = arg(
+    "--trust-pickle",
+    action="store_true",
+    default=None,
+    help="your own checkpoint files may be fully unpickled, which runs code from them (config: trust_pickle); "
+    "registry files are always checked by their hash instead",
+)
 
 
 @dataclass(frozen=True)
@@ -296,19 +308,27 @@ COMMANDS: dict[str, Command] = {
 
 
 def _models_parser(sub) -> None:
-    p = sub.add_parser("models", help="list, fetch or recommend models")
+    from tilesam import models
+
+    p = sub.add_parser("models", help="list, fetch or recommend models (`list` shows which have an AIS decoder)")
     p.set_defaults(func=cmd_models)
     actions = p.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="a table of all known models")
-    q = actions.add_parser("fetch", help="download (checksum-verified) into the cache")
-    q.add_argument("names", nargs="+", help="registry names, name@version, or checkpoint paths")
+    q = actions.add_parser("fetch", help="download (checksum-verified, with its decoder file) into the cache")
+    q.add_argument(
+        "names", nargs="+", help="registry names, name@version, checkpoint paths, or checkpoint+decoder paths"
+    )
     q.add_argument(*OFFLINE.flags, **OFFLINE.options)
     q.add_argument("--record", help="write a JSON record of the fetched model here (used by the workflow)")
+    q.add_argument(
+        "--sha256", metavar="[ALG:]HASH", help="checksum where the registry knows none (e.g. md5:<hex> from zenodo)"
+    )
+    q.add_argument(*TRUST_PICKLE.flags, **TRUST_PICKLE.options)
     q = actions.add_parser("record", help="the workflow's record of a finetuned model, from its card")
     q.add_argument("--card", required=True, help="model card JSON written by `tilesam finetune`")
     q.add_argument(*OUT.flags, **OUT.options)
-    q = actions.add_parser("recommend", help="the model to use for a modality")
-    q.add_argument("--modality", required=True, choices=schema.enum("datasets", "*", "modality"))
+    q = actions.add_parser("recommend", help="the model to use for a modality (micro-sam's rule of thumb)")
+    q.add_argument("--modality", required=True, choices=models.RECOMMEND_MODALITIES)
 
 
 def _datasets_parser(sub) -> None:

@@ -20,11 +20,24 @@ log = logging.getLogger("tilesam")
 
 # --- shared by the model jobs -----------------------------------------------------------------
 def load_record(record_path: str | Path, device: str = "auto"):
-    """The model of a workflow model record (from `fetch_model` or `record_finetuned`), and the record."""
+    """The model of a workflow model record (from `fetch_model` or `record_finetuned`), and the record.
+
+    The record says whether the user trusts their own checkpoint file with full unpickling
+    (config `trust_pickle`, `tilesam models fetch --trust-pickle`); registry files never need it.
+    """
     from tilesam.models import load_model
 
     record = json.loads(Path(record_path).read_text())
-    return load_model(record["load"], device=resolve_device(device)), record
+    sam = load_model(record["load"], device=resolve_device(device), trust_pickle=bool(record.get("trust_pickle")))
+    return sam, record
+
+
+def load_record_decoder(record_path: str | Path) -> dict[str, Any] | None:
+    """The instance-segmentation decoder state of a workflow model record's model (None: it has none)."""
+    from tilesam.models import load_decoder_state
+
+    record = json.loads(Path(record_path).read_text())
+    return load_decoder_state(record["load"], trust_pickle=bool(record.get("trust_pickle")))
 
 
 def _provenance(record: dict, model, image: str | Path, tiling: Tiling, block: int, dtype: str):
@@ -54,21 +67,73 @@ def _write_json(out: str | Path, obj: Any) -> None:
 
 
 # --- models -----------------------------------------------------------------------------------
-def _model_record(name: str, load: str, path: str | Path, sha256: str, architecture: str) -> dict:
-    """What the model jobs need to load a model and to label their stores with it."""
-    return {"name": name, "load": load, "path": str(path), "sha256": sha256, "architecture": architecture}
+def _model_record(
+    name: str,
+    load: str,
+    path: str | Path,
+    sha256: str | None,
+    architecture: str,
+    *,
+    checksum: str | None = None,
+    decoder: str | Path | None = None,
+    trust_pickle: bool = False,
+) -> dict:
+    """What the model jobs need to load a model and to label their stores with it.
+
+    ``path`` and ``decoder`` are the files the model was (so a table row can name its file),
+    ``load`` the model string jobs load, ``checksum`` the ``alg:hex`` its weights are verified with.
+    """
+    return {
+        "name": name,
+        "load": load,
+        "path": str(path),
+        "decoder": str(decoder) if decoder else None,
+        "sha256": sha256,
+        "checksum": checksum or (f"sha256:{sha256}" if sha256 else None),
+        "architecture": architecture,
+        "trust_pickle": trust_pickle,
+    }
 
 
-def fetch_model(name: str, *, record: str | Path | None = None, offline: bool = False) -> Path:
-    """Download (checksum-verified) into the cache; optionally write the workflow's record of it."""
+def fetch_model(
+    name: str,
+    *,
+    record: str | Path | None = None,
+    offline: bool = False,
+    sha256: str | None = None,
+    trust_pickle: bool = False,
+):
+    """Download (checksum-verified, with its decoder) into the cache; optionally write the workflow's record.
+
+    Returns the model's files. ``trust_pickle`` (the user's own files only) goes into the record, so
+    every job that loads the model follows the one decision.
+    """
     from tilesam import models
 
-    path = models.fetch(name, offline=offline or None)
+    files = models.fetch_files(name, offline=offline or None, sha256=sha256)
     if record:
-        info = models.model_info(name)
-        load = str(Path(name).resolve()) if Path(name).exists() else name
-        _write_json(record, _model_record(info["name"], load, path, info["sha256"], info["architecture"]))
-    return path
+        info = models.model_info(name, trust_pickle=trust_pickle)
+        ref = models.parse(name)
+        if ref.card is not None:  # name@version: the record keeps meaning this file when a newer version appears
+            load, trust = ref.card.spec, False  # registry files are checked by their hash, never by trust
+        else:
+            load = str(files.weights.resolve())
+            if files.decoder is not None:
+                load += models.DECODER_SEPARATOR + str(files.decoder.resolve())
+            trust = trust_pickle
+        entry = _model_record(
+            info["name"],
+            load,
+            files.weights.resolve(),
+            info["sha256"],
+            info["architecture"],
+            checksum=info["checksum"],
+            decoder=files.decoder.resolve() if files.decoder else None,
+            trust_pickle=trust,
+        )
+        # the workflow names the record after the model's id (`best-3fa2c1`): the row of a table -> this file
+        _write_json(record, {"id": Path(record).stem, **entry})
+    return files
 
 
 def record_finetuned(card: str | Path, out: str | Path) -> None:

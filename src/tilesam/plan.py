@@ -7,6 +7,7 @@ before any job, and its input functions only ask the plan. Everything here is pl
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,10 @@ from typing import Any
 
 from tilesam import config as schema
 from tilesam.data.datasets import DatasetError, ImageRecord, images_of
-from tilesam.models.spec import model_id, resolve_spec
+from tilesam.models.spec import model_id, resolve_spec, weights_file
 from tilesam.tiling import TileGrid
+
+log = logging.getLogger("tilesam")  # not warnings.warn: Snakemake hides warnings while it reads the Snakefile
 
 FINETUNED_MARK = "-ft-"  # `<base>-ft-<dataset>`: <base> finetuned on <dataset>
 
@@ -61,12 +64,38 @@ def split_finetuned(spec: str, datasets: dict) -> tuple[str, str] | None:
 
 def architecture_of(spec: str) -> str:
     """A resolved spec's architecture: the registry's card, or guessed from a checkpoint's size."""
-    if Path(spec).is_file():
-        size = Path(spec).stat().st_size
+    weights = weights_file(spec)
+    if weights is not None and weights.is_file():
+        size = weights.stat().st_size
         return next(arch for floor, arch in _SIZE_ARCHITECTURE if size >= floor)
     from tilesam.models.registry import resolve
 
     return resolve(spec).architecture
+
+
+def _add_model(models: list[str], specs: dict[str, str], spec: str) -> str | None:
+    """Plan a resolved spec for a dataset's model list; returns its id if it was there already."""
+    mid = model_id(spec)
+    if mid in models:
+        return mid
+    specs.setdefault(mid, spec)
+    models.append(mid)
+    return None
+
+
+def _compare_by_id(pairs: list[dict], entries: list[str], specs: dict[str, str]) -> list[dict]:
+    """Compare pairs with model ids: a pair may name a checkpoint as the models list does (``run1/best.pt``).
+
+    The rules pass ``config["compare"]`` on to the report, which matches it against the table's ids.
+    """
+    ids = {}
+    for entry in entries:
+        if entry not in specs and entry != "auto":
+            try:
+                ids[entry] = model_id(resolve_spec(entry))
+            except (KeyError, ValueError, FileNotFoundError):
+                pass  # a finetuned name is its own id; anything else is reported by the check
+    return [{role: ids.get(model, model) for role, model in pair.items()} for pair in pairs]
 
 
 @dataclass
@@ -98,6 +127,8 @@ class Plan:
             except DatasetError as err:
                 raise PlanError(f"config error: {err}") from err
         finetuned, specs, models_of = {}, {}, {d: [] for d in datasets}
+        first_entry: dict[str, str] = {}  # model id -> the config entry that planned it first
+        repeated: dict[tuple[str, str], None] = {}  # (entry, model id) of entries that named a planned model
         for entry in config["models"]:
             pair = split_finetuned(entry, datasets)
             if pair:
@@ -106,8 +137,15 @@ class Plan:
                 finetuned[entry] = (base_id, pair[1])
             for dataset, cfg in datasets.items():
                 spec = entry if pair else _resolve(entry, cfg.get("modality", "other"))
-                specs.setdefault(model_id(spec), spec)
-                models_of[dataset].append(model_id(spec))
+                mid = _add_model(models_of[dataset], specs, spec)
+                if mid is not None:
+                    repeated[(entry, mid)] = None
+                else:
+                    first_entry.setdefault(model_id(spec), entry)
+        for entry, mid in repeated:  # said once per entry, not per dataset
+            same = "is listed more than once" if entry == first_entry[mid] else f"is the same as {first_entry[mid]!r}"
+            log.warning("models: %r %s (%s, id %s): planned once", entry, same, specs[mid], mid)
+        config["compare"] = _compare_by_id(config["compare"], config["models"], specs)
         plan = cls(config, images, models_of, specs, finetuned)
         plan._check()
         return plan

@@ -190,9 +190,14 @@ def test_model_info_for_names_and_files(tmp_path, lite_state):
         "version": "v1",
         "architecture": "lite_medsam_tinyvit",
         "sha256": LITE_SHA,
+        "checksum": f"sha256:{LITE_SHA}",
         "path": None,
+        "has_decoder": False,
+        "decoder_path": None,
     }
-    assert model_info("vit_b_lm")["sha256"] == "e8f5feb1ad837a7507935409c7f83f7c8af11c6e39cfe3df03f8d3bd4a358449"
+    assert model_info("vit_b_lm@v1")["sha256"] == "e8f5feb1ad837a7507935409c7f83f7c8af11c6e39cfe3df03f8d3bd4a358449"
+    current = model_info("vit_b_lm")  # xxh128 only; not cached here, so no sha256 either
+    assert current["checksum"] == "xxh128:fe9252a29f3f4ea53c15a06de471e186" and current["has_decoder"]
     path = tmp_path / "copy.pth"
     path.write_bytes(fetch("lite_medsam").read_bytes())
     info = model_info(path)

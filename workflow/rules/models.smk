@@ -1,7 +1,8 @@
 rule fetch_model:
-    """Download a model into the cache (checksum-verified) and record which file it is.
+    """Download a model (and its decoder file) into the cache, checksum-verified, and record which files it is.
 
-    A local rule: on a cluster it runs on the login node, which has the internet.
+    A local rule: on a cluster it runs on the login node, which has the internet. The record carries
+    `trust_pickle` for the user's own files, so every job that loads the model follows it.
     """
     output:
         "resources/models/{model}.json",
@@ -13,5 +14,6 @@ rule fetch_model:
     params:
         spec=lambda w: PLAN.specs[w.model],
         offline="--offline" if config["offline"] else "",
+        trust="--trust-pickle" if config["trust_pickle"] else "",
     shell:
-        "tilesam models fetch {params.spec:q} --record {output:q} {params.offline} 2> {log:q}"
+        "tilesam models fetch {params.spec:q} --record {output:q} {params.offline} {params.trust} 2> {log:q}"

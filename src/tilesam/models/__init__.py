@@ -1,7 +1,8 @@
 """The model zoo: registry of model cards, verified downloads, and SAM model loading.
 
 ``load_model("vit_b_lm")`` (or ``"name@version"``, or a checkpoint path) returns a
-``segment_anything`` ``Sam`` ready for SamPredictor / SamAutomaticMaskGenerator. The functions
+``segment_anything`` ``Sam`` ready for SamPredictor / SamAutomaticMaskGenerator;
+``load_decoder_state`` the same model's instance-segmentation decoder state (or None). The functions
 ``models_table``, ``recommend`` and ``fetch`` back the ``tilesam models`` command line.
 
 The names of :mod:`~tilesam.models.load` are imported on first use: the registry and downloads
@@ -10,8 +11,9 @@ need no torch (~600 MB and seconds), so listing, fetching or planning models doe
 
 from tilesam.download import ChecksumError, DownloadError, OfflineError, UnknownChecksumError, cache_dir, file_sha256
 
-from .fetch import fetch, is_cached, models_table
+from .fetch import DECODER_SEPARATOR, ModelFiles, ModelRef, fetch, fetch_files, is_cached, models_table, parse
 from .registry import (
+    RECOMMEND_MODALITIES,
     DecoderRef,
     ModelCard,
     UnknownModelError,
@@ -34,12 +36,16 @@ _LAZY = {
 }
 
 __all__ = [
+    "DECODER_SEPARATOR",
+    "RECOMMEND_MODALITIES",
     "Checkpoint",
     "CheckpointError",
     "ChecksumError",
     "DecoderRef",
     "DownloadError",
     "ModelCard",
+    "ModelFiles",
+    "ModelRef",
     "OfflineError",
     "UnknownChecksumError",
     "UnknownModelError",
@@ -47,6 +53,7 @@ __all__ = [
     "build_sam",
     "cache_dir",
     "fetch",
+    "fetch_files",
     "file_sha256",
     "is_cached",
     "load_decoder_state",
@@ -54,6 +61,7 @@ __all__ = [
     "model_info",
     "models_table",
     "names",
+    "parse",
     "read_checkpoint",
     "recommend",
     "register",

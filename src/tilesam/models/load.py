@@ -5,21 +5,30 @@ work on all of them): vit_h/l/b come from segment_anything's own builders; vit_t
 LiteMedSAM use tilesam's :mod:`~tilesam.models.tiny_vit` encoder with segment_anything's prompt
 encoder and mask decoder. Weights always load strictly.
 
-Checkpoint files are read with ``torch.load(weights_only=True)``. A file that needs full unpickling
-(e.g. a training checkpoint holding numpy scalars) is only unpickled when its bytes were verified
-against a known sha256 (registry models) or the caller passes ``trust_pickle=True``: unpickling runs
-code from the file.
+Checkpoint files are read with ``torch.load(weights_only=True)``, which runs no code from the file.
+Only two kinds of file are ever fully unpickled (a file that needs it, e.g. a training checkpoint
+holding numpy scalars, runs code from the file when loaded):
+
+- a registry model's file, and only after this process hashed it against the card's checksum
+  (:func:`tilesam.download.verify_fresh`): exactly the publisher's bytes. Every registry file is
+  re-hashed so before it is read at all; the size/mtime record of the cache is never enough, since
+  a shared cache (``TILESAM_CACHEDIR``) can hold a swapped file of the same size and mtime.
+- a user's own file when the user says so: ``trust_pickle=True`` (config ``trust_pickle: true``,
+  ``--trust-pickle`` on the command line).
+
+Error messages never pass on torch's advice to disable ``weights_only``.
 
 Accepted layouts: a plain SAM state dict, or a training checkpoint ``{"model_state": ...,
 "decoder_state": ...}`` whose keys may carry a ``sam.`` prefix. The instance-segmentation decoder
-is not part of SAM; :func:`load_decoder_state` returns it (from the training checkpoint, or from
-the card's separate decoder file).
+is not part of SAM; :func:`load_decoder_state` returns it (from the card's separate decoder file,
+from a decoder file given as ``checkpoint.pt+decoder.pt``, or from a training checkpoint).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,10 +40,10 @@ from segment_anything import sam_model_registry
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from tilesam.device import resolve_device
-from tilesam.download import file_sha256
+from tilesam.download import file_sha256, verify_fresh
 
-from .fetch import fetch, fetch_card, is_cached, local_checkpoint, model_path
-from .registry import ModelCard, architecture_defaults, lookup, resolve
+from .fetch import ModelFiles, expected_hash, fetch_card_files, fetch_files, is_cached, model_path, parse
+from .registry import ModelCard, architecture_defaults
 from .tiny_vit import tiny_vit_5m_lite_medsam, tiny_vit_5m_mobile_sam
 
 __all__ = [
@@ -66,28 +75,48 @@ class Checkpoint:
     decoder_state: dict[str, Any] | None
 
 
+def _unpickling_reason(error: BaseException) -> str:
+    """What torch's weights-only unpickler objected to, without its advice to turn the check off."""
+    text = str(error)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n\n|$)", text, re.S)
+    if found:
+        return " ".join(found.group(1).split())
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    return " ".join(x for x in sentences if "weights_only" not in x and "trusted source" not in x).strip()[:200]
+
+
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    """``torch.load`` with ``weights_only=True``; full unpickling only with ``trust_pickle``."""
     # zip-format checkpoints are memory-mapped: loading then copies once, not twice (vit_h is 2.5 GB)
     mmap = zipfile.is_zipfile(path)
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except pickle.UnpicklingError as error:
-            if "Unsupported global" not in str(error):  # e.g. "Unsupported operand": not a pickle at all
-                raise
-            if not trust_pickle:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        reason = _unpickling_reason(error)
+        if not trust_pickle:
+            if "Unsupported global" in str(error):
                 raise CheckpointError(
-                    f"checkpoint {path} holds Python objects besides tensors; loading it would run code from "
-                    "the file. Pass trust_pickle=True if you trust its origin."
-                ) from error
-            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-    except CheckpointError:
-        raise
+                    f"checkpoint {path} holds Python objects besides tensors ({reason}); loading it would run "
+                    "code from the file, so tilesam did not load it. If it is your own file and you trust its "
+                    "origin, set trust_pickle: true in the config (or --trust-pickle, trust_pickle=True); or "
+                    "save its tensors again as a plain state dict"
+                ) from None
+            raise CheckpointError(
+                f"could not read checkpoint {path}: not a PyTorch file that loads without running code "
+                f"(truncated or corrupt, or a plain pickle?) [{reason}]"
+            ) from None
     except Exception as error:  # torch reports corrupt files as RuntimeError, EOFError, KeyError, ...
         raise CheckpointError(
             f"could not read checkpoint {path}: not a readable PyTorch file (truncated or corrupt?) "
+            f"[{type(error).__name__}: {_unpickling_reason(error)}]"
+        ) from None
+    try:  # trusted: the user's word, or bytes this process verified against the registry
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as error:
+        raise CheckpointError(
+            f"could not read checkpoint {path}: not a readable PyTorch file (truncated or corrupt?) "
             f"[{type(error).__name__}: {str(error)[:200]}]"
-        ) from error
+        ) from None
 
 
 def _state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -203,15 +232,24 @@ def _load_strict(sam: Sam, checkpoint: Checkpoint) -> None:
     sam.load_state_dict(checkpoint.model_state, strict=True)
 
 
+def _verified(card: ModelCard, offline: bool | None, sha256: str | None) -> ModelFiles:
+    """A card's files, fetched, then hashed by this process against the registry before anything reads them."""
+    files = fetch_card_files(card, offline=offline, sha256=sha256)
+    verify_fresh(files.weights, expected_hash(card, sha256), what=card.spec)
+    if files.decoder is not None and card.decoder is not None and card.decoder.known_hash is not None:
+        verify_fresh(files.decoder, card.decoder.known_hash, what=f"{card.spec} decoder")
+    return files
+
+
 def _read(
     name_or_path: str | os.PathLike, offline: bool | None, sha256: str | None, trust_pickle: bool
 ) -> tuple[Checkpoint, ModelCard | None]:
-    local = local_checkpoint(name_or_path)
-    if local is not None:
-        return read_checkpoint(fetch(local, sha256=sha256), trust_pickle=trust_pickle), None
-    card = resolve(str(name_or_path))
-    # verified against a known sha256: exactly the publisher's bytes, so full unpickling is as safe as the source
-    checkpoint = read_checkpoint(fetch_card(card, offline=offline, sha256=sha256), trust_pickle=True)
+    ref = parse(name_or_path, warn=True)
+    if ref.card is None:
+        return read_checkpoint(fetch_files(name_or_path, sha256=sha256).weights, trust_pickle=trust_pickle), None
+    card = ref.card
+    # hashed just now against the registry: exactly the publisher's bytes, as safe to unpickle as the source
+    checkpoint = read_checkpoint(_verified(card, offline, sha256).weights, trust_pickle=True)
     if checkpoint.architecture != card.architecture:
         raise CheckpointError(
             f"{card.spec} is registered as {card.architecture} but {checkpoint.path} holds a {checkpoint.architecture}"
@@ -229,8 +267,9 @@ def load_model(
 ) -> Sam:
     """A ready SAM (eval mode, on ``device``) for a registered name, ``name@version`` or checkpoint path.
 
-    Registered models are fetched and sha256-verified (see :func:`tilesam.models.fetch.fetch`) and use
+    Registered models are fetched and verified (see :func:`tilesam.models.fetch.fetch`) and use
     their card's input normalisation; local files get their architecture's defaults.
+    ``trust_pickle`` applies to local files only (registry files are checked by their hash).
     """
     checkpoint, card = _read(name_or_path, offline, sha256, trust_pickle)
     if card is not None:
@@ -243,6 +282,16 @@ def load_model(
     return sam.to(resolve_device(device)).eval()
 
 
+def _decoder_state(obj: Any, path: Path) -> dict[str, Any]:
+    """A decoder file's state: the dict itself, or a checkpoint's ``decoder_state``."""
+    if isinstance(obj, Mapping) and "decoder_state" in obj:
+        obj = obj["decoder_state"]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        found = list(obj)[:6] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"decoder file {path} holds no decoder state dict (found: {found})")
+    return dict(obj)
+
+
 def load_decoder_state(
     name_or_path: str | os.PathLike,
     *,
@@ -250,38 +299,37 @@ def load_decoder_state(
     sha256: str | None = None,
     trust_pickle: bool = False,
 ) -> dict[str, Any] | None:
-    """The instance-segmentation decoder's state for a model, or None when it has none.
+    """The instance-segmentation decoder's state dict for a model string, or None when it has none.
 
-    From the card's separate decoder file when the card names one, else from a training
-    checkpoint's ``decoder_state``. Plain SAM state dicts (all seed models) have none.
+    A registry model: its separate decoder file (fetched and hashed with the weights), or None
+    for models without one (the weights are then not read). ``checkpoint.pt+decoder.pt``: the
+    decoder file. A checkpoint file alone: its ``decoder_state`` (a training checkpoint), else None.
     """
-    local = local_checkpoint(name_or_path)
-    card = None if local is not None else resolve(str(name_or_path))
-    if card is not None and card.decoder is not None:
-        decoder_card = ModelCard(
-            f"{card.name}_decoder",
-            card.architecture,
-            card.version,
-            card.decoder.url,
-            card.decoder.sha256,
-            source=f"decoder of {card.spec}",
-        )
-        obj = _torch_load(fetch_card(decoder_card, offline=offline), trust_pickle=True)
-        return dict(obj["decoder_state"] if isinstance(obj, Mapping) and "decoder_state" in obj else obj)
-    checkpoint, _ = _read(name_or_path, offline, sha256, trust_pickle)
-    return checkpoint.decoder_state
+    ref = parse(name_or_path, warn=True)
+    if ref.card is not None:
+        if ref.card.decoder is None:
+            return None
+        files = _verified(ref.card, offline, sha256)
+        assert files.decoder is not None
+        return _decoder_state(_torch_load(files.decoder, trust_pickle=True), files.decoder)
+    files = fetch_files(name_or_path, sha256=sha256)
+    if files.decoder is not None:
+        return _decoder_state(_torch_load(files.decoder, trust_pickle), files.decoder)
+    return read_checkpoint(files.weights, trust_pickle=trust_pickle).decoder_state
 
 
 def model_info(name_or_path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, Any]:
-    """Provenance of a model: name, version, architecture, sha256 of the weights, and path.
+    """Provenance of a model: name, version, architecture, checksums of the weights, paths, decoder.
 
-    Never downloads. For registry models the card's checksum is used (or, for a card without one,
-    the cached file's hash, else None); a local file is hashed (remembered, see
-    :func:`~tilesam.download.file_sha256`) and its architecture read off its state dict.
+    Never downloads. For registry models the card's checksums are used (``sha256``: the card's,
+    else the cached file's hash, else None; ``checksum``: the ``alg:hex`` the file is verified
+    with); a local file is hashed (remembered, see :func:`~tilesam.download.file_sha256`) and its
+    architecture read off its state dict. ``has_decoder``: whether AIS has a decoder;
+    ``decoder_path``: a local decoder file given as ``checkpoint+decoder``.
     """
-    local = local_checkpoint(name_or_path)
-    if local is None:
-        card = lookup(str(name_or_path))
+    ref = parse(name_or_path)
+    if ref.card is not None:
+        card = ref.card
         sha = card.sha256
         if sha is None and is_cached(card):
             sha = file_sha256(model_path(card))
@@ -290,13 +338,21 @@ def model_info(name_or_path: str | os.PathLike, *, trust_pickle: bool = False) -
             "version": card.version,
             "architecture": card.architecture,
             "sha256": sha,
+            "checksum": card.known_hash or (f"sha256:{sha}" if sha else None),
             "path": None,
+            "has_decoder": card.decoder is not None,
+            "decoder_path": None,
         }
-    checkpoint = read_checkpoint(fetch(local), trust_pickle=trust_pickle)
+    files = fetch_files(name_or_path)
+    checkpoint = read_checkpoint(files.weights, trust_pickle=trust_pickle)
+    sha = file_sha256(files.weights)
     return {
-        "name": str(local),
+        "name": str(files.weights),
         "version": None,
         "architecture": checkpoint.architecture,
-        "sha256": file_sha256(local),
-        "path": str(local.resolve()),
+        "sha256": sha,
+        "checksum": f"sha256:{sha}",
+        "path": str(files.weights.resolve()),
+        "has_decoder": files.decoder is not None or checkpoint.decoder_state is not None,
+        "decoder_path": str(files.decoder.resolve()) if files.decoder else None,
     }
