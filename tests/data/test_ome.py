@@ -152,3 +152,18 @@ def test_float_labels_are_refused(tmp_path):
     ome.create(tmp_path / "l.ome.zarr", (64, 64), np.float32, (32, 32))
     with pytest.raises(ValueError, match="integer"):
         ome.build_pyramid(tmp_path / "l.ome.zarr", labels=True)
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_written_by_ome_zarr_py_imports(tmp_path, version):
+    """Inputs from other tools: level 0 is found through the multiscales metadata ("s0" in ome-zarr-py), any version."""
+    from ome_zarr.format import FormatV04, FormatV05
+    from ome_zarr.writer import write_image
+
+    pixels = np.random.default_rng(2).integers(0, 200, size=(300, 280)).astype(np.uint8)
+    group = zarr.open_group(str(tmp_path / "in.ome.zarr"), mode="w", zarr_format=2 if version == "0.4" else 3)
+    write_image(pixels, group, axes="yx", fmt=FormatV04() if version == "0.4" else FormatV05(), scale_factors=(2,))
+    assert "0" not in group  # so only the metadata can say where level 0 is
+    io.import_image(tmp_path / "in.ome.zarr", tmp_path / "a.ome.zarr", ndim=2, tile_shape=TILE)
+    np.testing.assert_array_equal(ome.open_level0(tmp_path / "a.ome.zarr")[...], pixels)
+    np.testing.assert_array_equal(ome.open_level0(tmp_path / "in.ome.zarr")[...], pixels)

@@ -65,7 +65,7 @@ def open_lazy(path: str | Path, key: str | None = None) -> da.Array:
         if _is_zarr(path):
             node = zarr.open(str(path), mode="r")
             if isinstance(node, zarr.Group):
-                name = key or ("0" if "0" in node else None)
+                name = key or ome.level0_path(node)
                 if name is None:
                     raise InputError(f"{path}: a zarr group; say which array to read with `key` (has {list(node)})")
                 node = node[name]

@@ -158,11 +158,26 @@ def build_pyramid(
     return n_levels
 
 
+def level0_path(group: zarr.Group) -> str | None:
+    """Path of the full-resolution array in an OME-Zarr group of any version (0.4: `multiscales`, 0.5: under `ome`).
+
+    ome-zarr-py names its levels "s0", "s1", ...; tilesam "0", "1", ...; a plain
+    zarr group with an array "0" counts as level 0 too. None when neither.
+    """
+    attrs = group.attrs.asdict()
+    multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
+    if multiscales:
+        return str(multiscales[0]["datasets"][0]["path"])
+    return "0" if "0" in group else None
+
+
 def open_level0(path: str | Path) -> zarr.Array:
     """The full-resolution array of an OME-Zarr image or label image (its first multiscales dataset)."""
     try:
         root = zarr.open_group(str(path), mode="r")
-        multiscales = root.attrs.get("ome", {}).get("multiscales") or [{"datasets": [{"path": "0"}]}]
-        return root[multiscales[0]["datasets"][0]["path"]]
+        level0 = root[level0_path(root) or "0"]
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as err:
-        raise FileNotFoundError(f"{path} is not an OME-Zarr image written by tilesam (no level '0')") from err
+        raise FileNotFoundError(f"{path} is not an OME-Zarr image (no multiscales and no level '0')") from err
+    if not isinstance(level0, zarr.Array):
+        raise FileNotFoundError(f"{path}: its level 0 is a group, not an array")
+    return level0
