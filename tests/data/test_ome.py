@@ -148,10 +148,13 @@ def test_label_image_without_image_claims_no_source(tmp_path):
     assert model.ome_attributes.image_label.source is None
 
 
-def test_float_labels_are_refused(tmp_path):
+def test_float_labels_and_mismatched_axes_are_refused(tmp_path):
     ome.create(tmp_path / "l.ome.zarr", (64, 64), np.float32, (32, 32))
     with pytest.raises(ValueError, match="integer"):
         ome.build_pyramid(tmp_path / "l.ome.zarr", labels=True)
+    ome.create(tmp_path / "rgb.ome.zarr", (3, 64, 64), np.uint8, (3, 32, 32))  # created as a volume (z, y, x)
+    with pytest.raises(ValueError, match="must agree on `channels`"):
+        ome.build_pyramid(tmp_path / "rgb.ome.zarr", labels=False, channels=True)
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])

@@ -136,6 +136,11 @@ def build_pyramid(
     if labels and (channels or level0.dtype.kind not in "iu"):
         raise ValueError(f"{path}: label images are integer and have no channel axis, got {level0.dtype}")
     names = axis_names(level0.ndim, channels)
+    if level0.metadata.dimension_names != tuple(names):
+        raise ValueError(
+            f"{path}: level 0 has dimension names {level0.metadata.dimension_names}, the pyramid was asked for {names}"
+            " (create and build_pyramid must agree on `channels`)"
+        )
     n_levels, current = 1, level0
     while min(current.shape[-2:]) // 2 >= min_size:
         lower = _halve_yx(da.from_zarr(current), labels=labels).astype(level0.dtype)
