@@ -244,7 +244,7 @@ def stitch(image: str | Path, blocks: list[str], out: str | Path, *, tiling: Til
     chunks = (1,) * (len(info.shape) - 2) + tuple(min(t, s) for t, s in zip(tile_shape, info.shape[-2:]))
     labels = ome.create(out, info.shape, "uint32", chunks, attrs={"tilesam": {"image": str(image)}})
     result = stitch_tiles(grid, tile_reader(blocks, grid, tiling.tiles_per_block), labels, params)
-    ome.build_pyramid(out, labels=True)
+    ome.build_pyramid(out, labels=True, image=image)
     log.info("stitched %s: %s", image, result)
     return result
 

@@ -65,7 +65,7 @@ def open_lazy(path: str | Path, key: str | None = None) -> da.Array:
         if _is_zarr(path):
             node = zarr.open(str(path), mode="r")
             if isinstance(node, zarr.Group):
-                name = key or ("0" if "0" in node else None)
+                name = key or ome.level0_path(node)
                 if name is None:
                     raise InputError(f"{path}: a zarr group; say which array to read with `key` (has {list(node)})")
                 node = node[name]
@@ -203,7 +203,7 @@ def import_image(
     lo, hi, n_bad = da.compute(arr.min(), arr.max(), (~da.isfinite(arr)).sum() if arr.dtype.kind == "f" else 0)
     if n_bad:
         raise InputError(f"{src}: {int(n_bad)} NaN or infinite values; fill or mask them before segmenting")
-    out = ome.create(dst, arr.shape, arr.dtype, chunks)
+    out = ome.create(dst, arr.shape, arr.dtype, chunks, channels=channels > 1)
     da.store(arr, out, lock=False)
     info = ImageInfo(
         source=str(src),
@@ -238,7 +238,7 @@ def import_labels(src: str | Path, dst: str | Path, *, image: str | Path, key: s
     chunks = chunks[1:] if info.channels > 1 else chunks
     out = ome.create(dst, arr.shape, np.uint32, chunks, attrs={"tilesam": {"labels_source": str(src)}})
     da.store(arr.rechunk(chunks).astype(np.uint32), out, lock=False)
-    ome.build_pyramid(dst, labels=True)
+    ome.build_pyramid(dst, labels=True, image=image)
 
 
 def read_info(path: str | Path) -> ImageInfo:
