@@ -248,7 +248,14 @@ def test_prompts_reach_the_model_in_input_coordinates():
     # the box mask spills over by half a pixel at the far edges, so a negative click goes there.
     assert labels[:, 0].tolist() == [PADDING_LABEL] * 2
     assert labels[:, 1].tolist() == [0, 0]
-    assert second["masks"].shape == (2, 1, 64, 64)  # previous logits fed back
+    # micro-sam's default: the previous logits are not fed back
+    assert all(call["masks"] is None for call in model.prompt_encoder.calls)
+
+    model = ClickSam()
+    list(iter_object_masks(model, torch.zeros(1), gt.shape, gt, "iterative_box", n_iterations=3, use_mask_input=True))
+    first, second, third = model.prompt_encoder.calls
+    assert first["masks"] is None  # nothing to feed back yet
+    assert second["masks"].shape == third["masks"].shape == (2, 1, 64, 64)  # previous logits fed back
 
     model = ClickSam()
     list(iter_object_masks(model, torch.zeros(1), gt.shape, gt, "point"))
