@@ -29,6 +29,7 @@ def test_outputs_card_loss_log_and_plot(reference, data):
     assert card["iterations"] == 2 and card["seed"] == 3 and card["best_epoch"] == 2
     assert card["trained_parts"] == ["mask_decoder", "prompt_encoder"]
     assert card["trained_on"][-1] == card["dataset"] == "dsb2018"  # benchmarks mark it in domain there
+    assert card["arithmetic"]["threads"] == torch.get_num_threads() and card["arithmetic"]["device"] == "cpu"
     assert [e["epoch"] for e in card["epochs"]] == [0, 1, 2] and card["epochs"][2]["train_loss"] > 0
     stem = reference.checkpoint.with_suffix("")
     log_lines = Path(f"{stem}.losses.csv").read_text().splitlines()

@@ -119,6 +119,20 @@ def trained_on(base: BaseModel, dataset: str) -> list[str]:
     return list(dict.fromkeys([*inherited, dataset]))
 
 
+def arithmetic(model: Sam) -> dict[str, Any]:
+    """What besides the settings decides the weights' last bits: CPU float sums depend on the thread count
+    and on the kernels torch picks for the CPU (measured: 1 and 2 threads give different weights after 8
+    steps, the same count gives the same bits), so a rerun that must match uses the same of both."""
+    import torch
+
+    return {
+        "device": str(next(model.parameters()).device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
 def write_card(
     path: Path,
     *,
@@ -165,6 +179,7 @@ def write_card(
         "best_epoch": state.best_epoch,
         "fingerprint": fingerprint,
         "made_by": f"tilesam {tilesam_version}",
+        "arithmetic": arithmetic(model),
     }
     path.write_text(json.dumps(card, indent=1))
     return card
