@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from tilesam import config as schema
-from tilesam.plan import MODEL_MEMORY, Plan, PlanError, architecture_of, split_finetuned
+from tilesam.plan import MODEL_MEMORY, Plan, PlanError, architecture_of, dataset_key, split_finetuned
 
 
 def full_config(**changes) -> dict:
@@ -220,3 +220,80 @@ def test_compare_pairs_may_name_checkpoints_as_the_models_list_does(tmp_path):
     (pair,) = plan.config["compare"]
     assert [plan.specs[pair["vanilla"]], plan.specs[pair["finetuned"]]] == [str(one.resolve()), str(two.resolve())]
     assert cfg["compare"] == plan.config["compare"]  # the rules pass this config's pairs to the report
+
+
+# --- the classical baseline and in_domain ---------------------------------------------------------
+def test_classical_baseline_is_scored_on_every_scored_image_and_searched_on_validation(tmp_path):
+    cfg = full_config(models=["lite_medsam-ft-train"], finetune={"val_dataset": "val"})
+    cfg["datasets"] = {
+        "train": labelled_images(tmp_path / "train", 2),
+        "val": labelled_images(tmp_path / "val", 2),
+        "test": labelled_images(tmp_path / "test", 3),
+    }
+    plan = Plan.from_config(cfg)
+    assert plan.classical  # on by default: every table has its floor
+    assert plan.classical_evaluations() == [f"results/evaluation/test/im{k}/classical/classical.json" for k in range(3)]
+    # no AMG search here: the finetuning's validation dataset is the baseline's
+    assert plan.classical_search_dataset == "val"
+    assert [i["gt"] for i in plan.classical_search_images()] == [
+        "results/labels/val/im0.ome.zarr",
+        "results/labels/val/im1.ome.zarr",
+    ]
+    assert plan.classical_search_result("test") == ["results/benchmark/classical_search.csv"]
+    assert plan.classical_search_result("val") == []
+    assert plan.classical_qualitative("test") == ["results/segmentation/test/im0/classical/classical/labels.ome.zarr"]
+    cfg["baseline"] = {"classical": False}
+    off = Plan.from_config(cfg)
+    assert off.classical_evaluations() == [] and off.classical_search_dataset is None
+    assert off.classical_qualitative("test") == []
+
+
+def test_classical_search_prefers_its_own_then_the_amg_search_dataset():
+    cfg = full_config(segmentation={"amg_search": {**schema.defaults("segmentation", "amg_search"), "dataset": "val"}})
+    cfg["datasets"] = {"val": {"source": "synthetic"}, "test": {"source": "synthetic"}}
+    assert Plan.from_config(cfg).classical_search_dataset == "val"
+    cfg["baseline"] = {"search": {"dataset": "test"}}  # a scored dataset: tuning on it would be unfair
+    with pytest.raises(PlanError, match="baseline.search: dataset 'test' is scored"):
+        Plan.from_config(cfg)
+    cfg["baseline"] = {"search": {"dataset": "nowhere"}}
+    with pytest.raises(PlanError, match="'nowhere' is not in datasets"):
+        Plan.from_config(cfg)
+
+
+def test_a_checkpoint_called_classical_is_not_the_baseline(tmp_path):
+    checkpoint = tmp_path / "classical"
+    checkpoint.write_bytes(b"\0" * 100)
+    (model,) = Plan.from_config(full_config(models=[str(checkpoint)])).models_of["demo"]
+    assert model.startswith("classical-") and model != "classical"  # a file's id carries its path's hash
+
+
+def test_in_domain_pairs_from_cards_and_finetuning(tmp_path, monkeypatch):
+    from tilesam.models import registry
+
+    real = registry.resolve
+
+    class Card:  # a registry card that lists its training data, as micro-sam's generalists do
+        def __init__(self, card):
+            self.card = card
+            self.trained_on = ("DSB2018", "LIVECell") if card.name == "lite_medsam" else ()
+
+        def __getattr__(self, name):
+            return getattr(self.card, name)
+
+    monkeypatch.setattr(registry, "resolve", lambda name: Card(real(name)))
+    cfg = full_config(models=["lite_medsam", "lite_medsam-ft-train"])
+    cfg["datasets"] = {
+        "train": {**labelled_images(tmp_path / "cells", 10), "split": "train"},
+        "test": {**labelled_images(tmp_path / "cells", 10), "split": "test"},  # the same data, another split
+        "other": labelled_images(tmp_path / "other", 2),
+        "dsb": {"source": "synthetic"},  # the public-dataset id decides; here `synthetic`: not DSB
+    }
+    plan = Plan.from_config(cfg)
+    assert plan.dataset_identity("train") == plan.dataset_identity("test") != plan.dataset_identity("other")
+    assert plan.trained_on("lite_medsam") == {"dsb2018", "livecell"}
+    assert plan.trained_on("lite_medsam-ft-train") == {"dsb2018", "livecell", plan.dataset_identity("train")}
+    assert plan.in_domain() == [["test", "lite_medsam-ft-train"]]
+    assert plan.in_domain_models("test") == ["lite_medsam-ft-train"] and plan.in_domain_models("other") == []
+    assert dataset_key("DSB-2018") == dataset_key("dsb_2018") == "dsb2018"
+    plan.config["datasets"]["dsb"] = {"source": "dsb2018"}  # identity only: nothing is fetched here
+    assert plan.dataset_identity("dsb") in plan.trained_on("lite_medsam")

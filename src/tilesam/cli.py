@@ -160,7 +160,8 @@ def cmd_prompt_eval(args) -> None:
 
     jobs.prompt_eval(
         args.image, args.model, args.embeddings, args.gt, args.mode, args.out, tiling=_settings(args, schema.Tiling),
-        dtype=_settings(args, schema.EmbedParams).dtype, device=args.device, seed=args.seed, meta=json.loads(args.meta),
+        dtype=_settings(args, schema.EmbedParams).dtype, device=args.device, seed=args.seed,
+        params=_settings(args, schema.PromptParams), meta=json.loads(args.meta),
     )  # fmt: skip
 
 
@@ -175,16 +176,41 @@ def cmd_amg_search(args) -> None:
     )  # fmt: skip
 
 
+def cmd_classical_foreground(args) -> None:
+    from tilesam import jobs
+
+    jobs.classical_foreground(args.image, args.out, params=_settings(args, schema.ClassicalParams))
+
+
+def cmd_classical_segment(args) -> None:
+    from tilesam import jobs
+
+    jobs.classical_segment(
+        args.image, args.threshold, args.block, args.out, tiling=_settings(args, schema.Tiling),
+        params=_settings(args, schema.ClassicalParams), search=args.search,
+    )  # fmt: skip
+
+
+def cmd_classical_search(args) -> None:
+    from tilesam import jobs
+
+    jobs.classical_search(
+        json.loads(args.images), args.out, tiling=_settings(args, schema.Tiling),
+        params=_settings(args, schema.ClassicalParams), grid=_settings(args, schema.ClassicalGrid),
+        stitch_params=_settings(args, schema.StitchParams),
+    )  # fmt: skip
+
+
 def cmd_benchmark(args) -> None:
     from tilesam import jobs
 
-    jobs.benchmark(args.evaluations, args.out_dir, json.loads(args.compare or "[]"))
+    jobs.benchmark(args.evaluations, args.out_dir, json.loads(args.compare or "[]"), json.loads(args.in_domain))
 
 
 def cmd_figure(args) -> None:
     from tilesam import jobs
 
-    jobs.figure(args.image, args.gt, args.results, args.names, args.out, title=args.title)
+    jobs.figure(args.image, args.gt, args.results, args.names, args.out, title=args.title, in_domain=args.in_domain)
 
 
 def cmd_export(args) -> None:
@@ -269,12 +295,24 @@ COMMANDS: dict[str, Command] = {
     "prompt-eval": Command(cmd_prompt_eval, "prompted (interactive) evaluation from stored embeddings",
                            (IMAGE, MODEL, GT, arg("--mode", required=True, choices=schema.PROMPT_MODES),
                             arg("--embeddings", nargs="+", required=True, help="the image's embedding stores, in order"),
-                            arg("--seed", type=int, default=0), META, OUT, CONFIG), MODEL_JOB, True),
+                            arg("--seed", type=int, default=0), META, OUT, CONFIG),
+                           (*MODEL_JOB, schema.PromptParams), True),
     "amg-search": Command(cmd_amg_search, "grid search of AMG thresholds on validation images",
                           (MODEL, arg("--images", required=True,
                                       help='JSON list of {"image", "gt", "embeddings": [block stores]}'),
                            arg("--out", required=True, help="CSV: mSA per setting, best first"), CONFIG),
                           (*MODEL_JOB, schema.SearchGrid, schema.StitchParams), True),  # AMG's from --config
+    "classical-foreground": Command(cmd_classical_foreground, "the classical baseline's Otsu threshold of a whole image",
+                                    (IMAGE, OUT, CONFIG), (schema.ClassicalParams,)),
+    "classical-segment": Command(cmd_classical_segment, "the classical baseline on one block of tiles",
+                                 (IMAGE, BLOCK, arg("--threshold", required=True,
+                                                    help="JSON of `tilesam classical-foreground`"),
+                                  arg("--search", help="CSV of `tilesam classical-search`: its best sigma and h win"),
+                                  OUT, CONFIG), (*TILES, schema.ClassicalParams)),
+    "classical-search": Command(cmd_classical_search, "grid search of the classical baseline's sigma and h",
+                                (arg("--images", required=True, help='JSON list of {"image", "gt"}'),
+                                 arg("--out", required=True, help="CSV: mSA per setting, best first"), CONFIG),
+                                (*TILES, schema.ClassicalParams, schema.ClassicalGrid, schema.StitchParams)),
     "stitch": Command(cmd_stitch, "join per-tile labels into one label image",
                       (IMAGE, arg("--blocks", nargs="+", required=True), OUT, CONFIG), (*TILES, schema.StitchParams)),
     "evaluate": Command(cmd_evaluate, "scores of a label image against ground truth",
@@ -282,10 +320,14 @@ COMMANDS: dict[str, Command] = {
                          arg("--blocks", nargs="*", help="the image's segmentation block stores (cost columns)"))),
     "benchmark": Command(cmd_benchmark, "tables and figures from per-image evaluations",
                          (arg("evaluations", nargs="+"), arg("--out-dir", required=True),
-                          arg("--compare", help='JSON list of {"vanilla": model, "finetuned": model} pairs'))),
+                          arg("--compare", help='JSON list of {"vanilla": model, "finetuned": model} pairs'),
+                          arg("--in-domain", default="[]",
+                              help="JSON list of [dataset, model] pairs where the model was trained on the dataset"))),
     "figure": Command(cmd_figure, "qualitative panel: image, ground truth, results on one crop",
                       (IMAGE, arg("--gt"), arg("--results", nargs="+", required=True),
-                       arg("--names", nargs="+", required=True), arg("--title", default=""), OUT)),
+                       arg("--names", nargs="+", required=True), arg("--title", default=""),
+                       arg("--in-domain", nargs="*", default=[], help="names of results of models trained on this data"),
+                       OUT)),
     "export": Command(cmd_export, "a stitched label image (OME-Zarr) -> TIFF, and its instance table as CSV",
                       (arg("labels", help="labels.ome.zarr from the stitch job"), arg("out", help="TIFF to write"),
                        arg("--table", help="CSV of the instances (id, area, bounding box, centroid)"))),

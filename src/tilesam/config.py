@@ -189,6 +189,40 @@ class SearchGrid:
     stability_score_thresh: tuple[float, float, float]
 
 
+@dataclass(frozen=True)
+@from_schema("evaluation", workflow_keys=("prompts",))
+class PromptParams:
+    """How prompted evaluation runs (the modes themselves are the plan's)."""
+
+    feed_logits: bool  # iterative modes: previous mask logits as mask input (off: micro-sam's default)
+
+
+@dataclass(frozen=True)
+@from_schema("baseline", "params")
+class ClassicalParams:
+    """The classical baseline: Otsu foreground, distance-transform watershed seeded by h-maxima."""
+
+    sigma: float  # Gaussian smoothing before thresholding (pixels)
+    h: float  # h-maxima height of the distance transform (pixels)
+    min_size: int  # objects of fewer pixels are dropped
+    foreground: str  # auto | bright | dark
+
+    def __post_init__(self) -> None:
+        if self.sigma < 0 or self.h <= 0 or self.min_size < 0:
+            raise ValueError(f"classical baseline: need sigma >= 0, h > 0, min_size >= 0; got {self}")
+        if self.foreground not in enum("baseline", "params", "foreground"):
+            raise ValueError(f"classical baseline: unknown foreground {self.foreground!r}")
+
+
+@dataclass(frozen=True)
+@from_schema("baseline", "search", workflow_keys=("dataset",))
+class ClassicalGrid:
+    """The classical baseline's search grid: every (sigma, h) pair is tried."""
+
+    sigma_values: tuple[float, ...]
+    h_values: tuple[float, ...]
+
+
 TRAINABLE_PARTS: tuple[str, ...] = enum("finetune", "train_parts")
 
 

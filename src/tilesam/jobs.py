@@ -10,10 +10,13 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tilesam.config import AmgParams, EmbedParams, FinetuneConfig, SearchGrid, StitchParams, Tiling, replace
 from tilesam.device import resolve_device
+
+if TYPE_CHECKING:  # the classical baseline's and the prompts' settings
+    from tilesam.config import ClassicalGrid, ClassicalParams, PromptParams
 
 log = logging.getLogger("tilesam")
 
@@ -267,7 +270,8 @@ def evaluate(
     record = {**(meta or {}), "iteration": 0, **(costs(blocks) if blocks else {}), **scores}
     if blocks:  # the parameters the blocks were segmented with (after any threshold search)
         seg = zarr.open_group(str(blocks[0]), mode="r").attrs["tilesam"]["segmentation"]
-        record["params"] = json.dumps({**seg["params"], "prompt": seg["prompt"], "box_sizes": seg["box_sizes"]})
+        extra = {k: seg[k] for k in ("prompt", "box_sizes") if k in seg}  # AMG's prompt grid
+        record["params"] = json.dumps({**seg["params"], **extra})
     _write_json(out, record)
     return record
 
@@ -284,17 +288,22 @@ def prompt_eval(
     dtype: str,
     device: str,
     seed: int = 0,
+    params: PromptParams | None = None,
     meta: dict | None = None,
 ) -> list[dict]:
     """Prompted (interactive) segmentation of every ground-truth object, scored per iteration."""
+    from tilesam.config import PromptParams
     from tilesam.data import ome
-    from tilesam.interactive.evaluate import block_embeddings, evaluate_prompts
+    from tilesam.interactive.evaluate import block_embeddings, evaluate_prompts, prompt_params
 
+    params = params or PromptParams()
     sam, record = load_record(model, device)
     grid, prov = _provenance(record, sam, image, tiling, 0, dtype)
     embedding_of = block_embeddings(embeddings, tiling.tiles_per_block, asdict(prov))
-    records = evaluate_prompts(sam, ome.open_level0(gt)[...], grid, embedding_of, mode, seed=seed)
-    meta = {**(meta or {}), "method": mode, "device": str(sam.device)}
+    gt_labels = ome.open_level0(gt)[...]
+    records = evaluate_prompts(sam, gt_labels, grid, embedding_of, mode, seed=seed, feed_logits=params.feed_logits)
+    made_with = json.dumps(prompt_params(mode, seed, params.feed_logits))
+    meta = {**(meta or {}), "method": mode, "device": str(sam.device), "params": made_with}
     _write_json(out, [{**meta, **r} for r in records])
     log.info("%s prompts: mSA per iteration %s", mode, [round(r["msa"], 3) for r in records])
     return records
@@ -347,26 +356,111 @@ def amg_search(
 
 
 # --- report -----------------------------------------------------------------------------------
-def benchmark(evaluations: list[str], out_dir: str | Path, compare: list[dict]) -> None:
-    """The tables of a run and its bar and iteration figures."""
+def benchmark(
+    evaluations: list[str], out_dir: str | Path, compare: list[dict], in_domain: list[list[str]] = ()
+) -> None:
+    """The tables of a run and its bar and iteration figures; in_domain: (dataset, model) trained-on pairs."""
     import pandas as pd
 
     from tilesam.report import figures
     from tilesam.report.tables import write_tables
 
-    table = write_tables(evaluations, out_dir, compare)
+    table = write_tables(evaluations, out_dir, compare, in_domain)
     out = Path(out_dir)
     figures.msa_bars(table, out / "msa_bars.png")
-    figures.msa_iterations(pd.read_csv(out / "iterations.csv"), out / "msa_iterations.png")
+    pairs = {(str(d), str(m)) for d, m in in_domain}
+    figures.msa_iterations(pd.read_csv(out / "iterations.csv"), out / "msa_iterations.png", pairs)
 
 
-def figure(image: str | Path, gt: str | Path | None, results: list[str], names: list[str], out: str | Path, title=""):
-    """Image, ground truth and each model's automatic segmentation on the same crop."""
+def figure(
+    image: str | Path,
+    gt: str | Path | None,
+    results: list[str],
+    names: list[str],
+    out: str | Path,
+    title: str = "",
+    in_domain: list[str] = (),
+):
+    """Image, ground truth and each model's automatic segmentation on the same crop (in_domain: names so marked)."""
     from tilesam.report import figures
 
     if len(names) != len(results):
         raise ValueError(f"{len(names)} names for {len(results)} results")
-    figures.qualitative(image, gt, dict(zip(names, results)), out, title=title)
+    figures.qualitative(image, gt, dict(zip(names, results)), out, title=title, in_domain=set(in_domain))
+
+
+# --- the classical baseline -------------------------------------------------------------------
+def classical_foreground(image: str | Path, out: str | Path, *, params: ClassicalParams) -> dict:
+    """The whole image's Otsu threshold and foreground side, written as JSON (one per image)."""
+    from tilesam.segment.classical import image_foreground
+
+    foreground = asdict(image_foreground(image, params.foreground))
+    _write_json(out, foreground)
+    log.info("%s: foreground %s", image, foreground)
+    return foreground
+
+
+def classical_segment(
+    image: str | Path,
+    foreground: str | Path,
+    block: int,
+    out: str | Path,
+    *,
+    tiling: Tiling,
+    params: ClassicalParams,
+    search: str | Path | None = None,
+) -> dict:
+    """The classical baseline on one block of tiles (the searched sigma and h where a search ran)."""
+    from tilesam.data import io
+    from tilesam.segment import classical
+    from tilesam.tiling import TileGrid
+
+    params = classical.searched(params, search) if search else params
+    rule = classical.Foreground(**json.loads(Path(foreground).read_text()))
+    grid = TileGrid(io.read_info(image).shape, tiling.tile_shape, tiling.halo)
+    stats = classical.segment_block(image, grid, block, tiling.tiles_per_block, out, rule, params)
+    log.info("classical block %d: %s", block, stats)
+    return stats
+
+
+def classical_search(
+    images: list[dict],
+    out: str | Path,
+    *,
+    tiling: Tiling,
+    params: ClassicalParams,
+    grid: ClassicalGrid,
+    stitch_params: StitchParams,
+) -> Any:
+    """The classical baseline's (sigma, h) search on validation images ({image, gt} each)."""
+    from tilesam.data import io, ome
+    from tilesam.data.datasets import stem
+    from tilesam.segment import classical
+    from tilesam.tiling import TileGrid
+
+    searched_images = []
+    for item in images:
+        info = io.read_info(item["image"])
+        pixels = ome.open_level0(item["image"])
+        searched_images.append(
+            classical.SearchImage(
+                stem(item["image"]),
+                TileGrid(info.shape, tiling.tile_shape, tiling.halo),
+                lambda tile, pixels=pixels, channels=info.channels: io.read_window(
+                    pixels, tile.window_slices(), channels
+                ),
+                classical.image_foreground(item["image"], params.foreground),
+                ome.open_level0(item["gt"])[...],
+            )
+        )
+    table = classical.search_classical(searched_images, params, grid, stitch_params)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    best = table.iloc[0]
+    log.info(
+        "best classical setting: sigma %.2f, h %.2f (mSA %.3f on %d images)", best.sigma, best.h, best.mSA, len(images)
+    )
+    return table
 
 
 # --- finetuning -------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ before any job, and its input functions only ask the plan. Everything here is pl
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from tilesam.tiling import TileGrid
 log = logging.getLogger("tilesam")  # not warnings.warn: Snakemake hides warnings while it reads the Snakefile
 
 FINETUNED_MARK = "-ft-"  # `<base>-ft-<dataset>`: <base> finetuned on <dataset>
+CLASSICAL = "classical"  # the classical baseline's model and method name (tilesam.segment.classical.MODEL)
 
 
 class PlanError(ValueError):
@@ -165,6 +168,7 @@ class Plan:
             for role in ("vanilla", "finetuned"):
                 if pair[role] not in self.specs:
                     raise PlanError(f"config error in compare: {role} model {pair[role]!r} is not in models")
+        self._check_classical()
 
     # --- images and tiles -------------------------------------------------------------------
     def records(self, dataset: str) -> list[ImageRecord]:
@@ -277,6 +281,102 @@ class Plan:
             for r in self.records(dataset)
         ]
 
+    # --- the classical baseline (tilesam.segment.classical) ---------------------------------
+    def _baseline(self, key: str) -> Any:
+        """A key of the config's `baseline` section (the schema's default where the config has none)."""
+        return self.config.get("baseline", {}).get(key, schema.defaults("baseline")[key])
+
+    @property
+    def classical(self) -> bool:
+        return bool(self._baseline("classical"))
+
+    @property
+    def classical_search_dataset(self) -> str | None:
+        """The baseline's validation dataset: its own, else the AMG search's, else finetuning's validation."""
+        if not self.classical:
+            return None
+        own = self._baseline("search").get("dataset")
+        return own or self.search_dataset or self.config["finetune"]["val_dataset"]
+
+    def _check_classical(self) -> None:
+        if not self.classical:
+            return
+        if CLASSICAL in self.specs:
+            raise PlanError(f"config error in models: {CLASSICAL!r} is the classical baseline's name in the tables")
+        dataset = self.classical_search_dataset
+        if dataset is None:
+            return
+        where = "config error in baseline.search"
+        if dataset not in self.config["datasets"]:
+            raise PlanError(f"{where}: dataset {dataset!r} is not in datasets")
+        if not self.is_tuning(dataset):
+            raise PlanError(f"{where}: dataset {dataset!r} is scored; search on a validation dataset")
+        if not self.records(dataset) or not all(r.labels for r in self.records(dataset)):
+            raise PlanError(f"{where}: dataset {dataset!r} needs labels for every image")
+
+    def classical_evaluations(self) -> list[str]:
+        """The baseline's evaluation of every scored image (model and method `classical`)."""
+        if not self.classical:
+            return []
+        return [f"results/evaluation/{d}/{i}/{CLASSICAL}/{CLASSICAL}.json" for d, i in self.scored()]
+
+    def classical_search_result(self, dataset: str) -> list[str]:
+        """The baseline's search table, which sets sigma and h of every scored dataset."""
+        if self.classical_search_dataset is None or self.is_tuning(dataset):
+            return []
+        return ["results/benchmark/classical_search.csv"]
+
+    def classical_search_images(self) -> list[dict[str, str]]:
+        """Per validation image of the baseline's search: the imported image and ground truth."""
+        dataset = self.classical_search_dataset
+        if dataset is None:
+            return []
+        return [
+            {
+                "image": f"results/images/{dataset}/{r.name}.ome.zarr",
+                "gt": f"results/labels/{dataset}/{r.name}.ome.zarr",
+            }
+            for r in self.records(dataset)
+        ]
+
+    def classical_qualitative(self, dataset: str) -> list[str]:
+        """The baseline's labels of the image the qualitative figure shows (none when it is off)."""
+        if not self.classical:
+            return []
+        image = next(i for d, i in self.scored() if d == dataset)
+        return [f"results/segmentation/{dataset}/{image}/{CLASSICAL}/{CLASSICAL}/labels.ome.zarr"]
+
+    # --- in_domain: models scored on data they were trained on -------------------------------
+    def dataset_identity(self, dataset: str) -> str:
+        """What a dataset is across its splits: its public dataset's id, else its images glob."""
+        cfg = self.config["datasets"][dataset]
+        return dataset_key(cfg["source"]) if cfg.get("source") else f"images:{cfg['images']}"
+
+    def trained_on(self, model: str) -> frozenset[str]:
+        """Identities of the datasets a model was trained on (its card's, plus a finetuning's own)."""
+        if model in self.finetuned:
+            base, dataset = self.finetuned[model]
+            return self.trained_on(base) | {self.dataset_identity(dataset)}
+        spec = self.specs.get(model)
+        if spec is None:
+            return frozenset()
+        if Path(spec).is_file():  # a checkpoint: a tilesam model card beside it says what it learnt from
+            card = Path(spec).with_suffix(".json")
+            names = json.loads(card.read_text()).get("trained_on", []) if card.is_file() else []
+        else:
+            from tilesam.models.registry import resolve
+
+            names = getattr(resolve(spec), "trained_on", ())
+        return frozenset(dataset_key(name) for name in names)
+
+    def in_domain(self) -> list[list[str]]:
+        """[dataset, model] of every scored dataset and a model trained on it (its rows are marked)."""
+        datasets = sorted({d for d, _ in self.scored()})
+        return [[d, m] for d in datasets for m in self.models_of[d] if self.dataset_identity(d) in self.trained_on(m)]
+
+    def in_domain_models(self, dataset: str) -> list[str]:
+        return [m for d, m in self.in_domain() if d == dataset]
+
     # --- finetuning -------------------------------------------------------------------------
     def labelled(self, dataset: str) -> list[ImageRecord]:
         records = [r for r in self.records(dataset) if r.labels]
@@ -355,6 +455,11 @@ class Plan:
         ft = self.config["finetune"]
         passes = ft["objects_per_image"] * ft["sub_iterations"]
         return int((30 + ft["iterations"] * passes * 0.6 / 60) * attempt)
+
+
+def dataset_key(name: str) -> str:
+    """A dataset name as cards and configs may spell it, made comparable: DSB2018 / dsb-2018 -> dsb2018."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 def _resolve(entry: str, modality: str = "other") -> str:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers.finetune import assert_same_weights, weights
-from tilesam.finetune.card import register_finetuned, state_path
+from tilesam.finetune.card import BaseModel, register_finetuned, state_path, trained_on
 from tilesam.models import load_model, resolve
 
 
@@ -28,6 +28,8 @@ def test_outputs_card_loss_log_and_plot(reference, data):
     assert card["train_images"] == [str(p.resolve()) for p in data[0]] and card["val_images"] == []
     assert card["iterations"] == 2 and card["seed"] == 3 and card["best_epoch"] == 2
     assert card["trained_parts"] == ["mask_decoder", "prompt_encoder"]
+    assert card["trained_on"][-1] == card["dataset"] == "dsb2018"  # benchmarks mark it in domain there
+    assert card["arithmetic"]["threads"] == torch.get_num_threads() and card["arithmetic"]["device"] == "cpu"
     assert [e["epoch"] for e in card["epochs"]] == [0, 1, 2] and card["epochs"][2]["train_loss"] > 0
     stem = reference.checkpoint.with_suffix("")
     log_lines = Path(f"{stem}.losses.csv").read_text().splitlines()
@@ -68,3 +70,14 @@ def test_registered_name_resolves_and_a_changed_checkpoint_is_refused(reference,
     (tmp_path / "ft.json").write_text(reference.card.read_text())
     with pytest.raises(Exception, match="sha256"):
         register_finetuned(tmp_path / "ft.json")
+
+
+def test_a_model_finetuned_from_a_finetuned_checkpoint_inherits_its_training_data(tmp_path):
+    (tmp_path / "first.pth").write_bytes(b"weights")
+    (tmp_path / "first.json").write_text(json.dumps({"trained_on": ["livecell", "dsb2018"]}))
+    base = BaseModel(str(tmp_path / "first.pth"), "first", "0" * 64, "vit_b")
+    assert trained_on(base, "mine") == ["livecell", "dsb2018", "mine"]
+    assert trained_on(base, "dsb2018") == ["livecell", "dsb2018"]  # once each
+    bare = BaseModel(str(tmp_path / "bare.pth"), "bare", "0" * 64, "vit_b")
+    (tmp_path / "bare.pth").write_bytes(b"weights")
+    assert trained_on(bare, "mine") == ["mine"]  # a checkpoint without a card: only what tilesam trained it on

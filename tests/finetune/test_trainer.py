@@ -7,6 +7,8 @@ an uninterrupted one; the same seed gives the same weights; the learning rate wa
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import replace
 
 import pytest
@@ -19,7 +21,7 @@ from tilesam.finetune.cache import EmbeddingCache
 from tilesam.finetune.card import state_path
 from tilesam.finetune.data import FinetuneError, ImageSet, Sample
 from tilesam.finetune.loss import prompt_loss
-from tilesam.finetune.trainer import EpochRecord, lr_schedule
+from tilesam.finetune.trainer import EpochRecord, _save_atomic, lr_schedule
 from tilesam.models import load_model, resolve
 
 
@@ -106,3 +108,17 @@ def test_epoch_score_is_the_mean_of_box_and_point_iou():
     assert EpochRecord(epoch=0, iterations=0).score is None  # no validation data: the last epoch is kept
     val = {"box_iou": 0.8, "point_iou": 0.4, "box_dice": 0.0, "point_dice": 0.0}
     assert EpochRecord(epoch=1, iterations=5, val=val).score == pytest.approx(0.6)
+
+
+def test_checkpoint_bytes_do_not_depend_on_the_writing_process(tmp_path, monkeypatch):
+    """Same weights, same file: the sha256 on the card is reproducible (it named the pid before)."""
+    state = {"w": torch.arange(6.0), "b": torch.ones(2, 3)}
+    digests = []
+    for pid in (101, 202):
+        monkeypatch.setattr(os, "getpid", lambda pid=pid: pid)
+        out = tmp_path / str(pid) / "ft.pth"
+        out.parent.mkdir()
+        _save_atomic(state, out)
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+        assert [p.name for p in out.parent.iterdir()] == ["ft.pth"]  # no temporary left behind
+    assert digests[0] == digests[1]

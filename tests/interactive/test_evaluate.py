@@ -60,6 +60,10 @@ def test_tiled_box_prompts_find_the_objects_and_iterations_are_recorded(lite_med
     iterative = evaluate_prompts(lite_medsam, gt, grid, embedding_of, "iterative_box")
     assert [r["iteration"] for r in iterative] == list(range(8))
     assert iterative[0]["msa"] == pytest.approx(box[0]["msa"])  # same start prompt
+    # feeding the last logits back (not the default) changes what the corrections give
+    fed = evaluate_prompts(lite_medsam, gt, grid, embedding_of, "iterative_box", feed_logits=True)
+    assert fed[0]["msa"] == pytest.approx(iterative[0]["msa"])  # nothing to feed at the start
+    assert [r["msa"] for r in fed[1:]] != pytest.approx([r["msa"] for r in iterative[1:]], abs=1e-6)
     with pytest.raises(ValueError, match="unknown prompt mode"):
         evaluate_prompts(lite_medsam, gt, grid, embedding_of, "lasso")
     with pytest.raises(ValueError, match="ground truth has shape"):

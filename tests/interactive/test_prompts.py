@@ -248,7 +248,14 @@ def test_prompts_reach_the_model_in_input_coordinates():
     # the box mask spills over by half a pixel at the far edges, so a negative click goes there.
     assert labels[:, 0].tolist() == [PADDING_LABEL] * 2
     assert labels[:, 1].tolist() == [0, 0]
-    assert second["masks"].shape == (2, 1, 64, 64)  # previous logits fed back
+    # micro-sam's default: the previous logits are not fed back
+    assert all(call["masks"] is None for call in model.prompt_encoder.calls)
+
+    model = ClickSam()
+    list(iter_object_masks(model, torch.zeros(1), gt.shape, gt, "iterative_box", n_iterations=3, use_mask_input=True))
+    first, second, third = model.prompt_encoder.calls
+    assert first["masks"] is None  # nothing to feed back yet
+    assert second["masks"].shape == third["masks"].shape == (2, 1, 64, 64)  # previous logits fed back
 
     model = ClickSam()
     list(iter_object_masks(model, torch.zeros(1), gt.shape, gt, "point"))
@@ -337,7 +344,7 @@ def test_same_seed_same_result(few_nuclei, lite_medsam):
         assert all(np.array_equal(x, y) for x, y in zip(a.pixels, b.pixels))
 
 
-def _predictor_reference(model, emb, gt, mode, n_iterations, seed=0):
+def _predictor_reference(model, emb, gt, mode, n_iterations, seed=0, feed_logits=False):
     """One object at a time through SamPredictor (its own coordinate transforms), same click rule."""
     from segment_anything import SamPredictor
 
@@ -366,7 +373,7 @@ def _predictor_reference(model, emb, gt, mode, n_iterations, seed=0):
             )
             best = int(np.argmax(scores))
             masks_per_iteration.append(masks[best])
-            logits = low_res[best][None]
+            logits = low_res[best][None] if feed_logits else None
             for click, label in zip(corrective_points(true_mask, masks[best], rng), (1, 0)):
                 xy, lab = ([click[1], click[0]], label) if click is not None else ([0, 0], PADDING_LABEL)
                 points, labels = np.vstack([points, xy]), np.append(labels, lab)
@@ -374,12 +381,17 @@ def _predictor_reference(model, emb, gt, mode, n_iterations, seed=0):
     return per_object
 
 
+@pytest.mark.parametrize("feed_logits", [False, True])
 @pytest.mark.parametrize("mode", ["iterative_box", "iterative_point"])
-def test_batched_matches_predictor_one_object_at_a_time(few_nuclei, lite_medsam, mode):
+def test_batched_matches_predictor_one_object_at_a_time(few_nuclei, lite_medsam, mode, feed_logits):
     gt, emb = few_nuclei[0]
     gt = np.where(np.isin(gt, np.unique(gt)[1:3]), gt, 0)  # two objects make a batch
-    batched = list(iter_object_masks(lite_medsam, emb, gt.shape, gt, mode, n_iterations=3, batch_size=None))
-    reference = _predictor_reference(lite_medsam, emb, gt, mode, n_iterations=3)
+    batched = list(
+        iter_object_masks(
+            lite_medsam, emb, gt.shape, gt, mode, n_iterations=3, batch_size=None, use_mask_input=feed_logits
+        )
+    )
+    reference = _predictor_reference(lite_medsam, emb, gt, mode, n_iterations=3, feed_logits=feed_logits)
     for it, masks in enumerate(batched):
         for k, ref in enumerate(reference):
             mine = masks.mask(k)

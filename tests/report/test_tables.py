@@ -92,3 +92,56 @@ def test_figures_are_written(tmp_path):
         title="t",
     )
     assert imread(tmp_path / "q.png").shape[1] > imread(tmp_path / "q.png").shape[0]  # panels side by side
+
+
+def _with_baseline(tmp_path, paths):
+    """The records plus the classical baseline's amg-like row on dataset d (two images)."""
+    extra = []
+    for image, msa in (("a", 0.2), ("b", 0.4)):
+        row = {"dataset": "d", "image": image, "model": "classical", "method": "classical", "iteration": 0}
+        row.update({"n_true": 10, "n_pred": 8, "msa": msa, "sa50": msa, "sa75": msa, "precision": 0.5})
+        row.update({"recall": 0.5, "f1": 0.5, "params": json.dumps({"sigma": 1.0, "h": 2.0})})
+        p = tmp_path / f"classical_{image}.json"
+        p.write_text(json.dumps(row))
+        extra.append(p)
+    return [*paths, *extra]
+
+
+def test_in_domain_column_and_the_baseline_floor_in_the_comparison(tmp_path):
+    _, paths = _records(tmp_path)
+    pairs = [{"vanilla": "vit_b", "finetuned": "vit_b_lm"}]
+    table = benchmark.write_tables(_with_baseline(tmp_path, paths), tmp_path / "out", pairs, [["d", "vit_b_lm"]])
+    saved = pd.read_csv(tmp_path / "out/table.csv")
+    assert list(saved.columns[:4]) == ["dataset", "model", "method", "in_domain"]
+    marked = saved.set_index(["model", "method"])["in_domain"]
+    assert marked[("vit_b_lm", "amg")] and not marked[("vit_b", "amg")] and not marked[("classical", "classical")]
+    floor = table[table.model == "classical"].iloc[0]
+    assert floor.method == "classical" and floor.mSA == pytest.approx(0.3) and floor.n_images == 2
+    comp = pd.read_csv(tmp_path / "out/comparison.csv")
+    assert (comp.in_domain_finetuned & ~comp.in_domain_vanilla).all()
+    assert comp.mSA_classical.tolist() == pytest.approx([0.3] * 3)  # the floor beside every method's pair
+    assert "classical" not in set(comp.method)
+
+
+def test_figures_mark_in_domain_and_draw_the_floor(tmp_path, monkeypatch):
+    _, paths = _records(tmp_path)
+    df = benchmark.per_image(_with_baseline(tmp_path, paths))
+    table = benchmark.mark_in_domain(benchmark.summarize(df), [["d", "vit_b_lm"]])
+    fig_calls = {}
+    real_savefig = figures.plt.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        fig_calls["labels"] = [t.get_text() for t in ax.get_legend().get_texts()]
+        fig_calls["hatches"] = {p.get_hatch() for p in ax.patches}
+        fig_calls["lines"] = [line.get_ydata()[0] for line in ax.get_lines()]
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(figures.plt.Figure, "savefig", spy)
+    figures.msa_bars(table, tmp_path / "bars.png")
+    assert "vit_b_lm (in domain)" in fig_calls["labels"] and "vit_b" in fig_calls["labels"]
+    assert "//" in fig_calls["hatches"]
+    assert fig_calls["lines"] == pytest.approx([0.3])  # the classical baseline, not a bar
+    assert any(label.startswith("classical baseline") for label in fig_calls["labels"])
+    assert imread(tmp_path / "bars.png").shape[0] > 100
+    figures.msa_iterations(benchmark.iterations(df), tmp_path / "it.png", {("d", "vit_b_lm")})

@@ -20,6 +20,11 @@ def dry_run(config: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env(TILESAM_OFFLINE="1"), timeout=600)
 
 
+def classical_evaluations(dry_run_output: str) -> int:
+    """How many evaluate jobs of a dry run score the classical baseline."""
+    return len(set(re.findall(r"results/evaluation/\S+/classical/classical\.json", dry_run_output)))
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_is_valid(path):
     config = yaml.safe_load(path.read_text())
@@ -41,8 +46,11 @@ def test_shared_offline_plans_the_whole_protocol(shared_dir):
     counts = job_counts(result.stdout)
     assert counts["amg_search"] == 1 and counts["benchmark_table"] == 1
     assert counts["qualitative_figure"] == 3  # dsb2018_test, epfl_mito, isbi2012; not the search's val split
+    # the classical baseline: one row per scored image, its sigma and h searched on the AMG search's split
+    baseline = classical_evaluations(result.stdout)
+    assert counts["classical_search"] == 1 and baseline == counts["evaluate"] - baseline
     # every scored image x 4 prompt modes, except the ISBI volume: its own `prompts: [point, box]`
-    assert counts["evaluate_prompts"] == 4 * (counts["evaluate"] - 1) + 2
+    assert counts["evaluate_prompts"] == 4 * (counts["evaluate"] - baseline - 1) + 2
     planned = set(re.findall(r"results/evaluation/isbi2012/volume/lite_medsam/(\w+)\.json", result.stdout))
     assert planned == {"amg", "point", "box"}
     assert "make_synthetic" not in counts  # a --configfile replaces the default config
@@ -53,8 +61,11 @@ def test_finetune_offline_plans_training_then_the_comparison(shared_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
     assert counts["finetune"] == 1 and counts["finetuned_model"] == 1 and counts["fetch_model"] == 1
-    # the test split only, for both models: AMG plus box and point prompts per image
-    assert counts["evaluate_prompts"] == 2 * counts["evaluate"]
+    # the test split only, for both models: AMG plus box and point prompts per image; the classical
+    # baseline once per image, searched on the finetuning's validation split
+    baseline = classical_evaluations(result.stdout)
+    assert counts["classical_search"] == 1 and 2 * baseline == counts["evaluate"] - baseline
+    assert counts["evaluate_prompts"] == 2 * (counts["evaluate"] - baseline)
 
 
 def test_online_configs_say_what_is_missing_offline():

@@ -39,10 +39,11 @@ TINY = {
 def test_run_writes_the_benchmark_table(finished_run):
     workdir, n_objects, base = finished_run.workdir, finished_run.n_objects, finished_run.base
     table = pd.read_csv(workdir / "results/benchmark/table.csv")
-    assert list(table.columns[:9]) == [
+    assert list(table.columns[:10]) == [
         "dataset",
         "model",
         "method",
+        "in_domain",
         "n_images",
         "n_objects",
         "mSA",
@@ -53,9 +54,14 @@ def test_run_writes_the_benchmark_table(finished_run):
     # the validation dataset is searched on, the training one trained on, neither is scored;
     # amg and the two prompt modes are, for each model
     assert set(table.dataset) == {"tiny"}
-    assert list(table.model) == [base] * 3 + [finished_run.finetuned] * 3
-    assert list(table.method) == ["amg", "box", "iterative_box"] * 2
-    row = table.iloc[0]
+    # the classical baseline's row (no model), then each model's
+    assert list(table.model) == ["classical"] + [base] * 3 + [finished_run.finetuned] * 3
+    assert list(table.method) == ["classical"] + ["amg", "box", "iterative_box"] * 2
+    # the 0-iteration finetuned model learnt from `train`, not from `tiny`: nothing is in domain
+    assert not table.in_domain.any()
+    assert json.loads(table.iloc[0].params).keys() >= {"sigma", "h"}  # searched on `val`
+    assert json.loads(table.iloc[3].params)["feed_logits"] is False  # iterative_box: micro-sam's default
+    row = table.iloc[1]
     assert (row.dataset, row.model, row.method, row.n_images) == ("tiny", "lite_medsam", "amg", 1)
     assert (table.n_objects == n_objects).all()
     assert 0.0 < row.mSA <= 1.0 and row.SA50 >= row.SA75
@@ -90,7 +96,7 @@ def test_finetuned_model_runs_like_any_model_and_zero_iterations_change_nothing(
     assert Path(record["load"]) == (workdir / "results/finetuned/train/lite_medsam.pth").resolve()
     table = pd.read_csv(workdir / "results/benchmark/table.csv")
     assert set(table.dataset) == {"tiny"}  # the training dataset is not scored
-    assert set(table.model) == {"lite_medsam", finetuned}
+    assert set(table.model) == {"classical", "lite_medsam", finetuned}
     comparison = pd.read_csv(workdir / "results/benchmark/comparison.csv")
     assert sorted(comparison.method) == ["amg", "box", "iterative_box"]
     diffs = comparison[[c for c in comparison.columns if c.endswith("_diff")]]
@@ -148,5 +154,6 @@ def test_default_config_plans_the_demo_jobs():
     ).stdout
     counts = job_counts(out)
     n = len(synthetic.DEMO)
-    assert counts["make_synthetic"] == n and counts["stitch"] == n and counts["evaluate"] == n
+    # each demo image: the model's and the classical baseline's segmentation, stitched and scored
+    assert counts["make_synthetic"] == n and counts["stitch"] == 2 * n and counts["evaluate"] == 2 * n
     assert counts["benchmark_table"] == 1 and counts["fetch_model"] == 1

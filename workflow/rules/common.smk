@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 
 from tilesam.config import PROMPT_MODES
 from tilesam.device import gpus_for
-from tilesam.plan import Plan, PlanError
+from tilesam.plan import CLASSICAL, Plan, PlanError
 
 try:
     PLAN = Plan.from_config(config)

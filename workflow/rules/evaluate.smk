@@ -9,7 +9,7 @@ rule evaluate:
     log:
         "logs/evaluate/{dataset}/{image}/{model}/{method}.log",
     wildcard_constraints:
-        method="|".join(config["segmentation"]["methods"]),
+        method="|".join([*config["segmentation"]["methods"], CLASSICAL]),
     conda:
         "../envs/tilesam.yaml"
     resources:
@@ -47,7 +47,7 @@ rule evaluate_prompts:
         ),
         runtime=runtime_image,
     params:
-        config=sections("segmentation", "embeddings"),
+        config=sections("segmentation", "embeddings", "evaluation"),
         device=config["device"],
         meta=lambda w: json.dumps(dict(w)),
     shell:

@@ -52,5 +52,6 @@ How training works, and why (micro-sam's recipe, sized for a CPU):
   epoch, so a rerun continues where an interrupted one stopped and ends with the same weights as
   an uninterrupted run. A state file from different settings is an error, not silently mixed in.
 - On a GPU the forward passes run under autocast (bfloat16 where supported, else float16 with a
-  gradient scaler); GPU kernels are not bitwise deterministic, CPU runs are.
+  gradient scaler); GPU kernels are not bitwise deterministic, CPU runs are for the same thread
+  count and CPU kind (float sums depend on both; the card's ``arithmetic`` records them).
 """

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +104,35 @@ def base_identity(base: str | os.PathLike) -> BaseModel:
     return BaseModel(f"{info['name']}@{info['version']}", info["name"], info["sha256"], info["architecture"])
 
 
+def trained_on(base: BaseModel, dataset: str) -> list[str]:
+    """The datasets a finetuned model has learnt from: its base model's (from its card) and its own.
+
+    Benchmarks mark a model scored on one of them `in_domain`, so a win there is not read as generalisation.
+    """
+    if Path(base.spec).is_file():  # a checkpoint: a tilesam card beside it, if any, says what it learnt from
+        card = card_path(base.spec)
+        inherited = json.loads(card.read_text()).get("trained_on", []) if card.is_file() else []
+    else:
+        from tilesam.models.registry import resolve
+
+        inherited = list(getattr(resolve(base.spec), "trained_on", ()))
+    return list(dict.fromkeys([*inherited, dataset]))
+
+
+def arithmetic(model: Sam) -> dict[str, Any]:
+    """What besides the settings decides the weights' last bits: CPU float sums depend on the thread count
+    and on the kernels torch picks for the CPU (measured: 1 and 2 threads give different weights after 8
+    steps, the same count gives the same bits), so a rerun that must match uses the same of both."""
+    import torch
+
+    return {
+        "device": str(next(model.parameters()).device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
 def write_card(
     path: Path,
     *,
@@ -134,6 +163,7 @@ def write_card(
         "base": base.spec,
         "base_sha256": base.sha256,
         "dataset": dataset,
+        "trained_on": trained_on(base, dataset),
         "image_size": int(model.image_encoder.img_size),
         "pixel_mean": [float(v) for v in model.pixel_mean.flatten()],
         "pixel_std": [float(v) for v in model.pixel_std.flatten()],
@@ -149,6 +179,7 @@ def write_card(
         "best_epoch": state.best_epoch,
         "fingerprint": fingerprint,
         "made_by": f"tilesam {tilesam_version}",
+        "arithmetic": arithmetic(model),
     }
     path.write_text(json.dumps(card, indent=1))
     return card
@@ -206,5 +237,7 @@ def register_finetuned(card_json: str | os.PathLike) -> ModelCard:
         pixel_std=tuple(card["pixel_std"]),
         image_size=int(card["image_size"]),
     )
+    if "trained_on" in {f.name for f in fields(ModelCard)}:  # the registry's field, where it has one
+        model_card = replace(model_card, trained_on=tuple(card.get("trained_on", [card["dataset"]])))
     _link_into_cache(model_card, checkpoint)
     return register(model_card, replace=True)

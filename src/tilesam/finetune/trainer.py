@@ -125,10 +125,21 @@ def _default_dataset_name(samples: Sequence[Sample]) -> str:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file, so an interrupted save never leaves a torn file."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    """torch.save through a temporary file, so an interrupted save never leaves a torn file.
+
+    The temporary file has the final file's name (in a folder of its own): torch.save names the
+    archive inside after the file, so a name with the process id in it made every run's
+    checkpoint bytes, and its sha256, differ even when the weights were bitwise the same.
+    """
+    folder = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    folder.mkdir(exist_ok=True)
+    tmp = folder / path.name
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        folder.rmdir()
 
 
 @dataclass

@@ -49,8 +49,11 @@ def prompt_image(
     mode: str,
     seed: int = 0,
     n_iterations: int = N_ITERATIONS,
+    feed_logits: bool = False,
 ) -> Iterator[np.ndarray]:
     """Predicted label image of the whole image per iteration (ids those of `relabel_gt(gt)`).
+
+    feed_logits: give each iteration the previous mask logits (off: micro-sam's default).
 
     Holds one label image per iteration: size the images accordingly (a volume of 20 x 512^2
     with 8 iterations is 170 MB).
@@ -67,7 +70,15 @@ def prompt_image(
         window = gt[tile.window_slices()]
         window = np.where(np.isin(window, ids), window, 0)
         masks = iter_object_masks(
-            model, embedding_of(tile), window.shape, window, mode, n_iterations, seed=seed, relabel=False
+            model,
+            embedding_of(tile),
+            window.shape,
+            window,
+            mode,
+            n_iterations,
+            seed=seed,
+            use_mask_input=feed_logits,
+            relabel=False,
         )
         for pred, result in zip(preds, masks):
             labels = result.label_image()
@@ -83,14 +94,23 @@ def evaluate_prompts(
     embedding_of: Callable[[Tile], torch.Tensor],
     mode: str,
     seed: int = 0,
+    feed_logits: bool = False,
 ) -> list[dict]:
     """One record per iteration: scores of the prompted segmentation and the seconds it took."""
     records = []
     t0 = time.perf_counter()
-    for iteration, pred in enumerate(prompt_image(model, gt, grid, embedding_of, mode, seed)):
+    preds = prompt_image(model, gt, grid, embedding_of, mode, seed, feed_logits=feed_logits)
+    for iteration, pred in enumerate(preds):
         scores = segmentation_scores(gt, pred).as_dict()
         records.append({"iteration": iteration, "prompt_seconds": time.perf_counter() - t0, **scores})
     return records
+
+
+def prompt_params(mode: str, seed: int, feed_logits: bool) -> dict:
+    """What a prompted row was made with, for the table's params column (feedback only matters when iterating)."""
+    if mode in ("point", "box"):
+        return {"seed": seed}
+    return {"seed": seed, "iterations": N_ITERATIONS, "feed_logits": feed_logits}
 
 
 def block_embeddings(block_stores: list[str], tiles_per_block: int, provenance: dict):

@@ -24,10 +24,11 @@ Decisions (micro-sam's evaluation code is the reference where it is explicit):
   region's boundary (the middle of the thickest error blob, where a user would click) with
   the same seeded tie-break. An empty region gives no click: its slot holds SAM's padding
   point (label -1), so every object keeps the same number of points and the batch stays
-  rectangular. The start box stays in every iteration (as micro-sam); the low-res mask
-  logits of the previous iteration are fed back as mask_input (use_mask_input=True, the
-  protocol; micro-sam's own function defaults to use_masks=False). Models trained on boxes
-  only, such as LiteMedSAM, get worse with clicks and with mask_input: measure, don't assume.
+  rectangular. The start box stays in every iteration (as micro-sam). The low-res mask
+  logits of the previous iteration are not fed back by default (micro-sam's default,
+  `use_masks=False`, with which its published numbers were made); use_mask_input=True
+  (`evaluation.feed_logits`) feeds them back as mask_input. Models trained on boxes only,
+  such as LiteMedSAM, get worse with clicks and with mask_input: measure, don't assume.
 - Predicted label image: each object's mask painted with that object's id, largest mask
   first, so a smaller object lying on a larger one stays visible (as micro-sam's painting).
 
@@ -169,7 +170,7 @@ def iter_object_masks(
     n_iterations: int = N_ITERATIONS,
     seed: int = 0,
     batch_size: int | None = 64,
-    use_mask_input: bool = True,
+    use_mask_input: bool = False,
     relabel: bool = True,
 ) -> Iterator[ObjectMasks]:
     """Per iteration, the predicted mask of every ground-truth object; see `prompt_objects`."""
@@ -217,7 +218,7 @@ def prompt_objects(
     n_iterations: int = N_ITERATIONS,
     seed: int = 0,
     batch_size: int | None = 64,
-    use_mask_input: bool = True,
+    use_mask_input: bool = False,
     relabel: bool = True,
 ) -> list[np.ndarray]:
     """Predicted label image per iteration, from prompts derived from every ground-truth object.

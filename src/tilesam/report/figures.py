@@ -1,5 +1,8 @@
 """Benchmark figures as PNG: scores per model and method, scores over prompting iterations,
 and a qualitative panel (image, ground truth, and each model's result on the same crop).
+
+In-domain results (a model scored on data it was trained on) are hatched and labelled
+"(in domain)"; the classical baseline is drawn as the floor line of each panel.
 """
 
 from __future__ import annotations
@@ -21,14 +24,33 @@ def _datasets_axes(n: int, width: float = 5.0, height: float = 3.6):
     return fig, axes[0]
 
 
+BASELINE = "classical"  # the classical baseline's model (tilesam.segment.classical)
+IN_DOMAIN = " (in domain)"
+
+
 def msa_bars(table: pd.DataFrame, out: str | Path) -> None:
-    """Grouped bars of mSA: one panel per dataset, methods on the x axis, one bar per model."""
+    """Grouped bars of mSA: one panel per dataset, methods on the x axis, one bar per model.
+
+    In-domain bars are hatched; the classical baseline is a dashed line across the panel.
+    """
     datasets = sorted(table["dataset"].unique())
     fig, axes = _datasets_axes(len(datasets))
     for ax, dataset in zip(axes, datasets):
         sub = table[table["dataset"] == dataset]
-        pivot = sub.pivot_table(index="method", columns="model", values="mSA")
-        pivot.plot.bar(ax=ax, rot=30, width=0.8)
+        floor = sub[sub["model"] == BASELINE]
+        sub = sub[sub["model"] != BASELINE]
+        in_domain = set(sub.loc[sub["in_domain"], "model"]) if "in_domain" in sub else set()
+        if len(sub):
+            pivot = sub.pivot_table(index="method", columns="model", values="mSA")
+            pivot = pivot.rename(columns={m: m + IN_DOMAIN for m in in_domain})
+            pivot.plot.bar(ax=ax, rot=30, width=0.8)
+            for container, model in zip(ax.containers, pivot.columns):
+                if model.endswith(IN_DOMAIN):
+                    for bar in container:
+                        bar.set_hatch("//")
+        if len(floor):
+            msa = float(floor["mSA"].iloc[0])
+            ax.axhline(msa, color="k", linestyle="--", linewidth=1, label=f"classical baseline ({msa:.2f})")
         ax.set_title(dataset)
         ax.set_ylim(0, 1)
         ax.set_ylabel("mSA")
@@ -40,14 +62,21 @@ def msa_bars(table: pd.DataFrame, out: str | Path) -> None:
     plt.close(fig)
 
 
-def msa_iterations(iterations: pd.DataFrame, out: str | Path) -> None:
-    """mSA over the iterations of interactive prompting, one line per model and start prompt."""
+def msa_iterations(
+    iterations: pd.DataFrame, out: str | Path, in_domain: set[tuple[str, str]] | frozenset = frozenset()
+) -> None:
+    """mSA over the iterations of interactive prompting, one line per model and start prompt.
+
+    in_domain: (dataset, model) pairs whose lines are dashed and labelled in domain.
+    """
     datasets = sorted(iterations["dataset"].unique()) if len(iterations) else ["(no iterative prompting)"]
     fig, axes = _datasets_axes(len(datasets))
     for ax, dataset in zip(axes, datasets):
         sub = iterations[iterations["dataset"] == dataset] if len(iterations) else iterations
         for (model, method), grp in sub.groupby(["model", "method"]):
-            ax.plot(grp["iteration"], grp["mSA"], marker="o", label=f"{model}, {method}")
+            inside = (dataset, model) in in_domain
+            label = f"{model}{IN_DOMAIN if inside else ''}, {method}"
+            ax.plot(grp["iteration"], grp["mSA"], marker="o", linestyle="--" if inside else "-", label=label)
         ax.set_title(dataset)
         ax.set_xlabel("iteration (0 = first prompt)")
         ax.set_ylabel("mSA")
@@ -81,9 +110,17 @@ def _colour(labels: np.ndarray) -> np.ndarray:
 
 
 def qualitative(
-    image: str | Path, gt: str | Path | None, results: dict[str, str | Path], out: str | Path, title: str = ""
+    image: str | Path,
+    gt: str | Path | None,
+    results: dict[str, str | Path],
+    out: str | Path,
+    title: str = "",
+    in_domain: set[str] | frozenset[str] = frozenset(),
 ) -> None:
-    """Image, ground truth and each named result on the same crop (middle section of volumes)."""
+    """Image, ground truth and each named result on the same crop (middle section of volumes).
+
+    Results named in `in_domain` (models trained on this dataset) are titled so.
+    """
     img = ome.open_level0(image)
     truth = ome.open_level0(gt) if gt else None
     ndim = len(truth.shape) if truth is not None else len(ome.open_level0(next(iter(results.values()))).shape)
@@ -98,7 +135,8 @@ def qualitative(
     if plane_gt is not None:
         panels.append(("ground truth", _colour(plane_gt[ys, xs])))
     for name, path in results.items():
-        panels.append((name, _colour(ome.open_level0(path)[(*z, ys, xs)])))
+        label = name + IN_DOMAIN if name in in_domain else name
+        panels.append((label, _colour(ome.open_level0(path)[(*z, ys, xs)])))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     for ax, (name, arr) in zip(axes[0], panels):
         ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, interpolation="nearest")

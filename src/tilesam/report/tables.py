@@ -5,6 +5,11 @@ model, method, iteration, scores, costs). The table has one row per
 dataset x model x method: scores are averaged over images (micro-sam's
 protocol), object counts summed; iterative prompting is reported at its last
 iteration in the table and per iteration in `iterations.csv`.
+
+Two marks keep the numbers honest: `in_domain` says a model was trained on (a part of) the
+dataset it is scored on, so a win there is not generalisation; the classical baseline's row
+(model and method `classical`, no model at all) is the floor every SAM row should beat, and
+the comparison carries it beside each vanilla-vs-finetuned pair.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 KEYS = ["dataset", "model", "method"]
+BASELINE = "classical"  # the classical baseline's model and method (tilesam.segment.classical)
 SCORES = ["mSA", "SA50", "SA75", "precision", "recall", "f1"]
 COSTS = ["encoder_s_per_tile", "segment_s_per_image", "peak_mem_mb"]
 
@@ -55,6 +61,15 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def mark_in_domain(table: pd.DataFrame, in_domain: list[tuple[str, str]] | list[list[str]]) -> pd.DataFrame:
+    """The table with an `in_domain` column: True where (dataset, model) is a pair the model was trained on."""
+    pairs = {(str(d), str(m)) for d, m in in_domain}
+    out = table.copy()
+    position = out.columns.get_loc("method") + 1
+    out.insert(position, "in_domain", [(d, m) in pairs for d, m in zip(out["dataset"], out["model"])])
+    return out
+
+
 def iterations(df: pd.DataFrame) -> pd.DataFrame:
     """Mean mSA per iteration of the iterative prompting methods."""
     it = df[df["method"].str.startswith("iterative")]
@@ -64,15 +79,20 @@ def iterations(df: pd.DataFrame) -> pd.DataFrame:
 def compare(table: pd.DataFrame, pairs: list[dict]) -> pd.DataFrame:
     """For each {vanilla, finetuned} pair: both scores and finetuned - vanilla, per dataset and method."""
     rows = []
+    floor = table[table["model"] == BASELINE].set_index("dataset")["mSA"]
     for pair in pairs:
         van = table[table["model"] == pair["vanilla"]].set_index(["dataset", "method"])
         fin = table[table["model"] == pair["finetuned"]].set_index(["dataset", "method"])
         for key in sorted(set(van.index) & set(fin.index)):
             row = {"dataset": key[0], "method": key[1], "vanilla": pair["vanilla"], "finetuned": pair["finetuned"]}
+            if "in_domain" in table:
+                row["in_domain_vanilla"] = bool(van.loc[key, "in_domain"])
+                row["in_domain_finetuned"] = bool(fin.loc[key, "in_domain"])
             for score in SCORES:
                 row[f"{score}_vanilla"] = van.loc[key, score]
                 row[f"{score}_finetuned"] = fin.loc[key, score]
                 row[f"{score}_diff"] = fin.loc[key, score] - van.loc[key, score]
+            row[f"mSA_{BASELINE}"] = floor.get(key[0], float("nan"))  # the floor both should beat
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -81,13 +101,21 @@ def _markdown(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, floatfmt=".3f") + "\n"
 
 
-def write_tables(evaluations: list[str | Path], out_dir: str | Path, pairs: list[dict] | None = None) -> pd.DataFrame:
-    """table.csv/.md, per_image.csv, iterations.csv, and comparison.csv/.md when pairs are given."""
+def write_tables(
+    evaluations: list[str | Path],
+    out_dir: str | Path,
+    pairs: list[dict] | None = None,
+    in_domain: list[tuple[str, str]] | list[list[str]] = (),
+) -> pd.DataFrame:
+    """table.csv/.md, per_image.csv, iterations.csv, and comparison.csv/.md when pairs are given.
+
+    in_domain: the (dataset, model) pairs where the model was trained on the dataset.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = per_image(evaluations)
     df.to_csv(out_dir / "per_image.csv", index=False)
-    table = summarize(df)
+    table = mark_in_domain(summarize(df), in_domain)
     table.to_csv(out_dir / "table.csv", index=False, float_format="%.4f")
     (out_dir / "table.md").write_text(_markdown(table))
     iterations(df).to_csv(out_dir / "iterations.csv", index=False, float_format="%.4f")
