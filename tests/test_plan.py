@@ -162,3 +162,8 @@ def test_a_checkpoint_files_architecture_is_told_by_its_size(tmp_path):
     small.write_bytes(b"0" * 1000)
     assert architecture_of(str(small)) == "vit_t"
     assert architecture_of("vit_b_lm") == "vit_b" and architecture_of("vit_h") == "vit_h"
+
+
+def test_a_halo_larger_than_the_tile_fails_planning():
+    with pytest.raises(PlanError, match=r"config error: segmentation\.halo \[300, 300\] is larger than tile_shape"):
+        Plan.from_config(full_config(segmentation={"tile_shape": [256, 256], "halo": [300, 300]}))
