@@ -189,6 +189,7 @@ def _outcome(case: str, clear: bool, lost: list[str]) -> Outcome:
     return OUTCOMES[-1]
 
 
+@pytest.mark.slow
 def test_a_nan_image_fails_its_import_job_and_the_console_shows_why(bad_run):
     _, _, lost, result = bad_run
     console = result.stdout + result.stderr
@@ -198,6 +199,7 @@ def test_a_nan_image_fails_its_import_job_and_the_console_shows_why(bad_run):
     assert not lost, lost
 
 
+@pytest.mark.slow
 def test_a_partial_store_of_another_model_is_moved_aside_and_the_run_goes_on(bad_run):
     workdir, store, lost, _ = bad_run
     aside = sorted((workdir / store).parent.glob("block0.zarr.stale-*"))
@@ -210,6 +212,7 @@ def test_a_partial_store_of_another_model_is_moved_aside_and_the_run_goes_on(bad
     assert not (workdir / partial).exists()  # this run's own partial store was finished
 
 
+@pytest.mark.slow
 def test_paths_with_spaces_run_end_to_end(bad_run):
     """A checkpoint path and a dataset glob with spaces reach the last job (the benchmark table, the figure)."""
     workdir, _, _, result = bad_run
@@ -219,14 +222,14 @@ def test_paths_with_spaces_run_end_to_end(bad_run):
     assert "2 names for 1 results" not in result.stdout + result.stderr
 
 
-def test_summary(request):
+def test_summary(capsys):
     """The table's line: every case tried, how many ended in a clear message, how many lost data."""
     tried, clear = len(OUTCOMES), sum(o.clear for o in OUTCOMES)
     lost = sum(bool(o.lost) for o in OUTCOMES)
     line = f"bad-input table: {tried} tried / {clear} clear errors / {lost} data lost"
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    for o in OUTCOMES:
-        text = f"  {o.case}: {'clear' if o.clear else 'NOT CLEAR'}{', lost ' + ', '.join(o.lost) if o.lost else ''}"
-        reporter.write_line(text) if reporter else print(text)
-    reporter.write_line(line) if reporter else print(line)
+    with capsys.disabled():  # on the console whatever the capture mode
+        print()
+        for o in OUTCOMES:
+            print(f"  {o.case}: {'clear' if o.clear else 'NOT CLEAR'}{', lost ' + ', '.join(o.lost) if o.lost else ''}")
+        print(line)
     assert tried and clear == tried and lost == 0, line
