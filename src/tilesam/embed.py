@@ -90,8 +90,8 @@ def embed_block(
     """Embed the tiles of block `prov.block` into `out`, resuming a partial store; returns timing stats.
 
     Each tile's encoder seconds (its batch's, shared equally) are stored with it, so the stats
-    of a resumed block count every tile, not only those of the last job. The next batch of windows is read in a background thread while the
-    encoder runs on the current one.
+    of a resumed block count every tile, not only those of the last job. The next batch of
+    windows is read in a background thread while the encoder runs on the current one.
     """
     info = io.read_info(image_path)
     image = zarr.open_array(str(Path(image_path) / "0"), mode="r")
