@@ -146,3 +146,13 @@ def test_labels_are_checked_from_their_header(tmp_path):
         io.probe_labels(tmp_path / "float.tif", (50, 60), tmp_path / "img.tif")
     tifffile.imwrite(tmp_path / "ok.tif", np.zeros((50, 60), np.uint16))
     io.probe_labels(tmp_path / "ok.tif", (50, 60), tmp_path / "img.tif")
+
+
+def test_a_truncated_slice_of_a_folder_volume_is_named(tmp_path):
+    (tmp_path / "vol").mkdir()
+    for z in range(3):
+        tifffile.imwrite(tmp_path / "vol" / f"z{z}.tif", _img((40, 50), seed=z))
+    data = (tmp_path / "vol/z1.tif").read_bytes()
+    (tmp_path / "vol/z1.tif").write_bytes(data[: len(data) // 2])
+    with pytest.raises(io.InputError, match=r"vol/z1\.tif: truncated or corrupt TIFF"):
+        io.probe(tmp_path / "vol", 3)

@@ -134,6 +134,7 @@ def _open_slices(folder: Path) -> da.Array:
     first = open_lazy(files[0])
     slices = []
     for f in files:
+        check_tiff(f)  # a slice cut short: found from its header, like a single file
         arr = open_lazy(f)
         if arr.shape != first.shape or arr.dtype != first.dtype:
             raise InputError(
