@@ -105,3 +105,9 @@ def test_finetune_config_rejects_unknown_parts_and_bad_values():
         config.FinetuneConfig(augment_variants=9)
     assert config.FinetuneConfig(train_parts=["mask_decoder"]).encoder_frozen
     assert not config.FinetuneConfig(train_parts=("image_encoder", "mask_decoder")).encoder_frozen
+
+
+def test_a_halo_larger_than_the_tile_is_an_error_with_the_reason():
+    with pytest.raises(ValueError, match=r"halo \[96, 8\] is larger than tile_shape \[64, 64\].*3 tiles wide"):
+        config.build(config.Tiling, {"tile_shape": [64, 64], "halo": [96, 8]})
+    assert config.build(config.Tiling, {"tile_shape": [64, 64], "halo": [64, 64]}).halo == (64, 64)

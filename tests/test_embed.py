@@ -72,13 +72,63 @@ def test_float16_store_and_mismatch_is_refused(lite_medsam, image, tmp_path):
         stores.open_done(tmp_path / "b.zarr", "embeddings", asdict(other_grid))
     with pytest.raises(stores.StoreMismatch, match="model_sha256"):
         stores.open_done(tmp_path / "b.zarr", "embeddings", asdict(replace(prov, model_sha256="other")))
-    # a leftover partial store of another model is not silently reused either
-    stores.partial_path(tmp_path / "c.zarr").mkdir()
-    zarr.open_group(str(stores.partial_path(tmp_path / "c.zarr")), mode="w").attrs["tilesam"] = {
-        "embeddings": asdict(replace(prov, model="vit_b"))
-    }
-    with pytest.raises(stores.StoreMismatch, match="model"):
-        embed_block(lite_medsam, prov, image, grid, tmp_path / "c.zarr")
+
+
+def test_a_partial_store_of_another_model_is_moved_aside_and_the_block_recomputed(lite_medsam, image, tmp_path, caplog):
+    """A rerun after a changed parameter needs no cleaning by hand, and the old tiles are kept aside."""
+    info = io.read_info(image)
+    grid = TileGrid(info.shape, TILE, HALO)
+    prov = _prov(lite_medsam, image, grid, block=1)
+    old = stores.open_partial(tmp_path / "c.zarr", "embeddings", asdict(replace(prov, model="vit_b")), 4)
+    old.create_array("embeddings", shape=(4, 256, 64, 64), chunks=(1, 256, 64, 64), dtype="float32", fill_value=3.0)
+    old["done"][0] = True
+    with caplog.at_level("WARNING", logger="tilesam"):
+        stats = embed_block(lite_medsam, prov, image, grid, tmp_path / "c.zarr")
+    assert stats["computed"] == 4  # the other model's tile was not taken for this one's
+    root = stores.open_done(tmp_path / "c.zarr", "embeddings", asdict(prov))
+    assert not (root["embeddings"][0] == 3.0).all()
+    (aside,) = tmp_path.glob("c.zarr.stale-*")
+    assert zarr.open_group(str(aside), mode="r")["embeddings"][0].max() == 3.0
+    assert "c.zarr.partial" in caplog.text and "vit_b" in caplog.text and str(aside) in caplog.text
+
+
+class _Clock:
+    """A stand-in for the `time` module of the code under test: each perf_counter() call is 1 s later."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_resumed_block_records_every_tiles_encoder_seconds(lite_medsam, image, tmp_path, monkeypatch):
+    """Interrupted after one batch and resumed, the block's stats count all 4 tiles' seconds, as one job would."""
+    import tilesam.embed as embed_module
+
+    info = io.read_info(image)
+    grid = TileGrid(info.shape, TILE, HALO)
+    prov = _prov(lite_medsam, image, grid)
+    monkeypatch.setattr(embed_module, "time", _Clock())  # one encoder pass = 1 s, shared by its batch
+    real_encode, calls = embed_module.encode, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the job is killed during its second batch
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(embed_module, "encode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        embed_block(lite_medsam, prov, image, grid, tmp_path / "b.zarr", batch_size=2)
+    assert zarr.open_group(str(stores.partial_path(tmp_path / "b.zarr")))["done"][:].sum() == 2
+    stats = embed_block(lite_medsam, prov, image, grid, tmp_path / "b.zarr", batch_size=2)
+    assert stats["computed"] == 2
+    # an uninterrupted job: 2 passes of 2 tiles, 1 s each -> 0.5 s a tile, 2 s in all
+    assert (stats["tiles"], stats["timed_tiles"], stats["encoder_seconds"]) == (4, 4, 2.0)
+    seconds = stores.tile_seconds(zarr.open_group(str(tmp_path / "b.zarr"), mode="r"))
+    np.testing.assert_array_equal(seconds, [0.5] * 4)
 
 
 def test_killed_embed_job_resumes_without_recomputing(lite_medsam, tmp_path):

@@ -297,3 +297,8 @@ def test_in_domain_pairs_from_cards_and_finetuning(tmp_path, monkeypatch):
     assert dataset_key("DSB-2018") == dataset_key("dsb_2018") == "dsb2018"
     plan.config["datasets"]["dsb"] = {"source": "dsb2018"}  # identity only: nothing is fetched here
     assert plan.dataset_identity("dsb") in plan.trained_on("lite_medsam")
+
+
+def test_a_halo_larger_than_the_tile_fails_planning():
+    with pytest.raises(PlanError, match=r"config error: segmentation\.halo \[300, 300\] is larger than tile_shape"):
+        Plan.from_config(full_config(segmentation={"tile_shape": [256, 256], "halo": [300, 300]}))

@@ -122,6 +122,16 @@ class Tiling:
     halo: tuple[int, int]
     tiles_per_block: int
 
+    def __post_init__(self) -> None:
+        for axis, (tile, halo) in enumerate(zip(self.tile_shape, self.halo)):
+            if halo > tile:
+                raise ValueError(
+                    f"segmentation.halo {list(self.halo)} is larger than tile_shape {list(self.tile_shape)} "
+                    f"(axis {axis}): each tile would be encoded inside a window more than 3 tiles wide, so every "
+                    f"pixel is encoded over 9 times and a tile gets under a third of the encoder's resolution; "
+                    f"make tile_shape at least the halo (the halo should exceed half the largest object)"
+                )
+
 
 @dataclass(frozen=True)
 @from_schema("embeddings", workflow_keys=("keep_embeddings",))

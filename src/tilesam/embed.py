@@ -89,8 +89,9 @@ def embed_block(
 ) -> dict:
     """Embed the tiles of block `prov.block` into `out`, resuming a partial store; returns timing stats.
 
-    The next batch of windows is read in a background thread while the
-    encoder runs on the current one.
+    Each tile's encoder seconds (its batch's, shared equally) are stored with it, so the stats
+    of a resumed block count every tile, not only those of the last job. The next batch of
+    windows is read in a background thread while the encoder runs on the current one.
     """
     info = io.read_info(image_path)
     image = zarr.open_array(str(Path(image_path) / "0"), mode="r")
@@ -110,7 +111,6 @@ def embed_block(
         ]
 
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    seconds = 0.0
     with (
         ThreadPoolExecutor(max_workers=1) as reader,
         tqdm(total=len(tiles), initial=len(tiles) - len(todo), desc=f"embed block {prov.block}") as bar,
@@ -121,15 +121,18 @@ def embed_block(
             pending = reader.submit(load, batches[k + 1]) if k + 1 < len(batches) else None
             t0 = time.perf_counter()
             emb = encode(model, windows, precision).cpu().numpy()
-            seconds += time.perf_counter() - t0
+            per_tile = (time.perf_counter() - t0) / len(idx)  # one encoder pass: its tiles share it
             for j, i in enumerate(idx):
                 root["embeddings"][i] = emb[j].astype(dtype)
+                root["seconds"][i] = per_tile
                 root["done"][i] = True  # written after the embedding: a killed job never marks a tile done early
             bar.update(len(idx))
+    seconds = stores.tile_seconds(root)
     stats = {
         "tiles": len(tiles),
         "computed": len(todo),
-        "encoder_seconds": seconds,
+        "encoder_seconds": float(np.nansum(seconds)),  # every tile's, this job's and any earlier job's
+        "timed_tiles": int(np.isfinite(seconds).sum()),
         "device": str(model.device),
         "peak_mem_mb": peak_mem_mb(),
     }

@@ -114,7 +114,10 @@ class Plan:
     amg: schema.AmgParams = field(init=False)
 
     def __post_init__(self) -> None:
-        self.tiling = schema.build(schema.Tiling, self.config["segmentation"])
+        try:
+            self.tiling = schema.build(schema.Tiling, self.config["segmentation"])
+        except ValueError as err:  # e.g. a halo larger than the tile: said before any job runs
+            raise PlanError(f"config error: {err}") from err
         self.amg = schema.build(schema.AmgParams, self.config["segmentation"]["amg"])
 
     # --- building -------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,30 @@ def test_one_image_and_one_labels_file_pair_whatever_their_names(tmp_path):
     tifffile.imwrite(tmp_path / "labels.tif", np.zeros((2, 8, 8), np.uint16))
     (rec,) = images_of("em", {"images": "volume.tif", "labels": "labels.tif", "ndim": 3}, base=tmp_path)
     assert (rec.name, Path(rec.labels).name, rec.shape) == ("volume", "labels.tif", (2, 8, 8))
+
+
+@pytest.mark.parametrize("file_name", ["...tif", ".hidden.tif"])
+def test_an_image_name_that_is_no_safe_file_name_is_an_error(tmp_path, file_name):
+    """`.*.tif` matching `...tif` would name the image `..` and write its results beside its dataset's."""
+    _write(tmp_path / "raw" / file_name, (30, 40))
+    with pytest.raises(DatasetError, match=rf"'d': image .*raw/{re.escape(file_name)} would be named '\.\.?\w*'.*dot"):
+        images_of("d", {"images": "raw/.*.tif"}, base=tmp_path)
+    assert not (tmp_path / "results").exists()
+
+
+def test_labels_of_another_shape_are_found_at_planning(tmp_path):
+    _write(tmp_path / "raw" / "a.tif", (30, 40))
+    _write(tmp_path / "gt" / "a.tif", (30, 41), np.uint16)
+    with pytest.raises(DatasetError, match=r"'d': .*gt/a\.tif: labels of shape \(30, 41\) do not match.*raw/a\.tif"):
+        images_of("d", {"images": "raw/*.tif", "labels": "gt/*.tif"}, base=tmp_path)
+
+
+def test_a_glob_that_matches_nothing_says_where_it_looked(tmp_path):
+    absolute = str(tmp_path / "missing" / "*.tif")
+    with pytest.raises(
+        DatasetError, match=rf"matches no file \(there is no folder {re.escape(str(tmp_path))}/missing\)"
+    ):
+        images_of("d", {"images": absolute}, base=".")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=rf"matches no file \(looked in {re.escape(str(tmp_path))}/empty\)"):
+        images_of("d", {"images": "empty/*.tif"}, base=tmp_path)

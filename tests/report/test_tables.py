@@ -145,3 +145,15 @@ def test_figures_mark_in_domain_and_draw_the_floor(tmp_path, monkeypatch):
     assert any(label.startswith("classical baseline") for label in fig_calls["labels"])
     assert imread(tmp_path / "bars.png").shape[0] > 100
     figures.msa_iterations(benchmark.iterations(df), tmp_path / "it.png", {("d", "vit_b_lm")})
+
+
+def test_encoder_seconds_per_tile_are_over_all_tiles_not_a_mean_of_images(tmp_path):
+    rows, _ = _records(tmp_path)
+    amg = [r for r in rows if r["method"] == "amg" and r["model"] == "vit_b"]  # images a and b
+    for row, (seconds, tiles) in zip(amg, ((4.0, 1), (0.0, 3))):
+        row.update(encoder_s_per_tile=seconds, n_tiles=tiles)
+    paths = [tmp_path / f"w{i}.json" for i in range(len(amg))]
+    for path, row in zip(paths, amg):
+        path.write_text(json.dumps(row))
+    table = benchmark.summarize(benchmark.per_image(paths))
+    assert table.encoder_s_per_tile.tolist() == [1.0]  # 4 s over 4 tiles (the mean of the images' is 2)

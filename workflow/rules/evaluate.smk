@@ -52,5 +52,5 @@ rule evaluate_prompts:
         meta=lambda w: json.dumps(dict(w)),
     shell:
         "tilesam prompt-eval --image {input.image:q} --model {input.model:q} --gt {input.gt:q} "
-        "--embeddings {input.embeddings:q} --mode {wildcards.mode} --meta {params.meta:q} "
-        "--config {params.config:q} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"
+        "--embeddings {input.embeddings:q} --mode {wildcards.mode:q} --meta {params.meta:q} "
+        "--config {params.config:q} --device {params.device:q} --threads {threads} --out {output:q} 2> {log:q}"

@@ -38,7 +38,7 @@ rule finetune:
     shell:
         "tilesam finetune --model {params.spec:q} --images {input.images:q} "
         "--labels {input.labels:q} {params.val:q} --out {output.checkpoint:q} --name {params.name:q} "
-        "--dataset {wildcards.dataset:q} --config {params.config:q} --device {params.device} "
+        "--dataset {wildcards.dataset:q} --config {params.config:q} --device {params.device:q} "
         "--threads {threads} --no-progress 2> {log:q}"
 
 

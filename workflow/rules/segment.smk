@@ -28,8 +28,8 @@ rule segment:
         search=lambda w, input: ["--amg-search", input.search] if input.search else [],
     shell:
         "tilesam segment --image {input.image:q} --model {input.model:q} --block {wildcards.block} "
-        "--embeddings {input.embeddings:q} --method {wildcards.method} {params.search:q} "
-        "--config {params.config:q} --device {params.device} --threads {threads} --out {output:q} 2> {log:q}"
+        "--embeddings {input.embeddings:q} --method {wildcards.method:q} {params.search:q} "
+        "--config {params.config:q} --device {params.device:q} --threads {threads} --out {output:q} 2> {log:q}"
 
 
 rule amg_search:
@@ -64,4 +64,4 @@ rule amg_search:
         device=config["device"],
     shell:
         "tilesam amg-search --model {input.model:q} --images {params.images:q} --config {params.config:q} "
-        "--device {params.device} --threads {threads} --out {output:q} 2> {log:q}"
+        "--device {params.device:q} --threads {threads} --out {output:q} 2> {log:q}"

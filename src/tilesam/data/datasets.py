@@ -64,8 +64,38 @@ def _expand(pattern: str, dataset: str, what: str, base: Path) -> list[str]:
     full = pattern if Path(pattern).is_absolute() else str(base / pattern)
     files = sorted(glob.glob(full))
     if not files:
-        raise DatasetError(f"dataset {dataset!r}: the {what} glob {pattern!r} matches no file (looked in {base})")
+        raise DatasetError(f"dataset {dataset!r}: the {what} glob {pattern!r} matches no file ({_where(full)})")
     return files
+
+
+def _where(full: str) -> str:
+    """Where a glob that matched nothing looked: its deepest folder without wildcards, absolute."""
+    folder = Path(full).absolute().parent
+    while any(c in str(folder) for c in "*?["):
+        folder = folder.parent
+    return f"looked in {folder}" if folder.is_dir() else f"there is no folder {folder}"
+
+
+def check_name(dataset: str, name: str, path: str) -> None:
+    """An image's name becomes a folder or file name in results/ and logs/: refuse what is not a safe one.
+
+    `..` (from `...tif`) would put its results beside its dataset's, `a/b` is two folders, and a
+    leading dot hides the outputs; control characters break logs and shells.
+    """
+    why = None
+    if not name:
+        why = "an empty name"
+    elif name.startswith("."):
+        why = "a name starting with a dot (`..` is the parent folder, `.x` a hidden one)"
+    elif "/" in name or "\\" in name:
+        why = "a name with a path separator"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        why = "a name with a control character"
+    if why:
+        raise DatasetError(
+            f"dataset {dataset!r}: image {path} would be named {name!r}, {why}, which is not a safe file name "
+            f"for its results; rename the file"
+        )
 
 
 def images_of(
@@ -109,6 +139,8 @@ def images_of(
     for name, path, labels in _restrict(dataset, _pairs(dataset, cfg, base), cfg, base, membership):
         try:
             shape = io.probe(path, ndim, key)
+            if labels is not None:
+                io.probe_labels(labels, shape, path, key)
         except io.InputError as err:
             raise DatasetError(f"dataset {dataset!r}: {err}") from err
         records.append(ImageRecord(dataset, name, path, labels, shape, key))
@@ -134,6 +166,7 @@ def _pairs(dataset: str, cfg: dict, base: Path) -> list[tuple[str, str, str | No
     pairs, seen = [], {}
     for path in images:
         name = stem(path)
+        check_name(dataset, name, path)
         if name in seen:
             raise DatasetError(f"dataset {dataset!r}: {path} and {seen[name]} have the same name {name!r}")
         seen[name] = path

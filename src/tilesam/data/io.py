@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def _open_slices(folder: Path) -> da.Array:
     first = open_lazy(files[0])
     slices = []
     for f in files:
+        check_tiff(f)  # a slice cut short: found from its header, like a single file
         arr = open_lazy(f)
         if arr.shape != first.shape or arr.dtype != first.dtype:
             raise InputError(
@@ -168,9 +170,74 @@ def to_canonical(arr: da.Array, ndim: int, path: str | Path) -> tuple[da.Array, 
 
 
 def probe(path: str | Path, ndim: int, key: str | None = None) -> tuple[int, ...]:
-    """The spatial shape of an input, read from its header only (used to plan jobs)."""
+    """The spatial shape of an input, read from its header only (used to plan jobs).
+
+    A TIFF's pages are checked to hold all their pixel data (`check_tiff`), so a truncated
+    file fails here, at planning, rather than in its import job hours later.
+    """
+    check_tiff(path)
     arr, channels = to_canonical(open_lazy(path, key), ndim, path)
     return tuple(arr.shape[1:] if channels > 1 else arr.shape)
+
+
+def probe_labels(path: str | Path, image_shape: tuple[int, ...], image: str | Path, key: str | None = None) -> None:
+    """Check ground-truth labels from their header: integer dtype, the image's spatial shape, complete file."""
+    check_tiff(path)
+    arr = open_lazy(path, key)
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"{path}: labels must be integers, got {arr.dtype}")
+    if tuple(arr.shape) != tuple(image_shape):
+        raise InputError(
+            f"{path}: labels of shape {tuple(arr.shape)} do not match image {image} of shape {tuple(image_shape)}"
+        )
+
+
+def check_tiff(path: str | Path) -> None:
+    """For a TIFF file: every page's strips or tiles lie inside the file (header reads, no pixels).
+
+    A copy cut short (a full disk, an interrupted transfer) keeps its header, so it opens and
+    has a shape; only its pixel data ends early. Other files pass unchecked.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+        return
+    import tifffile
+
+    errors = _Collect()  # tifffile logs (does not raise) a page chain that points past the end of the file
+    logging.getLogger("tifffile").addHandler(errors)
+    try:
+        size = path.stat().st_size
+        with tifffile.TiffFile(path) as tif:
+            for n, page in enumerate(tif.pages):
+                offsets, counts = page.dataoffsets, page.databytecounts
+                end = max((o + c for o, c in zip(offsets, counts)), default=0)
+                if end > size:
+                    raise InputError(
+                        f"{path}: truncated or corrupt TIFF: page {n}'s pixel data ends at byte {end}, "
+                        f"the file has {size} bytes; copy it again"
+                    )
+            if errors.messages:
+                raise InputError(
+                    f"{path}: truncated or corrupt TIFF: {errors.messages[0]} (the file has {size} bytes, "
+                    f"{len(tif.pages)} readable pages); copy it again"
+                )
+    except InputError:
+        raise
+    except Exception as err:  # not a TIFF, a broken header, unreadable: say which file
+        raise InputError(f"{path}: cannot be read as TIFF ({type(err).__name__}: {err})") from err
+    finally:
+        logging.getLogger("tifffile").removeHandler(errors)
+
+
+class _Collect(logging.Handler):
+    """The messages of the errors logged while it is attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage().split("> ", 1)[-1])
 
 
 def _signature(arr: zarr.Array, n_samples: int = 8) -> str:

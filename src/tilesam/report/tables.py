@@ -55,6 +55,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     for col in COSTS:
         if col in final:
             table[col] = grouped[col].mean() if col != "peak_mem_mb" else grouped[col].max()
+    if "encoder_s_per_tile" in final and "n_tiles" in final:  # per tile of all images, not a mean of means
+        weighted = final.assign(_s=final["encoder_s_per_tile"] * final["n_tiles"]).groupby(KEYS, sort=True)
+        table["encoder_s_per_tile"] = weighted["_s"].sum(min_count=1) / weighted["n_tiles"].sum()
     for col in ("device", "params"):
         if col in final:
             table[col] = grouped[col].first()

@@ -50,7 +50,6 @@ def segment_block(
     provenance = {**embedding_provenance, "method": method, **_params_record(params)}
     root = stores.open_partial(out, "segmentation", provenance, len(tiles))
     done = root["done"][:]
-    seconds = 0.0
     for i, tile in enumerate(tqdm(tiles, desc=f"{method} block {provenance['block']}")):
         if done[i]:
             continue
@@ -61,15 +60,17 @@ def segment_block(
             tile.window_shape,
             with_background=params.with_background,
         )
-        seconds += time.perf_counter() - t0
+        root["seconds"][i] = time.perf_counter() - t0
         root.create_array(f"t{i}", data=labels.astype(np.uint32), chunks=labels.shape, overwrite=True)
         root["done"][i] = True
     embed_stats = dict(src.attrs.get("stats", {}))
+    encoder = stores.tile_seconds(src)  # the embedding store may be temporary: its tiles' seconds are kept here
     stats = {
         "tiles": len(tiles),
         "computed": int((~done).sum()),
-        "segment_seconds": seconds,
+        "segment_seconds": float(np.nansum(stores.tile_seconds(root))),
         "encoder_seconds": embed_stats.get("encoder_seconds"),
+        "encoder_tile_seconds": None if encoder is None else [None if np.isnan(x) else float(x) for x in encoder],
         "device": str(model.device),
         "peak_mem_mb": max(peak_mem_mb(), embed_stats.get("peak_mem_mb", 0.0)),
     }
@@ -89,18 +90,40 @@ def _params_record(params: AmgParams) -> dict:
 
 
 def costs(block_stores: list[str | Path]) -> dict:
-    """Cost columns of one image from its blocks' stats: encoder s/tile, segmentation s, peak memory."""
+    """Cost columns of one image from the seconds its blocks' stores record for every tile.
+
+    Per-tile seconds are kept across an interrupted job, so a resumed run reports what an
+    uninterrupted one does. Tiles without a record (stores written before tiles were timed)
+    count at the mean of the timed ones; `timed_tiles` says how many were timed.
+    """
     import zarr
 
-    stats = [dict(zarr.open_group(str(p), mode="r").attrs["stats"]) for p in block_stores]
-    tiles = sum(s["tiles"] for s in stats)
+    encoder, segment, stats = [], [], []
+    for path in block_stores:
+        root = zarr.open_group(str(path), mode="r")
+        s = dict(root.attrs["stats"])
+        stats.append(s)
+        seconds = stores.tile_seconds(root)
+        if seconds is None:  # a store from before per-tile seconds: its last job's total over its tiles
+            seconds = [s["segment_seconds"] / max(s["computed"], 1)] * s["computed"]
+            seconds += [np.nan] * (s["tiles"] - s["computed"])
+        segment.extend(seconds)
+        tile_enc = s.get("encoder_tile_seconds") or [(s.get("encoder_seconds") or np.nan) / s["tiles"]] * s["tiles"]
+        encoder.extend(np.nan if x is None else x for x in tile_enc)
+    encoder, segment = np.asarray(encoder, float), np.asarray(segment, float)
     return {
-        "encoder_s_per_tile": sum(s.get("encoder_seconds") or 0.0 for s in stats) / max(tiles, 1),
-        "segment_s_per_image": sum(s["segment_seconds"] for s in stats),
+        "encoder_s_per_tile": _mean(encoder),
+        "segment_s_per_image": _mean(segment) * len(segment),
         "peak_mem_mb": max(s["peak_mem_mb"] for s in stats),
         "device": stats[0]["device"],
-        "n_tiles": tiles,
+        "n_tiles": len(segment),
+        "timed_tiles": int((np.isfinite(encoder) & np.isfinite(segment)).sum()),
     }
+
+
+def _mean(x: np.ndarray) -> float:
+    """Mean of the known (finite) values; NaN when none is known."""
+    return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
 
 
 def tile_reader(block_stores: list[str | Path], grid: TileGrid, tiles_per_block: int):

