@@ -109,7 +109,9 @@ def replace(params: T, **changes: Any) -> T:
     return dataclasses.replace(params, **changes)
 
 
-METHODS: tuple[str, ...] = enum("segmentation", "methods")  # automatic segmentation methods
+METHODS: tuple[str, ...] = enum("segmentation", "methods")  # what `segmentation.methods` may list
+AUTO_METHOD = "auto"  # ais where the model has an instance decoder, else amg (resolved by the plan)
+SEGMENTERS: tuple[str, ...] = tuple(m for m in METHODS if m != AUTO_METHOD)  # what a segment job runs
 PROMPT_MODES: tuple[str, ...] = enum("evaluation", "prompts")  # prompted evaluation modes
 
 
@@ -173,7 +175,7 @@ class AisParams:
     """AIS post-processing of the decoder's maps; defaults are micro-sam's `generate` defaults.
 
     A model card may carry its own (micro-sam's per-model settings); the plan applies them
-    under the keys a config sets. ``batch_size`` is tiles per decoder batch: memory, not results.
+    under the keys a config sets. ``tiles_per_batch`` is tiles per decoder batch: memory, not results.
     """
 
     center_distance_threshold: float
@@ -182,7 +184,7 @@ class AisParams:
     foreground_smoothing: float
     distance_smoothing: float
     min_size: int
-    batch_size: int
+    tiles_per_batch: int
 
     def __post_init__(self) -> None:
         for name in ("center_distance_threshold", "boundary_distance_threshold", "foreground_threshold"):
@@ -191,12 +193,12 @@ class AisParams:
         for name in ("foreground_smoothing", "distance_smoothing", "min_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"segmentation.ais.{name} must be >= 0, got {getattr(self, name)}")
-        if self.batch_size < 1:
-            raise ValueError(f"segmentation.ais.batch_size must be at least 1, got {self.batch_size}")
+        if self.tiles_per_batch < 1:
+            raise ValueError(f"segmentation.ais.tiles_per_batch must be at least 1, got {self.tiles_per_batch}")
 
     def postprocessing(self) -> dict[str, float | int]:
         """The settings that decide the labels (everything but the batch size): provenance and tables."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "batch_size"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "tiles_per_batch"}
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ def test_same_instances_as_torch_em_post_processing():
     paint_disc(truth, (20, 20), 10, truth.max() + 1)
     paint_disc(truth, (20, 38), 10, truth.max() + 1)
     maps = np.clip(maps_from_labels(truth) + rng.normal(0, 0.08, (3, *truth.shape)), 0, 1).astype(np.float32)
-    for params in (AisParams(), AisParams(0.4, 0.5, 0.5, 1.0, 2.0, 30, 1), AisParams(0.3, 0.4, 0.5, 1.0, 1.2, 0, 1)):
+    for params in (AisParams(), AisParams(0.4, 0.5, 0.5, 1.0, 2.0, 30), AisParams(0.3, 0.4, 0.5, 1.0, 1.2, 0)):
         theirs = segmentation.watershed_from_center_and_boundary_distances(
             maps[1],
             maps[2],
