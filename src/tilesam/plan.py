@@ -78,6 +78,7 @@ class Plan:
     models_of: dict[str, list[str]]  # dataset -> model ids
     specs: dict[str, str]  # model id -> resolved spec (registry name or checkpoint path)
     finetuned: dict[str, tuple[str, str]]  # model id -> (base id, training dataset)
+    user_config: dict[str, Any] | None = None  # the config before validation filled in defaults
     tiling: schema.Tiling = field(init=False)
     amg: schema.AmgParams = field(init=False)
 
@@ -87,8 +88,13 @@ class Plan:
 
     # --- building -------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: dict[str, Any], base: str | Path = ".") -> Plan:
-        """Plan a validated config (defaults filled in). Public datasets are fetched here."""
+    def from_config(cls, config: dict[str, Any], base: str | Path = ".", user_config: dict | None = None) -> Plan:
+        """Plan a validated config (defaults filled in). Public datasets are fetched here.
+
+        `user_config` is the config as written, before validation filled in the schema's
+        defaults: a model card's AIS defaults apply to the keys it does not set. Without it,
+        every `segmentation.ais` key counts as set.
+        """
         datasets = config["datasets"]
         images = {}
         for dataset, cfg in datasets.items():
@@ -108,18 +114,18 @@ class Plan:
                 spec = entry if pair else _resolve(entry, cfg.get("modality", "other"))
                 specs.setdefault(model_id(spec), spec)
                 models_of[dataset].append(model_id(spec))
-        plan = cls(config, images, models_of, specs, finetuned)
+        plan = cls(config, images, models_of, specs, finetuned, user_config)
         plan._check()
         return plan
 
     def _check(self) -> None:
-        search = self.search_dataset
-        if search is not None:
-            where = "config error in segmentation.amg_search"
+        for method, search in self.search_datasets.items():
+            where = f"config error in segmentation.{method}_search"
             if search not in self.config["datasets"]:
                 raise PlanError(f"{where}: dataset {search!r} is not in datasets")
             if not all(r.labels for r in self.records(search)):
                 raise PlanError(f"{where}: dataset {search!r} needs labels for every image")
+        self._check_methods()
         val = self.config["finetune"]["val_dataset"]
         if val is not None and val not in self.config["datasets"]:
             raise PlanError(f"config error in finetune.val_dataset: {val!r} is not in datasets")
@@ -155,15 +161,64 @@ class Plan:
             for b in range(self.n_blocks(dataset, image))
         ]
 
+    # --- automatic segmentation methods per model ------------------------------------------
+    def has_decoder(self, model: str) -> bool:
+        """Whether a model comes with an instance-segmentation decoder (read without loading it)."""
+        if model in self.finetuned:
+            return False  # finetuning writes a plain SAM state dict
+        return has_decoder(self.specs[model])
+
+    def methods_of(self, model: str) -> list[str]:
+        """The config's methods for one model, `auto` resolved (ais with a decoder, else amg), no repeats."""
+        resolved = []
+        for method in self.config["segmentation"]["methods"]:
+            if method == schema.AUTO_METHOD:
+                method = "ais" if self.has_decoder(model) else "amg"
+            resolved.append(method)
+        return list(dict.fromkeys(resolved))
+
+    def _check_methods(self) -> None:
+        """Every model asked for ais (by name; `auto` never is) must have a decoder."""
+        for model in sorted({m for ms in self.models_of.values() for m in ms}):
+            if "ais" in self.methods_of(model) and not self.has_decoder(model):
+                raise PlanError(
+                    f"config error in segmentation.methods: model {model!r} ({self.specs[model]}) has no "
+                    "instance-segmentation decoder, which ais needs; use amg, or auto (ais where a model has a decoder)"
+                )
+
+    def ais_settings(self, model: str) -> dict[str, Any]:
+        """`segmentation.ais` for one model: the schema's defaults, the model card's AIS defaults, the config's keys."""
+        section = {**schema.defaults("segmentation", "ais"), **self.config["segmentation"].get("ais", {})}
+        card = _card(self.specs.get(model, model)) if model not in self.finetuned else None
+        own = getattr(card, "ais", None) or {}
+        if unknown := set(own) - set(section):
+            raise PlanError(f"model card of {model!r}: unknown AIS defaults {sorted(unknown)}")
+        user = (self.user_config or {}).get("segmentation", {}).get("ais")
+        set_by_user = set(section) if self.user_config is None else set(user or {})
+        return {**section, **{k: v for k, v in own.items() if k not in set_by_user}}
+
+    def segment_config(self, model: str) -> dict[str, Any]:
+        """The config sections a model's segment jobs get (`--config`), AIS settings resolved for the model."""
+        segmentation = {**self.config["segmentation"], "ais": self.ais_settings(model)}
+        return {"segmentation": segmentation, "embeddings": self.config["embeddings"]}
+
     # --- which datasets are scored ----------------------------------------------------------
     @property
+    def search_datasets(self) -> dict[str, str]:
+        """method -> its parameter search's validation dataset, for the searches that are on."""
+        seg = self.config["segmentation"]
+        found = {m: seg.get(f"{m}_search", {}).get("dataset") for m in schema.SEGMENTERS}
+        return {m: d for m, d in found.items() if d is not None}
+
+    @property
     def search_dataset(self) -> str | None:
-        return self.config["segmentation"]["amg_search"].get("dataset")
+        """The AMG search's validation dataset."""
+        return self.search_datasets.get("amg")
 
     def is_tuning(self, dataset: str) -> bool:
-        """Datasets that tune (AMG search) or train (finetuning) are not segmented for the table."""
+        """Datasets that tune (a parameter search) or train (finetuning) are not segmented for the table."""
         training = {d for _, d in self.finetuned.values()} | {self.config["finetune"]["val_dataset"]}
-        return dataset == self.search_dataset or dataset in training
+        return dataset in self.search_datasets.values() or dataset in training
 
     def prompt_modes(self, dataset: str) -> list[str]:
         """The dataset's own prompt modes, else the evaluation section's."""
@@ -176,12 +231,11 @@ class Plan:
 
     # --- outputs ----------------------------------------------------------------------------
     def evaluations(self) -> list[str]:
-        methods = self.config["segmentation"]["methods"]
         return [
             f"results/evaluation/{d}/{i}/{m}/{method}.json"
             for d, i in self.scored()
             for m in self.models_of[d]
-            for method in methods + self.prompt_modes(d)
+            for method in self.methods_of(m) + self.prompt_modes(d)
         ]
 
     def qualitative_models(self, dataset: str) -> list[str]:
@@ -193,12 +247,12 @@ class Plan:
     def qualitative_inputs(self, dataset: str) -> dict[str, Any]:
         image = next(i for d, i in self.scored() if d == dataset)
         base = f"{dataset}/{image}"
-        method = self.config["segmentation"]["methods"][0]
         return {
             "image": f"results/images/{base}.ome.zarr",
             "gt": f"results/labels/{base}.ome.zarr",
             "results": [
-                f"results/segmentation/{base}/{m}/{method}/labels.ome.zarr" for m in self.qualitative_models(dataset)
+                f"results/segmentation/{base}/{m}/{self.methods_of(m)[0]}/labels.ome.zarr"
+                for m in self.qualitative_models(dataset)
             ],
         }
 
@@ -208,7 +262,7 @@ class Plan:
             for (d, i) in sorted(self.images)
             if not self.is_tuning(d)
             for m in self.models_of[d]
-            for method in self.config["segmentation"]["methods"]
+            for method in self.methods_of(m)
         ]
         if not self.evaluations():
             return stitched
@@ -220,16 +274,18 @@ class Plan:
             *(f"results/benchmark/qualitative_{d}.png" for d in labelled),
         ]
 
-    # --- the AMG threshold search -----------------------------------------------------------
-    def search_result(self, dataset: str, model: str) -> list[str]:
-        """The validation search's table, which sets the thresholds of every other dataset's AMG."""
-        if self.search_dataset is None or self.is_tuning(dataset):
+    # --- the parameter searches (AMG thresholds, AIS post-processing) -------------------------
+    def search_result(self, dataset: str, model: str, method: str = "amg") -> list[str]:
+        """The method's validation search table, which sets its parameters on every other dataset."""
+        if method not in self.search_datasets or self.is_tuning(dataset):
             return []
-        return [f"results/benchmark/amg_search/{model}.csv"]
+        return [f"results/benchmark/{method}_search/{model}.csv"]
 
-    def search_images(self, model: str) -> list[dict[str, Any]]:
-        """Per validation image: its image, ground truth and embedding stores."""
-        dataset = self.search_dataset
+    def search_images(self, model: str, method: str = "amg") -> list[dict[str, Any]]:
+        """Per validation image of the method's search: its image, ground truth and embedding stores."""
+        dataset = self.search_datasets.get(method)
+        if dataset is None:
+            return []
         return [
             {
                 "image": f"results/images/{dataset}/{r.name}.ome.zarr",
@@ -285,8 +341,15 @@ class Plan:
         """Start-up plus 2 minutes per tile (a GPU needs far less, a CPU about that)."""
         return int((10 + 2 * self.tiling.tiles_per_block) * attempt)
 
-    def mem_mb_segment(self, model: str, attempt: int = 1) -> int:
-        """Model + one batch of candidate masks at window resolution + the kept masks."""
+    def mem_mb_segment(self, model: str, attempt: int = 1, method: str = "amg") -> int:
+        """AMG: model + one batch of candidate masks at window resolution + the kept masks.
+
+        AIS: model + decoder + its activations per tile of a batch (the decoder's last layers run at
+        1024 x 1024 with 64 channels: ~1.5 GB a tile) + the maps and watershed of one window.
+        """
+        if method == "ais":
+            batch = self.ais_settings(model)["tiles_per_batch"]
+            return int((self.memory(model).load_mb + 500 + 1500 * batch + 200 * self._window_mpx()) * attempt)
         masks_mb = 20 * self.amg.points_per_batch * self._window_mpx()
         return int((self.memory(model).load_mb + masks_mb + 1000 * self._window_mpx()) * attempt)
 
@@ -317,6 +380,38 @@ class Plan:
         ft = self.config["finetune"]
         passes = ft["objects_per_image"] * ft["sub_iterations"]
         return int((30 + ft["iterations"] * passes * 0.6 / 60) * attempt)
+
+
+def _card(spec: str):
+    """The registry card of a spec, or None for a checkpoint file."""
+    if Path(spec).is_file():
+        return None
+    from tilesam.models.registry import resolve
+
+    return resolve(spec)
+
+
+_PICKLE_HEAD = 16 * 2**20  # a legacy (non-zip) torch file's pickle, with its dict keys, comes first
+
+
+def has_decoder(spec: str) -> bool:
+    """Whether a registry model or checkpoint file comes with an instance-segmentation decoder.
+
+    Planning needs no torch: a card says so (its decoder file); a checkpoint file is a training
+    checkpoint with a decoder when its pickle holds the key `decoder_state` (`torch.save` writes
+    dict keys as plain strings, in `<name>/data.pkl` of the zip, or first in a legacy file).
+    """
+    path = Path(spec)
+    if not path.is_file():
+        return getattr(_card(spec), "decoder", None) is not None
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            return any(b"decoder_state" in archive.read(n) for n in pickles)
+    with open(path, "rb") as f:
+        return b"decoder_state" in f.read(_PICKLE_HEAD)
 
 
 def _resolve(entry: str, modality: str = "other") -> str:

@@ -1,0 +1,101 @@
+"""The plan's AIS parts: which method each model gets, the decoder check, per-model AIS settings, the search."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_plan import full_config
+
+from tilesam import config as schema
+from tilesam import plan as plan_module
+from tilesam.plan import Plan, PlanError, has_decoder
+
+
+@pytest.fixture
+def decoder_checkpoint(tmp_path):
+    """A training checkpoint with a decoder state (what micro-sam's training writes), and one without."""
+    with_decoder, without = tmp_path / "withdec.pt", tmp_path / "plain.pt"
+    torch.save({"model_state": {"a": torch.zeros(2)}, "decoder_state": {"base.w": torch.zeros(2)}}, with_decoder)
+    torch.save({"image_encoder.x": torch.zeros(2)}, without)
+    return str(with_decoder), str(without)
+
+
+def test_decoders_are_found_without_loading_the_model(decoder_checkpoint):
+    with_decoder, without = decoder_checkpoint
+    assert has_decoder(with_decoder) and not has_decoder(without)
+    assert not has_decoder("lite_medsam")
+
+
+def test_auto_is_ais_with_a_decoder_and_amg_without(decoder_checkpoint):
+    with_decoder, without = decoder_checkpoint
+    plan = Plan.from_config(
+        full_config(models=[with_decoder, without, "lite_medsam"], segmentation={"methods": ["amg", "auto"]})
+    )
+    assert plan.methods_of("withdec") == ["amg", "ais"]
+    assert plan.methods_of("plain") == plan.methods_of("lite_medsam") == ["amg"]
+    evaluations = plan.evaluations()
+    assert "results/evaluation/demo/nuclei_small/withdec/ais.json" in evaluations
+    assert not any("/plain/ais" in e or "/lite_medsam/ais" in e for e in evaluations)
+    assert len([e for e in evaluations if "/withdec/" in e]) == 2 * len([e for e in evaluations if "/plain/" in e])
+    assert "results/segmentation/demo/nuclei_stack/withdec/ais/labels.ome.zarr" in plan.all_outputs()
+
+
+def test_ais_for_a_model_without_a_decoder_is_an_error_naming_it(decoder_checkpoint):
+    with_decoder, _ = decoder_checkpoint
+    with pytest.raises(PlanError, match="model 'lite_medsam' .*no instance-segmentation decoder"):
+        Plan.from_config(full_config(models=[with_decoder, "lite_medsam"], segmentation={"methods": ["ais"]}))
+    assert Plan.from_config(full_config(models=[with_decoder], segmentation={"methods": ["ais"]}))
+
+
+def test_a_cards_ais_defaults_apply_unless_the_user_set_the_key(monkeypatch):
+    card = SimpleNamespace(decoder=object(), ais={"center_distance_threshold": 0.4, "min_size": 100})
+    monkeypatch.setattr(plan_module, "_card", lambda spec: card)
+    monkeypatch.setattr(plan_module, "has_decoder", lambda spec: True)
+    defaults = schema.defaults("segmentation", "ais")
+    user = {"datasets": {"demo": {"source": "synthetic"}}, "segmentation": {"ais": {"min_size": 0}}}
+    cfg = full_config(segmentation={"methods": ["ais"], "ais": {**defaults, "min_size": 0}})
+    settings = Plan.from_config(cfg, user_config=user).ais_settings("lite_medsam")
+    assert settings == {**defaults, "center_distance_threshold": 0.4, "min_size": 0}
+    # nothing set by the user: the card's defaults; no user config known: the config as given
+    settings = Plan.from_config(cfg, user_config={"segmentation": {}}).ais_settings("lite_medsam")
+    assert settings["center_distance_threshold"] == 0.4 and settings["min_size"] == 100
+    assert Plan.from_config(cfg).ais_settings("lite_medsam")["center_distance_threshold"] == 0.5
+    # what the segment job is given
+    segment = Plan.from_config(cfg, user_config={}).segment_config("lite_medsam")
+    assert set(segment) == {"segmentation", "embeddings"} and segment["segmentation"]["ais"]["min_size"] == 100
+    assert schema.build(schema.AisParams, segment["segmentation"]["ais"]).center_distance_threshold == 0.4
+
+
+def test_a_cards_unknown_ais_key_is_an_error(monkeypatch):
+    monkeypatch.setattr(plan_module, "_card", lambda spec: SimpleNamespace(ais={"centre": 0.4}))
+    with pytest.raises(PlanError, match="unknown AIS defaults"):
+        Plan.from_config(full_config()).ais_settings("lite_medsam")
+
+
+def test_ais_search_is_tuning_and_feeds_only_ais(decoder_checkpoint):
+    with_decoder, _ = decoder_checkpoint
+    cfg = full_config(models=[with_decoder], segmentation={"methods": ["amg", "ais"], "ais_search": {"dataset": "val"}})
+    cfg["datasets"] = {"val": {"source": "synthetic"}, "test": {"source": "synthetic"}}
+    plan = Plan.from_config(cfg)
+    assert plan.is_tuning("val") and not plan.is_tuning("test")
+    assert plan.search_result("test", "withdec", "ais") == ["results/benchmark/ais_search/withdec.csv"]
+    assert plan.search_result("test", "withdec", "amg") == [] and plan.search_result("val", "withdec", "ais") == []
+    images = plan.search_images("withdec", "ais")
+    assert [i["gt"] for i in images][0] == "results/labels/val/nuclei_large.ome.zarr"
+    assert plan.search_images("withdec", "amg") == []
+    with pytest.raises(PlanError, match="ais_search: dataset 'nowhere'"):
+        Plan.from_config(full_config(segmentation={"ais_search": {"dataset": "nowhere"}}))
+
+
+def test_ais_segment_memory_follows_the_decoder_batch(decoder_checkpoint):
+    with_decoder, _ = decoder_checkpoint
+    cfg = full_config(models=[with_decoder], segmentation={"methods": ["ais"]})
+    one = Plan.from_config({**cfg, "segmentation": {**cfg["segmentation"], "ais": {"tiles_per_batch": 1}}})
+    four = Plan.from_config({**cfg, "segmentation": {**cfg["segmentation"], "ais": {"tiles_per_batch": 4}}})
+    assert four.mem_mb_segment("withdec", method="ais") - one.mem_mb_segment("withdec", method="ais") == 3 * 1500
+    assert (
+        abs(one.mem_mb_segment("withdec", attempt=2, method="ais") - 2 * one.mem_mb_segment("withdec", method="ais"))
+        <= 1
+    )
