@@ -42,7 +42,7 @@ METHODS = SEGMENTERS
 
 @torch.no_grad()
 def segment_block(
-    model: Sam,
+    model: Sam | None,
     embeddings: str | Path,
     embedding_provenance: dict,
     grid: TileGrid,
@@ -58,8 +58,8 @@ def segment_block(
     `amg`: `params` are AmgParams; `prompt: box` prompts a grid of boxes instead of points
     (`tilesam.segment.box_amg`), for models trained on box prompts only, such as LiteMedSAM.
     `ais`: `params` are AisParams and `decoder` the model's instance decoder
-    (`tilesam.models.unetr`); `decoder_id` (e.g. its state's sha256) goes into the provenance,
-    so a store made with another decoder is not resumed.
+    (`tilesam.models.unetr`; `model` is not used); `decoder_id` (e.g. its state's sha256) goes
+    into the provenance, so a store made with another decoder is not resumed.
     """
     if method not in METHODS:
         raise ValueError(f"unknown segmentation method {method!r}; known: {', '.join(METHODS)}")
@@ -92,7 +92,7 @@ def segment_block(
         "computed": int((~done).sum()),
         "segment_seconds": seconds,
         "encoder_seconds": embed_stats.get("encoder_seconds"),
-        "device": str(model.device),
+        "device": str(model.device if method == "amg" else next(decoder.parameters()).device),
         "peak_mem_mb": max(peak_mem_mb(), embed_stats.get("peak_mem_mb", 0.0)),
     }
     root.attrs["stats"] = stats
@@ -158,7 +158,7 @@ def _ais_tiles(
         window = tuple(int(v) for v in tiles[batch[0]].window_shape)
         embeddings = torch.cat([read_embedding(src, i) for i in batch]).to(device)
         input_size = ResizeLongestSide.get_preprocess_shape(*window, img_size)
-        maps = decode_maps(decoder, embeddings, input_size, window)
+        maps = decode_maps(decoder, embeddings, input_size, window, model_size=img_size, batch_size=len(batch))
         for i, tile_maps in zip(batch, maps):
             labels = ais_labels(tile_maps, params, source=f"{out} tile {i}")
             seconds += time.perf_counter() - t0

@@ -135,7 +135,8 @@ def search_ais(
             window = tuple(int(v) for v in tile.window_shape)
             input_size = ResizeLongestSide.get_preprocess_shape(*window, img_size)
             with torch.no_grad():
-                tile_maps = decode_maps(decoder, image.embedding_of(tile).to(device), input_size, window)[0]
+                embedding = image.embedding_of(tile).to(device)
+                tile_maps = decode_maps(decoder, embedding, input_size, window, model_size=img_size)[0]
             maps[tile.id] = check_maps(tile_maps, f"{image.name} tile {tile.id}")
             masks[tile.id] = foreground_mask(maps[tile.id][0], params)
         for sigma in grid["distance_smoothing"]:
