@@ -7,7 +7,7 @@ import pytest
 import torch
 import zarr
 
-from helpers.ais_maps import maps_from_labels
+from helpers.ais_maps import embedding_with_maps, map_reading_decoder
 from helpers.label_images import disc_truth
 from tilesam.config import AisParams, replace
 from tilesam.data import stores
@@ -19,23 +19,14 @@ from tilesam.tiling import TileGrid
 
 IMG_SIZE = 256  # a LiteMedSAM-sized model input: 4 input pixels per embedding pixel
 DECODER_ID = {"sha256": "test-decoder", "source": "maps carried in the embedding"}
-#: 64 x 140 pixels in 64 x 64 tiles: windows (64, 64), (64, 64), (64, 12); each window's longest
-#: side is 64, so its model input is 4x and its embedding pixels are its own pixels
+#: 64 x 140 pixels in 64 x 64 tiles: windows (64, 64), (64, 64), (64, 12) (longest side 64: see
+#: helpers.ais_maps, whose decoder reads each window's maps from its embedding)
 GRID = TileGrid((64, 140), (64, 64), (0, 0))
 
 
 @pytest.fixture(scope="module")
 def decoder():
-    """A real decoder network, small: it reads the three maps from the embedding's first channels.
-
-    (micro-sam's UNETR decoder takes minutes a tile on a busy CPU; the block logic only needs a
-    module from embeddings to 16x maps, and this one's maps are known, so the labels are checkable.)
-    """
-    conv = torch.nn.Conv2d(256, 3, 1, bias=False)
-    with torch.no_grad():
-        conv.weight.zero_()
-        conv.weight[:, :3, 0, 0] = torch.eye(3)
-    return torch.nn.Sequential(conv, torch.nn.Upsample(scale_factor=4, mode="bilinear")).eval()
+    return map_reading_decoder()
 
 
 def truth_of(grid: TileGrid, seed: int) -> np.ndarray:
@@ -59,11 +50,7 @@ def embedding_store(path, grid: TileGrid, truth: np.ndarray) -> dict:
         "dtype": "float32",
     }
     root = stores.open_partial(path, "embeddings", prov, len(tiles))
-    embeddings = np.random.default_rng(0).normal(size=(len(tiles), 256, 64, 64)).astype(np.float32)
-    for i, tile in enumerate(tiles):
-        h, w = tile.window_shape
-        embeddings[i, :3] = np.array([0.0, 1.0, 1.0], np.float32)[:, None, None]  # padding: background
-        embeddings[i, :3, :h, :w] = maps_from_labels(truth[tile.window_slices()])
+    embeddings = np.stack([embedding_with_maps(truth[tile.window_slices()], seed=i) for i, tile in enumerate(tiles)])
     root.create_array("embeddings", data=embeddings)
     root["done"][:] = True
     root.attrs["stats"] = {"encoder_seconds": 1.0, "peak_mem_mb": 1.0}
