@@ -1,0 +1,80 @@
+"""AIS through the real workflow: `methods: [amg, auto]` on a checkpoint with an instance decoder."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from helpers.snakemake_cli import job_counts, snakemake, write_config
+from tilesam.data import synthetic
+from tilesam.models.unetr import InstanceDecoder
+
+#: one 128 x 128 tile: the decoder's maps cost the most here (1024 x 1024 activations on a CPU)
+IMAGE = synthetic.SyntheticSpec("cells", (128, 128), 8, (9.0, 16.0), seed=21)
+
+
+def decoder_checkpoint(path) -> None:
+    """LiteMedSAM's SAM weights plus an instance decoder, as a micro-sam training checkpoint.
+
+    The decoder's weights are random (seeded): what is checked is that its maps become AIS rows,
+    not their quality.
+    """
+    from tilesam.models import load_model
+
+    torch.manual_seed(0)
+    sam = load_model("lite_medsam", device="cpu")
+    state = {"model_state": sam.state_dict(), "decoder_state": InstanceDecoder().state_dict()}
+    torch.save(state, path)
+
+
+@pytest.mark.slow
+def test_amg_and_auto_give_amg_and_ais_rows(tmp_path):
+    decoder_checkpoint(tmp_path / "withdec.pt")
+    synthetic.write_demo(IMAGE, tmp_path / "data/images/cells.tif", tmp_path / "data/labels/cells.tif")
+    config = {
+        "datasets": {"tiny": {"images": "data/images/*.tif", "labels": "data/labels/*.tif"}},
+        "models": [str(tmp_path / "withdec.pt"), "lite_medsam"],
+        "device": "cpu",
+        "segmentation": {
+            "methods": ["amg", "auto"],
+            "tile_shape": [128, 128],
+            "halo": [0, 0],
+            "tiles_per_block": 1,
+            "amg": {"prompt": "box", "box_sizes": [0.24], "points_per_side": 3},
+            "ais": {"min_size": 10, "center_distance_threshold": 0.55},
+        },
+    }
+    write_config(tmp_path, config)
+    counts = job_counts(snakemake(tmp_path, "-n").stdout)
+    assert counts["segment"] == 3 and counts["evaluate"] == 3  # lite_medsam has no decoder: auto is amg
+    snakemake(tmp_path)
+    table = pd.read_csv(tmp_path / "results/benchmark/table.csv")
+    assert list(zip(table.model, table.method)) == [("lite_medsam", "amg"), ("withdec", "ais"), ("withdec", "amg")]
+    ais = table[table.method == "ais"].iloc[0]
+    assert ais.n_images == 1 and ais.n_objects == table.n_objects.iloc[0] > 0
+    assert 0.0 <= ais.mSA <= 1.0 and ais.segment_s_per_image > 0
+    params = json.loads(ais.params)
+    assert params["min_size"] == 10 and params["center_distance_threshold"] == 0.55
+    assert params["distance_smoothing"] == 1.6 and len(params["decoder"]) == 64  # the decoder state's sha256
+    assert "prompt" in json.loads(table[table.method == "amg"].params.iloc[0])
+    assert (tmp_path / "results/segmentation/tiny/cells/withdec/ais/labels.ome.zarr").is_dir()
+    assert "ais" in (tmp_path / "results/benchmark/table.md").read_text()
+    assert (tmp_path / "results/benchmark/msa_bars.png").stat().st_size > 0
+
+
+def test_ais_for_a_model_without_a_decoder_fails_before_any_job(tmp_path):
+    synthetic.write_demo(IMAGE, tmp_path / "data/images/cells.tif", tmp_path / "data/labels/cells.tif")
+    config = {
+        "datasets": {"tiny": {"images": "data/images/*.tif", "labels": "data/labels/*.tif"}},
+        "models": ["lite_medsam"],
+        "segmentation": {"methods": ["ais"]},
+    }
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr  # snakemake prints workflow errors on stdout with -n
+    assert "model 'lite_medsam'" in output and "no instance-segmentation decoder" in output
+    assert not (tmp_path / "results").exists()
