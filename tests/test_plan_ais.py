@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_plan import full_config
+from test_plan import full_config, labelled_images
 
 from tilesam import config as schema
 from tilesam import plan as plan_module
@@ -70,7 +70,7 @@ def test_a_cards_ais_defaults_apply_unless_the_user_set_the_key(monkeypatch):
 
 def test_a_cards_unknown_ais_key_is_an_error(monkeypatch):
     monkeypatch.setattr(plan_module, "_card", lambda spec: SimpleNamespace(ais={"centre": 0.4}))
-    with pytest.raises(PlanError, match="unknown AIS defaults"):
+    with pytest.raises(PlanError, match="unknown ais defaults"):
         Plan.from_config(full_config()).ais_settings("lite_medsam")
 
 
@@ -99,3 +99,19 @@ def test_ais_segment_memory_follows_the_decoder_batch(decoder_checkpoint):
         abs(one.mem_mb_segment("withdec", attempt=2, method="ais") - 2 * one.mem_mb_segment("withdec", method="ais"))
         <= 1
     )
+
+
+def test_a_cards_amg_defaults_apply_to_its_finetuned_models_too(monkeypatch, tmp_path):
+    """A box-only model's card asks for a box grid; the config's own AMG keys still win."""
+    card = SimpleNamespace(decoder=None, amg={"prompt": "box", "points_per_side": 64})
+    monkeypatch.setattr(plan_module, "_card", lambda spec: card)
+    cfg = full_config(models=["lite_medsam", "lite_medsam-ft-train"])
+    cfg["segmentation"]["amg"]["points_per_side"] = 4
+    cfg["datasets"]["train"] = labelled_images(tmp_path, 2)
+    plan = Plan.from_config(cfg, user_config={"segmentation": {"amg": {"points_per_side": 4}}})
+    for model in ("lite_medsam", "lite_medsam-ft-train"):
+        amg = plan.segment_config(model)["segmentation"]["amg"]
+        assert amg["prompt"] == "box" and amg["points_per_side"] == 4
+    unset = Plan.from_config(cfg, user_config={})
+    assert unset.segment_config("lite_medsam")["segmentation"]["amg"]["points_per_side"] == 64
+    assert unset.runtime_segment(model="lite_medsam") > plan.runtime_segment(model="lite_medsam")  # 64 x 64 vs 4 x 4

@@ -186,20 +186,26 @@ class Plan:
                     "instance-segmentation decoder, which ais needs; use amg, or auto (ais where a model has a decoder)"
                 )
 
-    def ais_settings(self, model: str) -> dict[str, Any]:
-        """`segmentation.ais` for one model: the schema's defaults, the model card's AIS defaults, the config's keys."""
-        section = {**schema.defaults("segmentation", "ais"), **self.config["segmentation"].get("ais", {})}
-        card = _card(self.specs.get(model, model)) if model not in self.finetuned else None
-        own = getattr(card, "ais", None) or {}
+    def settings(self, model: str, method: str) -> dict[str, Any]:
+        """`segmentation.<method>` (amg or ais) for one model: the schema's defaults, then the model
+        card's own defaults for the method (a finetuned model: its base's), then the keys the
+        config sets. Without the config as written (`user_config`), every key counts as set.
+        """
+        section = {**schema.defaults("segmentation", method), **self.config["segmentation"].get(method, {})}
+        base = self.finetuned.get(model, (model, None))[0]
+        own = getattr(_card(self.specs.get(base, base)), method, None) or {}
         if unknown := set(own) - set(section):
-            raise PlanError(f"model card of {model!r}: unknown AIS defaults {sorted(unknown)}")
-        user = (self.user_config or {}).get("segmentation", {}).get("ais")
+            raise PlanError(f"model card of {base!r}: unknown {method} defaults {sorted(unknown)}")
+        user = (self.user_config or {}).get("segmentation", {}).get(method)
         set_by_user = set(section) if self.user_config is None else set(user or {})
         return {**section, **{k: v for k, v in own.items() if k not in set_by_user}}
 
+    def ais_settings(self, model: str) -> dict[str, Any]:
+        return self.settings(model, "ais")
+
     def segment_config(self, model: str) -> dict[str, Any]:
-        """The config sections a model's segment jobs get (`--config`), AIS settings resolved for the model."""
-        segmentation = {**self.config["segmentation"], "ais": self.ais_settings(model)}
+        """The config sections a model's segment jobs get (`--config`), AMG and AIS settings resolved for it."""
+        segmentation = {**self.config["segmentation"], **{m: self.settings(model, m) for m in schema.SEGMENTERS}}
         return {"segmentation": segmentation, "embeddings": self.config["embeddings"]}
 
     # --- which datasets are scored ----------------------------------------------------------
@@ -350,12 +356,14 @@ class Plan:
         if method == "ais":
             batch = self.ais_settings(model)["tiles_per_batch"]
             return int((self.memory(model).load_mb + 500 + 1500 * batch + 200 * self._window_mpx()) * attempt)
-        masks_mb = 20 * self.amg.points_per_batch * self._window_mpx()
+        amg = schema.build(schema.AmgParams, self.settings(model, "amg"))
+        masks_mb = 20 * amg.points_per_batch * self._window_mpx()
         return int((self.memory(model).load_mb + masks_mb + 1000 * self._window_mpx()) * attempt)
 
-    def runtime_segment(self, attempt: int = 1) -> int:
-        """Start-up plus 2 minutes per tile at 32 x 32 points; the point grid sets the cost."""
-        points = (self.amg.points_per_side / 32) ** 2
+    def runtime_segment(self, attempt: int = 1, model: str | None = None) -> int:
+        """Start-up plus 2 minutes per tile at 32 x 32 points; the point grid sets the cost (AIS costs less)."""
+        amg = schema.build(schema.AmgParams, self.settings(model, "amg")) if model else self.amg
+        points = (amg.points_per_side / 32) ** 2
         return int((10 + 2 * self.tiling.tiles_per_block * max(points, 0.25)) * attempt)
 
     def mem_mb_prompts(self, dataset: str, image: str, model: str, attempt: int = 1) -> int:

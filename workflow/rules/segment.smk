@@ -21,7 +21,7 @@ rule segment:
     resources:
         gpu=GPUS,
         mem_mb=lambda w, attempt: PLAN.mem_mb_segment(w.model, attempt, w.method),
-        runtime=lambda w, attempt: PLAN.runtime_segment(attempt),
+        runtime=lambda w, attempt: PLAN.runtime_segment(attempt, w.model),
     params:
         config=lambda w: json.dumps(PLAN.segment_config(w.model)),
         device=config["device"],
