@@ -53,7 +53,7 @@ def load_instance_decoder(record: dict, device):
             "needs: use amg, or auto (ais only where a model has a decoder)"
         )
     decoder = load_decoder(state, source=str(record["load"]), device=device)
-    return decoder.eval(), {"sha256": state_sha256(state), "source": str(record["load"])}
+    return decoder.eval(), {"sha256": state_sha256(state)}  # content, not path: a moved run still resumes
 
 
 def state_sha256(state: dict) -> str:

@@ -18,7 +18,7 @@ from tilesam.segment.blocks import ais_batches, params_column, segment_block
 from tilesam.tiling import TileGrid
 
 IMG_SIZE = 256  # a LiteMedSAM-sized model input: 4 input pixels per embedding pixel
-DECODER_ID = {"sha256": "test-decoder", "source": "maps carried in the embedding"}
+DECODER_ID = {"sha256": "test-decoder"}
 #: 64 x 140 pixels in 64 x 64 tiles: windows (64, 64), (64, 64), (64, 12) (longest side 64: see
 #: helpers.ais_maps, whose decoder reads each window's maps from its embedding)
 GRID = TileGrid((64, 140), (64, 64), (0, 0))
