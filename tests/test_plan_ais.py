@@ -10,6 +10,7 @@ from test_plan import full_config, labelled_images
 
 from tilesam import config as schema
 from tilesam import plan as plan_module
+from tilesam.models.spec import model_id, resolve_spec
 from tilesam.plan import Plan, PlanError, has_decoder
 
 
@@ -20,6 +21,11 @@ def decoder_checkpoint(tmp_path):
     torch.save({"model_state": {"a": torch.zeros(2)}, "decoder_state": {"base.w": torch.zeros(2)}}, with_decoder)
     torch.save({"image_encoder.x": torch.zeros(2)}, without)
     return str(with_decoder), str(without)
+
+
+def mid(path: str) -> str:
+    """The plan's id of a checkpoint file."""
+    return model_id(resolve_spec(path))
 
 
 def test_decoders_are_found_without_loading_the_model(decoder_checkpoint):
@@ -33,13 +39,14 @@ def test_auto_is_ais_with_a_decoder_and_amg_without(decoder_checkpoint):
     plan = Plan.from_config(
         full_config(models=[with_decoder, without, "lite_medsam"], segmentation={"methods": ["amg", "auto"]})
     )
-    assert plan.methods_of("withdec") == ["amg", "ais"]
-    assert plan.methods_of("plain") == plan.methods_of("lite_medsam") == ["amg"]
+    dec, plain = mid(with_decoder), mid(without)
+    assert plan.methods_of(dec) == ["amg", "ais"]
+    assert plan.methods_of(plain) == plan.methods_of("lite_medsam") == ["amg"]
     evaluations = plan.evaluations()
-    assert "results/evaluation/demo/nuclei_small/withdec/ais.json" in evaluations
-    assert not any("/plain/ais" in e or "/lite_medsam/ais" in e for e in evaluations)
-    assert len([e for e in evaluations if "/withdec/" in e]) == 2 * len([e for e in evaluations if "/plain/" in e])
-    assert "results/segmentation/demo/nuclei_stack/withdec/ais/labels.ome.zarr" in plan.all_outputs()
+    assert f"results/evaluation/demo/nuclei_small/{dec}/ais.json" in evaluations
+    assert not any(f"/{plain}/ais" in e or "/lite_medsam/ais" in e for e in evaluations)
+    assert len([e for e in evaluations if f"/{dec}/" in e]) == 2 * len([e for e in evaluations if f"/{plain}/" in e])
+    assert f"results/segmentation/demo/nuclei_stack/{dec}/ais/labels.ome.zarr" in plan.all_outputs()
 
 
 def test_ais_for_a_model_without_a_decoder_is_an_error_naming_it(decoder_checkpoint):
@@ -78,13 +85,13 @@ def test_ais_search_is_tuning_and_feeds_only_ais(decoder_checkpoint):
     with_decoder, _ = decoder_checkpoint
     cfg = full_config(models=[with_decoder], segmentation={"methods": ["amg", "ais"], "ais_search": {"dataset": "val"}})
     cfg["datasets"] = {"val": {"source": "synthetic"}, "test": {"source": "synthetic"}}
-    plan = Plan.from_config(cfg)
+    plan, dec = Plan.from_config(cfg), mid(with_decoder)
     assert plan.is_tuning("val") and not plan.is_tuning("test")
-    assert plan.search_result("test", "withdec", "ais") == ["results/benchmark/ais_search/withdec.csv"]
-    assert plan.search_result("test", "withdec", "amg") == [] and plan.search_result("val", "withdec", "ais") == []
-    images = plan.search_images("withdec", "ais")
+    assert plan.search_result("test", dec, "ais") == [f"results/benchmark/ais_search/{dec}.csv"]
+    assert plan.search_result("test", dec, "amg") == [] and plan.search_result("val", dec, "ais") == []
+    images = plan.search_images(dec, "ais")
     assert [i["gt"] for i in images][0] == "results/labels/val/nuclei_large.ome.zarr"
-    assert plan.search_images("withdec", "amg") == []
+    assert plan.search_images(dec, "amg") == []
     with pytest.raises(PlanError, match="ais_search: dataset 'nowhere'"):
         Plan.from_config(full_config(segmentation={"ais_search": {"dataset": "nowhere"}}))
 
@@ -94,11 +101,9 @@ def test_ais_segment_memory_follows_the_decoder_batch(decoder_checkpoint):
     cfg = full_config(models=[with_decoder], segmentation={"methods": ["ais"]})
     one = Plan.from_config({**cfg, "segmentation": {**cfg["segmentation"], "ais": {"tiles_per_batch": 1}}})
     four = Plan.from_config({**cfg, "segmentation": {**cfg["segmentation"], "ais": {"tiles_per_batch": 4}}})
-    assert four.mem_mb_segment("withdec", method="ais") - one.mem_mb_segment("withdec", method="ais") == 3 * 1500
-    assert (
-        abs(one.mem_mb_segment("withdec", attempt=2, method="ais") - 2 * one.mem_mb_segment("withdec", method="ais"))
-        <= 1
-    )
+    dec = mid(with_decoder)
+    assert four.mem_mb_segment(dec, method="ais") - one.mem_mb_segment(dec, method="ais") == 3 * 1500
+    assert abs(one.mem_mb_segment(dec, attempt=2, method="ais") - 2 * one.mem_mb_segment(dec, method="ais")) <= 1
 
 
 def test_a_cards_amg_defaults_apply_to_its_finetuned_models_too(monkeypatch, tmp_path):

@@ -391,8 +391,8 @@ class Plan:
 
 
 def _card(spec: str):
-    """The registry card of a spec, or None for a checkpoint file."""
-    if Path(spec).is_file():
+    """The registry card of a resolved spec, or None for checkpoint files (absolute paths: a '/')."""
+    if "/" in spec:
         return None
     from tilesam.models.registry import resolve
 
@@ -405,13 +405,19 @@ _PICKLE_HEAD = 16 * 2**20  # a legacy (non-zip) torch file's pickle, with its di
 def has_decoder(spec: str) -> bool:
     """Whether a registry model or checkpoint file comes with an instance-segmentation decoder.
 
-    Planning needs no torch: a card says so (its decoder file); a checkpoint file is a training
-    checkpoint with a decoder when its pickle holds the key `decoder_state` (`torch.save` writes
-    dict keys as plain strings, in `<name>/data.pkl` of the zip, or first in a legacy file).
+    Planning needs no torch: a card says so (its decoder file); a `checkpoint+decoder` pair of
+    files has one; a checkpoint file is a training checkpoint with a decoder when its pickle
+    holds the key `decoder_state` (`torch.save` writes dict keys as plain strings, in
+    `<name>/data.pkl` of the zip, or first in a legacy file).
     """
-    path = Path(spec)
-    if not path.is_file():
+    if "/" not in spec:
         return getattr(_card(spec), "decoder", None) is not None
+    from tilesam.models import fetch
+
+    separator = getattr(fetch, "DECODER_SEPARATOR", None)  # `checkpoint+decoder` specs, where supported
+    if separator and separator in spec and all(Path(p).is_file() for p in spec.split(separator, 1)):
+        return True
+    path = Path(spec)
     import zipfile
 
     if zipfile.is_zipfile(path):

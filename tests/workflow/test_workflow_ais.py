@@ -10,6 +10,7 @@ import torch
 
 from helpers.snakemake_cli import job_counts, snakemake, write_config
 from tilesam.data import synthetic
+from tilesam.models.spec import model_id, resolve_spec
 from tilesam.models.unetr import InstanceDecoder
 
 #: one 128 x 128 tile: the decoder's maps cost the most here (1024 x 1024 activations on a CPU)
@@ -52,7 +53,8 @@ def test_amg_and_auto_give_amg_and_ais_rows(tmp_path):
     assert counts["segment"] == 3 and counts["evaluate"] == 3  # lite_medsam has no decoder: auto is amg
     snakemake(tmp_path)
     table = pd.read_csv(tmp_path / "results/benchmark/table.csv")
-    assert list(zip(table.model, table.method)) == [("lite_medsam", "amg"), ("withdec", "ais"), ("withdec", "amg")]
+    dec = model_id(resolve_spec(str(tmp_path / "withdec.pt")))
+    assert list(zip(table.model, table.method)) == [("lite_medsam", "amg"), (dec, "ais"), (dec, "amg")]
     ais = table[table.method == "ais"].iloc[0]
     assert ais.n_images == 1 and ais.n_objects == table.n_objects.iloc[0] > 0
     assert 0.0 <= ais.mSA <= 1.0 and ais.segment_s_per_image > 0
@@ -60,7 +62,7 @@ def test_amg_and_auto_give_amg_and_ais_rows(tmp_path):
     assert params["min_size"] == 10 and params["center_distance_threshold"] == 0.55
     assert params["distance_smoothing"] == 1.6 and len(params["decoder"]) == 64  # the decoder state's sha256
     assert "prompt" in json.loads(table[table.method == "amg"].params.iloc[0])
-    assert (tmp_path / "results/segmentation/tiny/cells/withdec/ais/labels.ome.zarr").is_dir()
+    assert (tmp_path / f"results/segmentation/tiny/cells/{dec}/ais/labels.ome.zarr").is_dir()
     assert "ais" in (tmp_path / "results/benchmark/table.md").read_text()
     assert (tmp_path / "results/benchmark/msa_bars.png").stat().st_size > 0
 
