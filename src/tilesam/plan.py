@@ -351,11 +351,12 @@ class Plan:
         """AMG: model + one batch of candidate masks at window resolution + the kept masks.
 
         AIS: model + decoder + its activations per tile of a batch (the decoder's last layers run at
-        1024 x 1024 with 64 channels: ~1.5 GB a tile) + the maps and watershed of one window.
+        1024 x 1024 with 64 channels: ~2 GB a tile; a one-tile LiteMedSAM job peaked at 3.4 GB on CPU)
+        + the maps and watershed of one window.
         """
         if method == "ais":
             batch = self.ais_settings(model)["tiles_per_batch"]
-            return int((self.memory(model).load_mb + 500 + 1500 * batch + 200 * self._window_mpx()) * attempt)
+            return int((self.memory(model).load_mb + 500 + 2000 * batch + 200 * self._window_mpx()) * attempt)
         amg = schema.build(schema.AmgParams, self.settings(model, "amg"))
         masks_mb = 20 * amg.points_per_batch * self._window_mpx()
         return int((self.memory(model).load_mb + masks_mb + 1000 * self._window_mpx()) * attempt)
