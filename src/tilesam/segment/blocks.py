@@ -66,7 +66,7 @@ def segment_block(
     if method == "ais":
         if decoder is None:
             raise ValueError(
-                f"{out}: method ais needs the model's instance decoder; {embedding_provenance['model']} has none given"
+                f"{out}: method ais needs the instance decoder of model {embedding_provenance['model']}, none was given"
             )
         params = params or AisParams()
         if not isinstance(params, AisParams):
