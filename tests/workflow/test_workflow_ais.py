@@ -37,24 +37,30 @@ def test_amg_and_auto_give_amg_and_ais_rows(tmp_path):
     synthetic.write_demo(IMAGE, tmp_path / "data/images/cells.tif", tmp_path / "data/labels/cells.tif")
     config = {
         "datasets": {"tiny": {"images": "data/images/*.tif", "labels": "data/labels/*.tif"}},
-        "models": [str(tmp_path / "withdec.pt"), "lite_medsam"],
+        "models": [str(tmp_path / "withdec.pt")],  # (auto without a decoder: tests/test_plan_ais.py)
         "device": "cpu",
         "segmentation": {
             "methods": ["amg", "auto"],
             "tile_shape": [128, 128],
             "halo": [0, 0],
             "tiles_per_block": 1,
-            "amg": {"prompt": "box", "box_sizes": [0.24], "points_per_side": 3},
+            "amg": {
+                "prompt": "box",
+                "box_sizes": [0.24],
+                "points_per_side": 4,
+                "pred_iou_thresh": 0.8,
+                "stability_score_thresh": 0.9,
+            },
             "ais": {"min_size": 10, "center_distance_threshold": 0.55},
         },
     }
     write_config(tmp_path, config)
     counts = job_counts(snakemake(tmp_path, "-n").stdout)
-    assert counts["segment"] == 3 and counts["evaluate"] == 3  # lite_medsam has no decoder: auto is amg
+    assert counts["segment"] == 2 and counts["evaluate"] == 2 and counts["embed"] == 1  # one embedding, two methods
     snakemake(tmp_path)
     table = pd.read_csv(tmp_path / "results/benchmark/table.csv")
     dec = model_id(resolve_spec(str(tmp_path / "withdec.pt")))
-    assert list(zip(table.model, table.method)) == [("lite_medsam", "amg"), (dec, "ais"), (dec, "amg")]
+    assert list(zip(table.model, table.method)) == [(dec, "ais"), (dec, "amg")]
     ais = table[table.method == "ais"].iloc[0]
     assert ais.n_images == 1 and ais.n_objects == table.n_objects.iloc[0] > 0
     assert 0.0 <= ais.mSA <= 1.0 and ais.segment_s_per_image > 0
