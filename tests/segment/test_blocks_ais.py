@@ -186,7 +186,7 @@ def test_a_volume_is_segmented_per_section(decoder, tmp_path):
 
 def test_ais_without_a_decoder_or_with_amg_params_is_an_error(tmp_path):
     prov = embedding_store(tmp_path / "emb.zarr", GRID, truth_of(GRID, 6))
-    with pytest.raises(ValueError, match="needs the model's instance decoder"):
+    with pytest.raises(ValueError, match="needs the instance decoder of model m, none was given"):
         segment_block(None, tmp_path / "emb.zarr", prov, GRID, tmp_path / "seg.zarr", method="ais")
     with pytest.raises(ValueError, match="unknown segmentation method 'auto'"):
         segment_block(None, tmp_path / "emb.zarr", prov, GRID, tmp_path / "seg.zarr", method="auto")
