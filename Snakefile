@@ -1,5 +1,7 @@
 # tilesam: Segment Anything over large microscopy images and volumes, tiled,
 # stitched and benchmarked. Rules are thin: each calls `tilesam <command>`.
+import copy
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -12,6 +14,9 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+# the config as written (validation fills in the schema's defaults): model cards' own defaults
+# apply to the keys a user did not set
+USER_CONFIG = copy.deepcopy(config)
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

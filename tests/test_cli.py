@@ -69,8 +69,7 @@ def test_models_fetch_records_the_files_and_the_users_trust(tmp_path, monkeypatc
     """A checkpoint with Python objects: refused without --trust-pickle, recorded with it; registry: never trusted."""
     import torch
 
-    from tilesam import jobs
-    from tilesam.models import fetch
+    from tilesam.models import fetch, load_decoder_state
 
     monkeypatch.setenv("TILESAM_CACHEDIR", str(tmp_path / "cache"))
     state = torch.load(fetch("lite_medsam"), weights_only=True)
@@ -89,10 +88,11 @@ def test_models_fetch_records_the_files_and_the_users_trust(tmp_path, monkeypatc
     assert cli.main(["models", "fetch", "lite_medsam", "--record", str(record), "--trust-pickle"]) == 0
     entry = json.loads(record.read_text())
     assert entry["trust_pickle"] is False and entry["load"] == "lite_medsam@v1"  # registry files: checked by hash
-    assert jobs.load_record_decoder(record) is None
+    assert load_decoder_state(entry["load"]) is None
     decoder = mine.parent / "decoder.pt"
     torch.save({"decoder.out.weight": torch.ones(3, 2)}, decoder)
     assert cli.main(["models", "fetch", f"{mine}+{decoder}", "--record", str(record), "--trust-pickle"]) == 0
     entry = json.loads(record.read_text())
     assert entry["decoder"] == str(decoder.resolve()) and entry["load"] == f"{mine.resolve()}+{decoder.resolve()}"
-    assert torch.equal(jobs.load_record_decoder(record)["decoder.out.weight"], torch.ones(3, 2))
+    state = load_decoder_state(entry["load"], trust_pickle=entry["trust_pickle"])
+    assert torch.equal(state["decoder.out.weight"], torch.ones(3, 2))

@@ -13,6 +13,8 @@ STAGES = [
     config.EmbedParams,
     config.AmgParams,
     config.SearchGrid,
+    config.AisParams,
+    config.AisSearchGrid,
     config.StitchParams,
     config.FinetuneConfig,
 ]
@@ -31,6 +33,8 @@ def test_every_field_has_the_schema_default_and_every_key_a_field(cls):
         "methods",
         "amg",
         "amg_search",
+        "ais",
+        "ais_search",
         "keep_embeddings",
         "dataset",
         "val_dataset",
@@ -45,6 +49,8 @@ def test_every_section_with_settings_has_a_data_class():
         ("embeddings",),
         ("segmentation", "amg"),
         ("segmentation", "amg_search"),
+        ("segmentation", "ais"),
+        ("segmentation", "ais_search"),
         ("stitch",),
         ("finetune",),
     }
@@ -111,3 +117,16 @@ def test_a_halo_larger_than_the_tile_is_an_error_with_the_reason():
     with pytest.raises(ValueError, match=r"halo \[96, 8\] is larger than tile_shape \[64, 64\].*3 tiles wide"):
         config.build(config.Tiling, {"tile_shape": [64, 64], "halo": [96, 8]})
     assert config.build(config.Tiling, {"tile_shape": [64, 64], "halo": [64, 64]}).halo == (64, 64)
+
+
+def test_ais_params_reject_out_of_range_values_naming_the_key():
+    with pytest.raises(ValueError, match="segmentation.ais.center_distance_threshold"):
+        config.AisParams(center_distance_threshold=1.5)
+    with pytest.raises(ValueError, match="segmentation.ais.min_size"):
+        config.AisParams(min_size=-1)
+    with pytest.raises(ValueError, match="segmentation.ais.tiles_per_batch"):
+        config.AisParams(tiles_per_batch=0)
+    params = config.build(config.AisParams, {"min_size": 100.0, "distance_smoothing": 2})
+    assert params.min_size == 100 and isinstance(params.min_size, int) and params.distance_smoothing == 2.0
+    assert "tiles_per_batch" not in params.postprocessing() and params.postprocessing()["min_size"] == 100
+    assert config.SEGMENTERS == ("amg", "ais") and config.AUTO_METHOD in config.METHODS

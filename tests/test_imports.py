@@ -22,6 +22,7 @@ import tilesam
 MAY_IMPORT_TORCH = {
     "tilesam.models.load": "builds SAM and reads checkpoints (torch.load)",
     "tilesam.models.tiny_vit": "the TinyViT image encoder, an nn.Module",
+    "tilesam.models.unetr": "the instance-segmentation decoder, an nn.Module",
     "tilesam.embed": "runs the image encoder",
     "tilesam.interactive.decoder": "runs SAM's prompt encoder and mask decoder",
     "tilesam.segment.amg": "decodes point-grid prompts with SAM's mask decoder",

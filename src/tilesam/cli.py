@@ -138,7 +138,7 @@ def cmd_segment(args) -> None:
     amg, dtype = _settings(args, schema.AmgParams), _settings(args, schema.EmbedParams).dtype
     jobs.segment(
         args.image, args.model, args.embeddings, args.block, args.out, tiling=_settings(args, schema.Tiling), amg=amg,
-        dtype=dtype, method=args.method, device=args.device, search=args.amg_search,
+        dtype=dtype, method=args.method, device=args.device, search=args.search, ais=_settings(args, schema.AisParams),
     )  # fmt: skip
 
 
@@ -198,6 +198,17 @@ def cmd_classical_search(args) -> None:
         json.loads(args.images), args.out, tiling=_settings(args, schema.Tiling),
         params=_settings(args, schema.ClassicalParams), grid=_settings(args, schema.ClassicalGrid),
         stitch_params=_settings(args, schema.StitchParams),
+    )  # fmt: skip
+
+
+def cmd_ais_search(args) -> None:
+    from tilesam import jobs
+
+    jobs.ais_search(
+        args.model, json.loads(args.images), args.out, tiling=_settings(args, schema.Tiling),
+        ais=_settings(args, schema.AisParams),
+        grid=_settings(args, schema.AisSearchGrid), stitch_params=_settings(args, schema.StitchParams),
+        dtype=_settings(args, schema.EmbedParams).dtype, device=args.device,
     )  # fmt: skip
 
 
@@ -289,9 +300,11 @@ COMMANDS: dict[str, Command] = {
     "embed": Command(cmd_embed, "embed the tiles of one block", (IMAGE, MODEL, BLOCK, OUT, CONFIG), MODEL_JOB, True),
     "segment": Command(cmd_segment, "automatic segmentation of one block from its embeddings",
                        (IMAGE, MODEL, BLOCK, arg("--embeddings", required=True),
-                        arg("--method", default="amg", choices=schema.METHODS),
-                        arg("--amg-search", help="CSV of `tilesam amg-search`: its best thresholds replace the config's"),
-                        OUT, CONFIG), (*MODEL_JOB, schema.AmgParams), True),
+                        arg("--method", default="amg", choices=schema.SEGMENTERS),
+                        arg("--search", "--amg-search", dest="search",
+                            help="CSV of `tilesam amg-search` (amg) or `tilesam ais-search` (ais): its best setting "
+                                 "replaces the config's"),
+                        OUT, CONFIG), (*MODEL_JOB, schema.AmgParams, schema.AisParams), True),
     "prompt-eval": Command(cmd_prompt_eval, "prompted (interactive) evaluation from stored embeddings",
                            (IMAGE, MODEL, GT, arg("--mode", required=True, choices=schema.PROMPT_MODES),
                             arg("--embeddings", nargs="+", required=True, help="the image's embedding stores, in order"),
@@ -313,6 +326,11 @@ COMMANDS: dict[str, Command] = {
                                 (arg("--images", required=True, help='JSON list of {"image", "gt"}'),
                                  arg("--out", required=True, help="CSV: mSA per setting, best first"), CONFIG),
                                 (*TILES, schema.ClassicalParams, schema.ClassicalGrid, schema.StitchParams)),
+    "ais-search": Command(cmd_ais_search, "grid search of the AIS post-processing on validation images",
+                          (MODEL, arg("--images", required=True,
+                                      help='JSON list of {"image", "gt", "embeddings": [block stores]}'),
+                           arg("--out", required=True, help="CSV: mSA per setting, best first"), CONFIG),
+                          (*MODEL_JOB, schema.AisSearchGrid, schema.StitchParams), True),  # AIS's from --config
     "stitch": Command(cmd_stitch, "join per-tile labels into one label image",
                       (IMAGE, arg("--blocks", nargs="+", required=True), OUT, CONFIG), (*TILES, schema.StitchParams)),
     "evaluate": Command(cmd_evaluate, "scores of a label image against ground truth",

@@ -109,12 +109,14 @@ def replace(params: T, **changes: Any) -> T:
     return dataclasses.replace(params, **changes)
 
 
-METHODS: tuple[str, ...] = enum("segmentation", "methods")  # automatic segmentation methods
+METHODS: tuple[str, ...] = enum("segmentation", "methods")  # what `segmentation.methods` may list
+AUTO_METHOD = "auto"  # ais where the model has an instance decoder, else amg (resolved by the plan)
+SEGMENTERS: tuple[str, ...] = tuple(m for m in METHODS if m != AUTO_METHOD)  # what a segment job runs
 PROMPT_MODES: tuple[str, ...] = enum("evaluation", "prompts")  # prompted evaluation modes
 
 
 @dataclass(frozen=True)
-@from_schema("segmentation", workflow_keys=("methods", "amg", "amg_search"))
+@from_schema("segmentation", workflow_keys=("methods", "amg", "amg_search", "ais", "ais_search"))
 class Tiling:
     """How an image is cut into tiles (each seen with its halo) and tiles into blocks (jobs)."""
 
@@ -175,6 +177,49 @@ class AmgParams:
         if self.prompt not in enum("segmentation", "amg", "prompt"):
             raise ValueError(f"unknown AMG prompt {self.prompt!r}; use point or box")
         self.box_sizes = tuple(self.box_sizes)  # JSON gives a list
+
+
+@dataclass(frozen=True)
+@from_schema("segmentation", "ais")
+class AisParams:
+    """AIS post-processing of the decoder's maps; defaults are micro-sam's `generate` defaults.
+
+    A model card may carry its own (micro-sam's per-model settings); the plan applies them
+    under the keys a config sets. ``tiles_per_batch`` is tiles per decoder batch: memory, not results.
+    """
+
+    center_distance_threshold: float
+    boundary_distance_threshold: float
+    foreground_threshold: float
+    foreground_smoothing: float
+    distance_smoothing: float
+    min_size: int
+    tiles_per_batch: int
+
+    def __post_init__(self) -> None:
+        for name in ("center_distance_threshold", "boundary_distance_threshold", "foreground_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"segmentation.ais.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("foreground_smoothing", "distance_smoothing", "min_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"segmentation.ais.{name} must be >= 0, got {getattr(self, name)}")
+        if self.tiles_per_batch < 1:
+            raise ValueError(f"segmentation.ais.tiles_per_batch must be at least 1, got {self.tiles_per_batch}")
+
+    def postprocessing(self) -> dict[str, float | int]:
+        """The settings that decide the labels (everything but the batch size): provenance and tables."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "tiles_per_batch"}
+
+
+@dataclass(frozen=True)
+@from_schema("segmentation", "ais_search", workflow_keys=("dataset",))
+class AisSearchGrid:
+    """The AIS search's grid: thresholds and smoothing as (start, stop, step), stop included; min sizes listed."""
+
+    center_distance_threshold: tuple[float, float, float]
+    boundary_distance_threshold: tuple[float, float, float]
+    distance_smoothing: tuple[float, float, float]
+    min_size: tuple[int, ...]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tilesam.config import AmgParams, EmbedParams, FinetuneConfig, SearchGrid, StitchParams, Tiling, replace
+from tilesam.config import (
+    AisParams,
+    AisSearchGrid,
+    AmgParams,
+    EmbedParams,
+    FinetuneConfig,
+    SearchGrid,
+    StitchParams,
+    Tiling,
+    replace,
+)
 from tilesam.device import resolve_device
 
 if TYPE_CHECKING:  # the classical baseline's and the prompts' settings
@@ -35,12 +45,42 @@ def load_record(record_path: str | Path, device: str = "auto"):
     return sam, record
 
 
-def load_record_decoder(record_path: str | Path) -> dict[str, Any] | None:
-    """The instance-segmentation decoder state of a workflow model record's model (None: it has none)."""
-    from tilesam.models import load_decoder_state
+def load_instance_decoder(record: dict, device):
+    """The instance-segmentation decoder of a workflow model record, and its identity for provenance.
 
-    record = json.loads(Path(record_path).read_text())
-    return load_decoder_state(record["load"], trust_pickle=bool(record.get("trust_pickle")))
+    The state comes with the model (its checkpoint's `decoder_state` or its card's decoder file);
+    a model without one is an error naming it.
+    """
+    from tilesam.models import load_decoder_state
+    from tilesam.models.unetr import load_decoder
+
+    state = load_decoder_state(record["load"], trust_pickle=bool(record.get("trust_pickle")))
+    if state is None:
+        raise ValueError(
+            f"model {record['name']} ({record['load']}) has no instance-segmentation decoder, which method ais "
+            "needs: use amg, or auto (ais only where a model has a decoder)"
+        )
+    decoder = load_decoder(state, source=str(record["load"]), device=device)
+    return decoder.eval(), {"sha256": state_sha256(state)}  # content, not path: a moved run still resumes
+
+
+def state_sha256(state: dict) -> str:
+    """A digest of a state dict's names, shapes, dtypes and values (the decoder's identity)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        digest.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()
 
 
 def _provenance(record: dict, model, image: str | Path, tiling: Tiling, block: int, dtype: str):
@@ -205,6 +245,19 @@ def searched(params: AmgParams, search_csv: str | Path) -> AmgParams:
     )
 
 
+def searched_ais(params: AisParams, search_csv: str | Path) -> AisParams:
+    """`params` with the best setting of the AIS validation search (its CSV is best first)."""
+    import pandas as pd
+
+    from tilesam.segment.search import AIS_KEYS
+
+    table = pd.read_csv(search_csv)
+    if missing := [k for k in AIS_KEYS if k not in table]:
+        raise ValueError(f"{search_csv}: not an AIS search table (no column {', '.join(missing)})")
+    best = table.iloc[0]
+    return replace(params, **{k: (int(best[k]) if k == "min_size" else float(best[k])) for k in AIS_KEYS})
+
+
 def segment(
     image: str | Path,
     model: str | Path,
@@ -218,15 +271,27 @@ def segment(
     method: str,
     device: str,
     search: str | Path | None = None,
+    ais: AisParams | None = None,
 ) -> dict:
-    """Automatic segmentation of one block of tiles from its stored embeddings."""
+    """Automatic segmentation (amg or ais) of one block of tiles from its stored embeddings.
+
+    `search` is the validation search's CSV of the method: its best setting replaces the config's.
+    """
     from tilesam.segment.blocks import segment_block
 
     sam, record = load_record(model, device)
     grid, prov = _provenance(record, sam, image, tiling, block, dtype)
-    params = searched(amg, search) if search else amg
-    stats = segment_block(sam, embeddings, asdict(prov), grid, out, method=method, params=params)
-    log.info("segmented block %d: %s", block, stats)
+    if method == "ais":
+        decoder, decoder_id = load_instance_decoder(record, sam.device)
+        params = searched_ais(ais or AisParams(), search) if search else (ais or AisParams())
+        stats = segment_block(
+            sam, embeddings, asdict(prov), grid, out, method=method, params=params, decoder=decoder,
+            decoder_id=decoder_id,
+        )  # fmt: skip
+    else:
+        params = searched(amg, search) if search else amg
+        stats = segment_block(sam, embeddings, asdict(prov), grid, out, method=method, params=params)
+    log.info("segmented block %d (%s): %s", block, method, stats)
     return stats
 
 
@@ -261,7 +326,7 @@ def evaluate(
 
     from tilesam.data import ome
     from tilesam.metrics import segmentation_scores
-    from tilesam.segment.blocks import costs
+    from tilesam.segment.blocks import costs, params_column
 
     p, g = ome.open_level0(pred), ome.open_level0(gt)
     if p.shape != g.shape:
@@ -270,8 +335,7 @@ def evaluate(
     record = {**(meta or {}), "iteration": 0, **(costs(blocks) if blocks else {}), **scores}
     if blocks:  # the parameters the blocks were segmented with (after any threshold search)
         seg = zarr.open_group(str(blocks[0]), mode="r").attrs["tilesam"]["segmentation"]
-        extra = {k: seg[k] for k in ("prompt", "box_sizes") if k in seg}  # AMG's prompt grid
-        record["params"] = json.dumps({**seg["params"], **extra})
+        record["params"] = json.dumps(params_column(seg))
     _write_json(out, record)
     return record
 
@@ -352,6 +416,47 @@ def amg_search(
         best.mSA,
         len(images),
     )
+    return table
+
+
+def ais_search(
+    model: str | Path,
+    images: list[dict],
+    out: str | Path,
+    *,
+    tiling: Tiling,
+    ais: AisParams,
+    grid: AisSearchGrid,
+    stitch_params: StitchParams,
+    dtype: str,
+    device: str,
+):
+    """The protocol's AIS post-processing search on validation images ({image, gt, embeddings} each)."""
+    from tilesam.data import ome
+    from tilesam.data.datasets import stem
+    from tilesam.interactive.evaluate import block_embeddings
+    from tilesam.segment.search import SearchImage, ais_grid, search_ais
+
+    sam, record = load_record(model, device)
+    decoder, _ = load_instance_decoder(record, sam.device)
+    searched_images = []
+    for item in images:
+        tile_grid, prov = _provenance(record, sam, item["image"], tiling, 0, dtype)
+        embedding_of = block_embeddings(item["embeddings"], tiling.tiles_per_block, asdict(prov))
+        gt = ome.open_level0(item["gt"])[...]
+        searched_images.append(SearchImage(stem(item["image"]), tile_grid, embedding_of, gt))
+    table = search_ais(
+        decoder,
+        searched_images,
+        ais,
+        int(sam.image_encoder.img_size),
+        grid=ais_grid(grid),
+        stitch_params=stitch_params,
+    )
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    best = table.iloc[0]
+    log.info("best AIS setting: %s (mSA %.3f on %d images)", dict(best.drop("mSA")), best.mSA, len(images))
     return table
 
 

@@ -110,6 +110,7 @@ class Plan:
     models_of: dict[str, list[str]]  # dataset -> model ids
     specs: dict[str, str]  # model id -> resolved spec (registry name or checkpoint path)
     finetuned: dict[str, tuple[str, str]]  # model id -> (base id, training dataset)
+    user_config: dict[str, Any] | None = None  # the config before validation filled in defaults
     tiling: schema.Tiling = field(init=False)
     amg: schema.AmgParams = field(init=False)
 
@@ -122,8 +123,13 @@ class Plan:
 
     # --- building -------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: dict[str, Any], base: str | Path = ".") -> Plan:
-        """Plan a validated config (defaults filled in). Public datasets are fetched here."""
+    def from_config(cls, config: dict[str, Any], base: str | Path = ".", user_config: dict | None = None) -> Plan:
+        """Plan a validated config (defaults filled in). Public datasets are fetched here.
+
+        `user_config` is the config as written, before validation filled in the schema's
+        defaults: a model card's AIS defaults apply to the keys it does not set. Without it,
+        every `segmentation.ais` key counts as set.
+        """
         datasets = config["datasets"]
         images = {}
         for dataset, cfg in datasets.items():
@@ -152,18 +158,18 @@ class Plan:
             same = "is listed more than once" if entry == first_entry[mid] else f"is the same as {first_entry[mid]!r}"
             log.warning("models: %r %s (%s, id %s): planned once", entry, same, specs[mid], mid)
         config["compare"] = _compare_by_id(config["compare"], config["models"], specs)
-        plan = cls(config, images, models_of, specs, finetuned)
+        plan = cls(config, images, models_of, specs, finetuned, user_config)
         plan._check()
         return plan
 
     def _check(self) -> None:
-        search = self.search_dataset
-        if search is not None:
-            where = "config error in segmentation.amg_search"
+        for method, search in self.search_datasets.items():
+            where = f"config error in segmentation.{method}_search"
             if search not in self.config["datasets"]:
                 raise PlanError(f"{where}: dataset {search!r} is not in datasets")
             if not all(r.labels for r in self.records(search)):
                 raise PlanError(f"{where}: dataset {search!r} needs labels for every image")
+        self._check_methods()
         val = self.config["finetune"]["val_dataset"]
         if val is not None and val not in self.config["datasets"]:
             raise PlanError(f"config error in finetune.val_dataset: {val!r} is not in datasets")
@@ -200,15 +206,70 @@ class Plan:
             for b in range(self.n_blocks(dataset, image))
         ]
 
+    # --- automatic segmentation methods per model ------------------------------------------
+    def has_decoder(self, model: str) -> bool:
+        """Whether a model comes with an instance-segmentation decoder (read without loading it)."""
+        if model in self.finetuned:
+            return False  # finetuning writes a plain SAM state dict
+        return has_decoder(self.specs[model])
+
+    def methods_of(self, model: str) -> list[str]:
+        """The config's methods for one model, `auto` resolved (ais with a decoder, else amg), no repeats."""
+        resolved = []
+        for method in self.config["segmentation"]["methods"]:
+            if method == schema.AUTO_METHOD:
+                method = "ais" if self.has_decoder(model) else "amg"
+            resolved.append(method)
+        return list(dict.fromkeys(resolved))
+
+    def _check_methods(self) -> None:
+        """Every model asked for ais (by name; `auto` never is) must have a decoder."""
+        for model in sorted({m for ms in self.models_of.values() for m in ms}):
+            if "ais" in self.methods_of(model) and not self.has_decoder(model):
+                raise PlanError(
+                    f"config error in segmentation.methods: model {model!r} ({self.specs[model]}) has no "
+                    "instance-segmentation decoder, which ais needs; use amg, or auto (ais where a model has a decoder)"
+                )
+
+    def settings(self, model: str, method: str) -> dict[str, Any]:
+        """`segmentation.<method>` (amg or ais) for one model: the schema's defaults, then the model
+        card's own defaults for the method (a finetuned model: its base's), then the keys the
+        config sets. Without the config as written (`user_config`), every key counts as set.
+        """
+        section = {**schema.defaults("segmentation", method), **self.config["segmentation"].get(method, {})}
+        base = self.finetuned.get(model, (model, None))[0]
+        own = getattr(_card(self.specs.get(base, base)), method, None) or {}
+        if unknown := set(own) - set(section):
+            raise PlanError(f"model card of {base!r}: unknown {method} defaults {sorted(unknown)}")
+        user = (self.user_config or {}).get("segmentation", {}).get(method)
+        set_by_user = set(section) if self.user_config is None else set(user or {})
+        return {**section, **{k: v for k, v in own.items() if k not in set_by_user}}
+
+    def ais_settings(self, model: str) -> dict[str, Any]:
+        return self.settings(model, "ais")
+
+    def segment_config(self, model: str) -> dict[str, Any]:
+        """The config sections a model's segment jobs get (`--config`), AMG and AIS settings resolved for it."""
+        segmentation = {**self.config["segmentation"], **{m: self.settings(model, m) for m in schema.SEGMENTERS}}
+        return {"segmentation": segmentation, "embeddings": self.config["embeddings"]}
+
     # --- which datasets are scored ----------------------------------------------------------
     @property
+    def search_datasets(self) -> dict[str, str]:
+        """method -> its parameter search's validation dataset, for the searches that are on."""
+        seg = self.config["segmentation"]
+        found = {m: seg.get(f"{m}_search", {}).get("dataset") for m in schema.SEGMENTERS}
+        return {m: d for m, d in found.items() if d is not None}
+
+    @property
     def search_dataset(self) -> str | None:
-        return self.config["segmentation"]["amg_search"].get("dataset")
+        """The AMG search's validation dataset."""
+        return self.search_datasets.get("amg")
 
     def is_tuning(self, dataset: str) -> bool:
-        """Datasets that tune (AMG search) or train (finetuning) are not segmented for the table."""
+        """Datasets that tune (a parameter search) or train (finetuning) are not segmented for the table."""
         training = {d for _, d in self.finetuned.values()} | {self.config["finetune"]["val_dataset"]}
-        return dataset == self.search_dataset or dataset in training
+        return dataset in self.search_datasets.values() or dataset in training
 
     def prompt_modes(self, dataset: str) -> list[str]:
         """The dataset's own prompt modes, else the evaluation section's."""
@@ -221,12 +282,11 @@ class Plan:
 
     # --- outputs ----------------------------------------------------------------------------
     def evaluations(self) -> list[str]:
-        methods = self.config["segmentation"]["methods"]
         return [
             f"results/evaluation/{d}/{i}/{m}/{method}.json"
             for d, i in self.scored()
             for m in self.models_of[d]
-            for method in methods + self.prompt_modes(d)
+            for method in self.methods_of(m) + self.prompt_modes(d)
         ]
 
     def qualitative_models(self, dataset: str) -> list[str]:
@@ -238,12 +298,12 @@ class Plan:
     def qualitative_inputs(self, dataset: str) -> dict[str, Any]:
         image = next(i for d, i in self.scored() if d == dataset)
         base = f"{dataset}/{image}"
-        method = self.config["segmentation"]["methods"][0]
         return {
             "image": f"results/images/{base}.ome.zarr",
             "gt": f"results/labels/{base}.ome.zarr",
             "results": [
-                f"results/segmentation/{base}/{m}/{method}/labels.ome.zarr" for m in self.qualitative_models(dataset)
+                f"results/segmentation/{base}/{m}/{self.methods_of(m)[0]}/labels.ome.zarr"
+                for m in self.qualitative_models(dataset)
             ],
         }
 
@@ -253,7 +313,7 @@ class Plan:
             for (d, i) in sorted(self.images)
             if not self.is_tuning(d)
             for m in self.models_of[d]
-            for method in self.config["segmentation"]["methods"]
+            for method in self.methods_of(m)
         ]
         if not self.evaluations():
             return stitched
@@ -265,16 +325,18 @@ class Plan:
             *(f"results/benchmark/qualitative_{d}.png" for d in labelled),
         ]
 
-    # --- the AMG threshold search -----------------------------------------------------------
-    def search_result(self, dataset: str, model: str) -> list[str]:
-        """The validation search's table, which sets the thresholds of every other dataset's AMG."""
-        if self.search_dataset is None or self.is_tuning(dataset):
+    # --- the parameter searches (AMG thresholds, AIS post-processing) -------------------------
+    def search_result(self, dataset: str, model: str, method: str = "amg") -> list[str]:
+        """The method's validation search table, which sets its parameters on every other dataset."""
+        if method not in self.search_datasets or self.is_tuning(dataset):
             return []
-        return [f"results/benchmark/amg_search/{model}.csv"]
+        return [f"results/benchmark/{method}_search/{model}.csv"]
 
-    def search_images(self, model: str) -> list[dict[str, Any]]:
-        """Per validation image: its image, ground truth and embedding stores."""
-        dataset = self.search_dataset
+    def search_images(self, model: str, method: str = "amg") -> list[dict[str, Any]]:
+        """Per validation image of the method's search: its image, ground truth and embedding stores."""
+        dataset = self.search_datasets.get(method)
+        if dataset is None:
+            return []
         return [
             {
                 "image": f"results/images/{dataset}/{r.name}.ome.zarr",
@@ -426,14 +488,24 @@ class Plan:
         """Start-up plus 2 minutes per tile (a GPU needs far less, a CPU about that)."""
         return int((10 + 2 * self.tiling.tiles_per_block) * attempt)
 
-    def mem_mb_segment(self, model: str, attempt: int = 1) -> int:
-        """Model + one batch of candidate masks at window resolution + the kept masks."""
-        masks_mb = 20 * self.amg.points_per_batch * self._window_mpx()
+    def mem_mb_segment(self, model: str, attempt: int = 1, method: str = "amg") -> int:
+        """AMG: model + one batch of candidate masks at window resolution + the kept masks.
+
+        AIS: model + decoder + its activations per tile of a batch (the decoder's last layers run at
+        1024 x 1024 with 64 channels: ~2 GB a tile; a one-tile LiteMedSAM job peaked at 3.4 GB on CPU)
+        + the maps and watershed of one window.
+        """
+        if method == "ais":
+            batch = self.ais_settings(model)["tiles_per_batch"]
+            return int((self.memory(model).load_mb + 500 + 2000 * batch + 200 * self._window_mpx()) * attempt)
+        amg = schema.build(schema.AmgParams, self.settings(model, "amg"))
+        masks_mb = 20 * amg.points_per_batch * self._window_mpx()
         return int((self.memory(model).load_mb + masks_mb + 1000 * self._window_mpx()) * attempt)
 
-    def runtime_segment(self, attempt: int = 1) -> int:
-        """Start-up plus 2 minutes per tile at 32 x 32 points; the point grid sets the cost."""
-        points = (self.amg.points_per_side / 32) ** 2
+    def runtime_segment(self, attempt: int = 1, model: str | None = None) -> int:
+        """Start-up plus 2 minutes per tile at 32 x 32 points; the point grid sets the cost (AIS costs less)."""
+        amg = schema.build(schema.AmgParams, self.settings(model, "amg")) if model else self.amg
+        points = (amg.points_per_side / 32) ** 2
         return int((10 + 2 * self.tiling.tiles_per_block * max(points, 0.25)) * attempt)
 
     def mem_mb_prompts(self, dataset: str, image: str, model: str, attempt: int = 1) -> int:
@@ -463,6 +535,44 @@ class Plan:
 def dataset_key(name: str) -> str:
     """A dataset name as cards and configs may spell it, made comparable: DSB2018 / dsb-2018 -> dsb2018."""
     return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _card(spec: str):
+    """The registry card of a resolved spec, or None for checkpoint files (absolute paths: a '/')."""
+    if "/" in spec:
+        return None
+    from tilesam.models.registry import resolve
+
+    return resolve(spec)
+
+
+_PICKLE_HEAD = 16 * 2**20  # a legacy (non-zip) torch file's pickle, with its dict keys, comes first
+
+
+def has_decoder(spec: str) -> bool:
+    """Whether a registry model or checkpoint file comes with an instance-segmentation decoder.
+
+    Planning needs no torch: a card says so (its decoder file); a `checkpoint+decoder` pair of
+    files has one; a checkpoint file is a training checkpoint with a decoder when its pickle
+    holds the key `decoder_state` (`torch.save` writes dict keys as plain strings, in
+    `<name>/data.pkl` of the zip, or first in a legacy file).
+    """
+    if "/" not in spec:
+        return getattr(_card(spec), "decoder", None) is not None
+    from tilesam.models import fetch
+
+    separator = getattr(fetch, "DECODER_SEPARATOR", None)  # `checkpoint+decoder` specs, where supported
+    if separator and separator in spec and all(Path(p).is_file() for p in spec.split(separator, 1)):
+        return True
+    path = Path(spec)
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            return any(b"decoder_state" in archive.read(n) for n in pickles)
+    with open(path, "rb") as f:
+        return b"decoder_state" in f.read(_PICKLE_HEAD)
 
 
 def _resolve(entry: str, modality: str = "other") -> str:

@@ -7,12 +7,12 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from tilesam.config import PROMPT_MODES
+from tilesam.config import PROMPT_MODES, SEGMENTERS
 from tilesam.device import gpus_for
 from tilesam.plan import CLASSICAL, Plan, PlanError
 
 try:
-    PLAN = Plan.from_config(config)
+    PLAN = Plan.from_config(config, user_config=USER_CONFIG)
 except PlanError as err:
     raise WorkflowError(str(err))
 

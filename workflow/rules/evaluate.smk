@@ -9,7 +9,7 @@ rule evaluate:
     log:
         "logs/evaluate/{dataset}/{image}/{model}/{method}.log",
     wildcard_constraints:
-        method="|".join([*config["segmentation"]["methods"], CLASSICAL]),
+        method="|".join([*SEGMENTERS, CLASSICAL]),
     conda:
         "../envs/tilesam.yaml"
     resources:

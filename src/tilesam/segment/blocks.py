@@ -3,6 +3,20 @@
 Each tile's window (tile + halo) is segmented on its own; the per-tile label
 images are what `tilesam.stitch.tiles` joins into one image. The encoder is never
 run again here: the embeddings come from the block's embedding store.
+
+Two methods: `amg` (SAM's prompt grid, `tilesam.segment.amg`) and `ais` (micro-sam's instance
+decoder: the block's embeddings go through the decoder in batches of `AisParams.batch_size`
+tiles, and each window's three maps are post-processed on their own, `tilesam.segment.ais`).
+
+Why AIS per window and not micro-sam's way: micro-sam pastes each tile's maps into whole-image
+float maps and runs one watershed over them, so its memory grows with the image (three float32
+maps plus labels: ~16 bytes a pixel, 4 GB at 16k x 16k) and nothing is written until the whole
+image is done. Here a block job holds one batch of windows' maps and one window's labels, whatever
+the image size; its labels are stored per tile like AMG's, so the same stitcher joins them (an
+object cut by a tile border is matched across the halo overlap), an interrupted block resumes
+at its first missing tile, and 3D volumes are segmented per section and linked by the stitcher.
+The price: a watershed sees only its window, so an object wider than the halo can be split
+where two windows disagree, as with AMG; the halo should exceed half the largest object.
 """
 
 from __future__ import annotations
@@ -16,41 +30,87 @@ import torch
 from segment_anything.modeling import Sam
 from tqdm import tqdm
 
-from tilesam.config import AmgParams
+from tilesam.config import SEGMENTERS, AisParams, AmgParams
 from tilesam.data import stores
 from tilesam.embed import peak_mem_mb, read_embedding
 from tilesam.segment.amg import generate_masks
 from tilesam.segment.labels import masks_to_labels
 from tilesam.tiling import Tile, TileGrid
 
-METHODS = ("amg",)
+METHODS = SEGMENTERS
 
 
 @torch.no_grad()
 def segment_block(
-    model: Sam,
+    model: Sam | None,
     embeddings: str | Path,
     embedding_provenance: dict,
     grid: TileGrid,
     out: str | Path,
     *,
     method: str = "amg",
-    params: AmgParams | None = None,
+    params: AmgParams | AisParams | None = None,
+    decoder: torch.nn.Module | None = None,
+    decoder_id: dict | None = None,
 ) -> dict:
     """Segment every tile of a block into `<out>` (arrays `t<i>`: window-sized uint32 labels).
 
-    `params.prompt: box` prompts a grid of boxes instead of points (`tilesam.segment.box_amg`),
-    for models trained on box prompts only, such as LiteMedSAM.
+    `amg`: `params` are AmgParams; `prompt: box` prompts a grid of boxes instead of points
+    (`tilesam.segment.box_amg`), for models trained on box prompts only, such as LiteMedSAM.
+    `ais`: `params` are AisParams and `decoder` the model's instance decoder
+    (`tilesam.models.unetr`; `model` is not used); `decoder_id` (e.g. its state's sha256) goes
+    into the provenance, so a store made with another decoder is not resumed.
     """
     if method not in METHODS:
         raise ValueError(f"unknown segmentation method {method!r}; known: {', '.join(METHODS)}")
-    params = params or AmgParams()
+    if method == "ais":
+        if decoder is None:
+            raise ValueError(
+                f"{out}: method ais needs the instance decoder of model {embedding_provenance['model']}, none was given"
+            )
+        params = params or AisParams()
+        if not isinstance(params, AisParams):
+            raise TypeError(f"method ais takes AisParams, got {type(params).__name__}")
+        record = {"params": params.postprocessing(), "decoder": decoder_id}
+    else:
+        params = params or AmgParams()
+        if not isinstance(params, AmgParams):
+            raise TypeError(f"method amg takes AmgParams, got {type(params).__name__}")
+        record = _params_record(params)
     src = stores.open_done(embeddings, "embeddings", embedding_provenance)
     tiles = grid.block(embedding_provenance["block"], embedding_provenance["tiles_per_block"])
-    provenance = {**embedding_provenance, "method": method, **_params_record(params)}
+    provenance = {**embedding_provenance, "method": method, **record}
     root = stores.open_partial(out, "segmentation", provenance, len(tiles))
     done = root["done"][:]
-    for i, tile in enumerate(tqdm(tiles, desc=f"{method} block {provenance['block']}")):
+    if method == "ais":
+        _ais_tiles(decoder, src, tiles, done, root, params, embedding_provenance["img_size"], out)
+    else:
+        _amg_tiles(model, src, tiles, done, root, params, provenance["block"])
+    embed_stats = dict(src.attrs.get("stats", {}))
+    encoder = stores.tile_seconds(src)  # the embedding store may be temporary: its tiles' seconds are kept here
+    stats = {
+        "tiles": len(tiles),
+        "computed": int((~done).sum()),
+        "segment_seconds": float(np.nansum(stores.tile_seconds(root))),
+        "encoder_seconds": embed_stats.get("encoder_seconds"),
+        "encoder_tile_seconds": None if encoder is None else [None if np.isnan(x) else float(x) for x in encoder],
+        "device": str(model.device if method == "amg" else next(decoder.parameters()).device),
+        "peak_mem_mb": max(peak_mem_mb(), embed_stats.get("peak_mem_mb", 0.0)),
+    }
+    root.attrs["stats"] = stats
+    stores.finish(out)
+    return stats
+
+
+def _store_tile(root, i: int, labels: np.ndarray, seconds: float) -> None:
+    """A tile's labels and seconds, then its done flag (so a killed job never marks a tile without data)."""
+    root.create_array(f"t{i}", data=labels.astype(np.uint32), chunks=labels.shape, overwrite=True)
+    root["seconds"][i] = seconds
+    root["done"][i] = True
+
+
+def _amg_tiles(model: Sam, src, tiles: list[Tile], done: np.ndarray, root, params: AmgParams, block: int) -> None:
+    for i, tile in enumerate(tqdm(tiles, desc=f"amg block {block}")):
         if done[i]:
             continue
         t0 = time.perf_counter()
@@ -60,23 +120,60 @@ def segment_block(
             tile.window_shape,
             with_background=params.with_background,
         )
-        root["seconds"][i] = time.perf_counter() - t0
-        root.create_array(f"t{i}", data=labels.astype(np.uint32), chunks=labels.shape, overwrite=True)
-        root["done"][i] = True
-    embed_stats = dict(src.attrs.get("stats", {}))
-    encoder = stores.tile_seconds(src)  # the embedding store may be temporary: its tiles' seconds are kept here
-    stats = {
-        "tiles": len(tiles),
-        "computed": int((~done).sum()),
-        "segment_seconds": float(np.nansum(stores.tile_seconds(root))),
-        "encoder_seconds": embed_stats.get("encoder_seconds"),
-        "encoder_tile_seconds": None if encoder is None else [None if np.isnan(x) else float(x) for x in encoder],
-        "device": str(model.device),
-        "peak_mem_mb": max(peak_mem_mb(), embed_stats.get("peak_mem_mb", 0.0)),
-    }
-    root.attrs["stats"] = stats
-    stores.finish(out)
-    return stats
+        _store_tile(root, i, labels, time.perf_counter() - t0)
+
+
+def ais_batches(tiles: list[Tile], todo: list[int], batch_size: int) -> list[list[int]]:
+    """Runs of at most `batch_size` tiles to compute, each of one window shape (one decoder call)."""
+    batches: list[list[int]] = []
+    for i in todo:
+        if batches and len(batches[-1]) < batch_size and tiles[batches[-1][0]].window_shape == tiles[i].window_shape:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def _ais_tiles(
+    decoder: torch.nn.Module,
+    src,
+    tiles: list[Tile],
+    done: np.ndarray,
+    root,
+    params: AisParams,
+    img_size: int,
+    out: str | Path,
+) -> None:
+    """Decoder maps per batch of windows, then AIS per window; labels stored tile by tile.
+
+    A tile's seconds are its share of its batch's decoder call plus its own post-processing.
+    """
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from tilesam.models.unetr import decode_maps
+    from tilesam.segment.ais import ais_labels
+
+    device = next(decoder.parameters()).device
+    todo = [i for i in range(len(tiles)) if not done[i]]
+    for batch in tqdm(ais_batches(tiles, todo, params.tiles_per_batch), desc=f"ais {Path(out).name}"):
+        t0 = time.perf_counter()
+        window = tuple(int(v) for v in tiles[batch[0]].window_shape)
+        embeddings = torch.cat([read_embedding(src, i) for i in batch]).to(device)
+        input_size = ResizeLongestSide.get_preprocess_shape(*window, img_size)
+        maps = decode_maps(decoder, embeddings, input_size, window, model_size=img_size, batch_size=len(batch))
+        share = (time.perf_counter() - t0) / len(batch)
+        for i, tile_maps in zip(batch, maps):
+            t0 = time.perf_counter()
+            labels = ais_labels(tile_maps, params, source=f"{out} tile {i}")
+            _store_tile(root, i, labels, share + time.perf_counter() - t0)
+
+
+def params_column(segmentation: dict) -> dict:
+    """What the table's `params` column shows for a block store's segmentation record."""
+    if segmentation.get("method") == "ais":
+        return {**segmentation["params"], "decoder": (segmentation.get("decoder") or {}).get("sha256")}
+    extra = {k: segmentation[k] for k in ("prompt", "box_sizes") if k in segmentation}  # AMG's prompt grid
+    return {**segmentation["params"], **extra}
 
 
 def _params_record(params: AmgParams) -> dict:

@@ -1,9 +1,16 @@
-"""The protocol's AMG parameter search: IoU and stability thresholds, best mSA on a validation split.
+"""The protocol's parameter searches, best mSA on a validation split: AMG's and AIS's.
 
-Cheap because every tile is decoded once, at the loosest thresholds of the grid; each setting
-then only filters the stored candidates (`tilesam.segment.amg.filter_candidates`), paints, stitches
-(in memory) and scores. The setting with the best mean mSA over the validation images is the
-one the test split is segmented with.
+AMG (IoU and stability thresholds): cheap because every tile is decoded once, at the loosest
+thresholds of the grid; each setting then only filters the stored candidates
+(`tilesam.segment.amg.filter_candidates`), paints, stitches (in memory) and scores.
+
+AIS (centre and boundary thresholds, distance smoothing, minimum size): the decoder runs once
+per tile; each distance smoothing is applied once per tile, each threshold pair's watershed run
+once per tile and smoothing, and the minimum sizes only filter its result
+(`tilesam.segment.ais`'s steps), then the tiles are stitched and scored.
+
+The setting with the best mean mSA over the validation images is the one the other datasets
+are segmented with.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import torch
 from segment_anything.modeling import Sam
 from tqdm import tqdm
 
-from tilesam.config import AmgParams, SearchGrid, StitchParams
+from tilesam.config import AisParams, AisSearchGrid, AmgParams, SearchGrid, StitchParams
 from tilesam.metrics import segmentation_scores
 from tilesam.segment.amg import decode_candidates, filter_candidates
 from tilesam.segment.labels import masks_to_labels
@@ -34,6 +41,19 @@ def protocol_range(start: float, stop: float, step: float = 0.025) -> list[float
 #: the protocol's grid (micro-sam's: IoU 0.6..0.9 and stability 0.6..0.95 in steps of 0.025), from the schema
 PRED_IOU_GRID = protocol_range(*SearchGrid().pred_iou_thresh)
 STABILITY_GRID = protocol_range(*SearchGrid().stability_score_thresh)
+
+AIS_KEYS = ("center_distance_threshold", "boundary_distance_threshold", "distance_smoothing", "min_size")
+
+
+def ais_grid(grid: AisSearchGrid | None = None) -> dict[str, list]:
+    """The AIS search's values per parameter (micro-sam's protocol by default, from the schema)."""
+    grid = grid or AisSearchGrid()
+    values = {key: protocol_range(*getattr(grid, key)) for key in AIS_KEYS[:3]}
+    values["min_size"] = sorted({int(v) for v in grid.min_size})
+    for key, vals in values.items():
+        if not vals or (key != "min_size" and min(vals) < 0):
+            raise ValueError(f"segmentation.ais_search.{key}: no valid values in {getattr(grid, key)}")
+    return values
 
 
 @dataclass
@@ -85,3 +105,50 @@ def search_amg(
     table = per_image.groupby(["pred_iou_thresh", "stability_score_thresh"], as_index=False)["mSA"].mean()
     # best first; ties go to the stricter setting (fewer, surer masks)
     return table.sort_values(["mSA", "pred_iou_thresh", "stability_score_thresh"], ascending=False, ignore_index=True)
+
+
+def search_ais(
+    decoder: torch.nn.Module,
+    images: list[SearchImage],
+    params: AisParams,
+    img_size: int,
+    *,
+    grid: dict[str, list] | None = None,
+    stitch_params: StitchParams | None = None,
+) -> pd.DataFrame:
+    """mSA (mean over images) of every AIS setting of `grid` (`ais_grid`), best first.
+
+    `params` gives the rest (foreground threshold and smoothing); `img_size` is the model's input side.
+    """
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from tilesam.models.unetr import decode_maps
+    from tilesam.segment.ais import check_maps, foreground_mask, seeded_watershed, size_filter, smooth
+
+    grid = grid or ais_grid()
+    stitch_params = stitch_params or StitchParams()
+    device = next(decoder.parameters()).device
+    rows = []
+    for image in tqdm(images, desc="AIS search"):
+        maps, masks = {}, {}
+        for tile in image.grid.tiles():
+            window = tuple(int(v) for v in tile.window_shape)
+            input_size = ResizeLongestSide.get_preprocess_shape(*window, img_size)
+            with torch.no_grad():
+                embedding = image.embedding_of(tile).to(device)
+                tile_maps = decode_maps(decoder, embedding, input_size, window, model_size=img_size)[0]
+            maps[tile.id] = check_maps(tile_maps, f"{image.name} tile {tile.id}")
+            masks[tile.id] = foreground_mask(maps[tile.id][0], params)
+        for sigma in grid["distance_smoothing"]:
+            smoothed = {t: (smooth(m[1], sigma), smooth(m[2], sigma)) for t, m in maps.items()}
+            for centre in grid["center_distance_threshold"]:
+                for boundary in grid["boundary_distance_threshold"]:
+                    labels = {t: seeded_watershed(c, b, masks[t], centre, boundary) for t, (c, b) in smoothed.items()}
+                    for min_size in grid["min_size"]:
+                        tiles = {t: size_filter(lab, min_size) for t, lab in labels.items()}
+                        msa = segmentation_scores(image.gt, stitch_in_memory(image.grid, tiles, stitch_params)).msa
+                        setting = dict(zip(AIS_KEYS, (centre, boundary, sigma, min_size)))
+                        rows.append({"image": image.name, **setting, "mSA": msa})
+    per_image = pd.DataFrame(rows)
+    table = per_image.groupby(list(AIS_KEYS), as_index=False, sort=False)["mSA"].mean()
+    return table.sort_values("mSA", ascending=False, kind="stable", ignore_index=True)

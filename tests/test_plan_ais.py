@@ -1,0 +1,122 @@
+"""The plan's AIS parts: which method each model gets, the decoder check, per-model AIS settings, the search."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_plan import full_config, labelled_images
+
+from tilesam import config as schema
+from tilesam import plan as plan_module
+from tilesam.models.spec import model_id, resolve_spec
+from tilesam.plan import Plan, PlanError, has_decoder
+
+
+@pytest.fixture
+def decoder_checkpoint(tmp_path):
+    """A training checkpoint with a decoder state (what micro-sam's training writes), and one without."""
+    with_decoder, without = tmp_path / "withdec.pt", tmp_path / "plain.pt"
+    torch.save({"model_state": {"a": torch.zeros(2)}, "decoder_state": {"base.w": torch.zeros(2)}}, with_decoder)
+    torch.save({"image_encoder.x": torch.zeros(2)}, without)
+    return str(with_decoder), str(without)
+
+
+def mid(path: str) -> str:
+    """The plan's id of a checkpoint file."""
+    return model_id(resolve_spec(path))
+
+
+def test_decoders_are_found_without_loading_the_model(decoder_checkpoint):
+    with_decoder, without = decoder_checkpoint
+    assert has_decoder(with_decoder) and not has_decoder(without)
+    assert not has_decoder("lite_medsam")
+
+
+def test_auto_is_ais_with_a_decoder_and_amg_without(decoder_checkpoint):
+    with_decoder, without = decoder_checkpoint
+    plan = Plan.from_config(
+        full_config(models=[with_decoder, without, "lite_medsam"], segmentation={"methods": ["amg", "auto"]})
+    )
+    dec, plain = mid(with_decoder), mid(without)
+    assert plan.methods_of(dec) == ["amg", "ais"]
+    assert plan.methods_of(plain) == plan.methods_of("lite_medsam") == ["amg"]
+    evaluations = plan.evaluations()
+    assert f"results/evaluation/demo/nuclei_small/{dec}/ais.json" in evaluations
+    assert not any(f"/{plain}/ais" in e or "/lite_medsam/ais" in e for e in evaluations)
+    assert len([e for e in evaluations if f"/{dec}/" in e]) == 2 * len([e for e in evaluations if f"/{plain}/" in e])
+    assert f"results/segmentation/demo/nuclei_stack/{dec}/ais/labels.ome.zarr" in plan.all_outputs()
+
+
+def test_ais_for_a_model_without_a_decoder_is_an_error_naming_it(decoder_checkpoint):
+    with_decoder, _ = decoder_checkpoint
+    with pytest.raises(PlanError, match="model 'lite_medsam' .*no instance-segmentation decoder"):
+        Plan.from_config(full_config(models=[with_decoder, "lite_medsam"], segmentation={"methods": ["ais"]}))
+    assert Plan.from_config(full_config(models=[with_decoder], segmentation={"methods": ["ais"]}))
+
+
+def test_a_cards_ais_defaults_apply_unless_the_user_set_the_key(monkeypatch):
+    card = SimpleNamespace(decoder=object(), ais={"center_distance_threshold": 0.4, "min_size": 100})
+    monkeypatch.setattr(plan_module, "_card", lambda spec: card)
+    monkeypatch.setattr(plan_module, "has_decoder", lambda spec: True)
+    defaults = schema.defaults("segmentation", "ais")
+    user = {"datasets": {"demo": {"source": "synthetic"}}, "segmentation": {"ais": {"min_size": 0}}}
+    cfg = full_config(segmentation={"methods": ["ais"], "ais": {**defaults, "min_size": 0}})
+    settings = Plan.from_config(cfg, user_config=user).ais_settings("lite_medsam")
+    assert settings == {**defaults, "center_distance_threshold": 0.4, "min_size": 0}
+    # nothing set by the user: the card's defaults; no user config known: the config as given
+    settings = Plan.from_config(cfg, user_config={"segmentation": {}}).ais_settings("lite_medsam")
+    assert settings["center_distance_threshold"] == 0.4 and settings["min_size"] == 100
+    assert Plan.from_config(cfg).ais_settings("lite_medsam")["center_distance_threshold"] == 0.5
+    # what the segment job is given
+    segment = Plan.from_config(cfg, user_config={}).segment_config("lite_medsam")
+    assert set(segment) == {"segmentation", "embeddings"} and segment["segmentation"]["ais"]["min_size"] == 100
+    assert schema.build(schema.AisParams, segment["segmentation"]["ais"]).center_distance_threshold == 0.4
+
+
+def test_a_cards_unknown_ais_key_is_an_error(monkeypatch):
+    monkeypatch.setattr(plan_module, "_card", lambda spec: SimpleNamespace(ais={"centre": 0.4}))
+    with pytest.raises(PlanError, match="unknown ais defaults"):
+        Plan.from_config(full_config()).ais_settings("lite_medsam")
+
+
+def test_ais_search_is_tuning_and_feeds_only_ais(decoder_checkpoint):
+    with_decoder, _ = decoder_checkpoint
+    cfg = full_config(models=[with_decoder], segmentation={"methods": ["amg", "ais"], "ais_search": {"dataset": "val"}})
+    cfg["datasets"] = {"val": {"source": "synthetic"}, "test": {"source": "synthetic"}}
+    plan, dec = Plan.from_config(cfg), mid(with_decoder)
+    assert plan.is_tuning("val") and not plan.is_tuning("test")
+    assert plan.search_result("test", dec, "ais") == [f"results/benchmark/ais_search/{dec}.csv"]
+    assert plan.search_result("test", dec, "amg") == [] and plan.search_result("val", dec, "ais") == []
+    images = plan.search_images(dec, "ais")
+    assert [i["gt"] for i in images][0] == "results/labels/val/nuclei_large.ome.zarr"
+    assert plan.search_images(dec, "amg") == []
+    with pytest.raises(PlanError, match="ais_search: dataset 'nowhere'"):
+        Plan.from_config(full_config(segmentation={"ais_search": {"dataset": "nowhere"}}))
+
+
+def test_ais_segment_memory_follows_the_decoder_batch(decoder_checkpoint):
+    with_decoder, _ = decoder_checkpoint
+    cfg = full_config(models=[with_decoder], segmentation={"methods": ["ais"]})
+    one = Plan.from_config({**cfg, "segmentation": {**cfg["segmentation"], "ais": {"tiles_per_batch": 1}}})
+    four = Plan.from_config({**cfg, "segmentation": {**cfg["segmentation"], "ais": {"tiles_per_batch": 4}}})
+    dec = mid(with_decoder)
+    assert four.mem_mb_segment(dec, method="ais") - one.mem_mb_segment(dec, method="ais") == 3 * 2000
+    assert abs(one.mem_mb_segment(dec, attempt=2, method="ais") - 2 * one.mem_mb_segment(dec, method="ais")) <= 1
+
+
+def test_a_cards_amg_defaults_apply_to_its_finetuned_models_too(monkeypatch, tmp_path):
+    """A box-only model's card asks for a box grid; the config's own AMG keys still win."""
+    card = SimpleNamespace(decoder=None, amg={"prompt": "box", "points_per_side": 64})
+    monkeypatch.setattr(plan_module, "_card", lambda spec: card)
+    cfg = full_config(models=["lite_medsam", "lite_medsam-ft-train"])
+    cfg["segmentation"]["amg"]["points_per_side"] = 4
+    cfg["datasets"]["train"] = labelled_images(tmp_path, 2)
+    plan = Plan.from_config(cfg, user_config={"segmentation": {"amg": {"points_per_side": 4}}})
+    for model in ("lite_medsam", "lite_medsam-ft-train"):
+        amg = plan.segment_config(model)["segmentation"]["amg"]
+        assert amg["prompt"] == "box" and amg["points_per_side"] == 4
+    unset = Plan.from_config(cfg, user_config={})
+    assert unset.segment_config("lite_medsam")["segmentation"]["amg"]["points_per_side"] == 64
+    assert unset.runtime_segment(model="lite_medsam") > plan.runtime_segment(model="lite_medsam")  # 64 x 64 vs 4 x 4
