@@ -25,9 +25,13 @@ fi
 "$venv/bin/python" -m pip install --quiet "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 "$venv/bin/python" -m pip install --quiet "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" \
     "micro_sam==$MICRO_SAM_VERSION"
+# micro-sam runs vit_t through MobileSAM's `mobile_sam` module, which is not on the package index
+# under its own name; `mobilesam-mirror` packages the same module (no dependencies beyond timm,
+# which micro-sam already pulls in).
+"$venv/bin/python" -m pip install --quiet --no-deps "mobilesam-mirror==1.0.0"
 # The import that vs_microsam.py's driver needs; fails loudly if the environment is broken.
 QT_QPA_PLATFORM=offscreen "$venv/bin/python" -c \
-    "import micro_sam, micro_sam.automatic_segmentation, torch, torchvision; \
+    "import micro_sam, micro_sam.automatic_segmentation, mobile_sam, torch, torchvision; \
 print('micro_sam', micro_sam.__version__, 'torch', torch.__version__, 'torchvision', torchvision.__version__)"
 end=$(date +%s)
 echo "micro-sam environment: $venv"
