@@ -29,6 +29,7 @@ IMAGE = synthetic.SyntheticSpec("a", (96, 120), 6, (9.0, 16.0), seed=2)
 BASE = {
     "datasets": {"d": {"images": "data/images/*.tif", "labels": "data/labels/*.tif"}},
     "models": ["lite_medsam"],
+    "baseline": {"classical": False},  # one model row: what the cases check
     "device": "cpu",
     "segmentation": {
         "tile_shape": [128, 128],
@@ -217,7 +218,9 @@ def test_paths_with_spaces_run_end_to_end(bad_run):
     """A checkpoint path and a dataset glob with spaces reach the last job (the benchmark table, the figure)."""
     workdir, _, _, result = bad_run
     table = pd.read_csv(workdir / "results/benchmark/table.csv")
-    assert len(table) == 1 and table.model[0].startswith("my model") and table.n_images[0] == 1
+    assert len(table) == 1 and table.model[0].startswith(
+        "my_model-"
+    )  # the file stem, made a safe id, plus its path hash and table.n_images[0] == 1
     assert (workdir / "results/benchmark/qualitative_d.png").stat().st_size > 0
     assert "2 names for 1 results" not in result.stdout + result.stderr
 

@@ -33,6 +33,7 @@ PROFILE = REPO / "workflow/profiles/slurm"
 SMALL = {
     "datasets": {"tiny": {"images": "data/images/*.tif", "labels": "data/labels/*.tif"}},
     "models": ["lite_medsam"],
+    "baseline": {"classical": False},  # the scheduler's part is under test, not the baseline
     "device": "cpu",
     "segmentation": {
         "tile_shape": [64, 64],

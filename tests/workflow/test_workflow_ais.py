@@ -33,6 +33,7 @@ def test_amg_and_auto_give_amg_and_ais_rows(tmp_path, request):
     config = {
         "datasets": {"tiny": {"images": "data/images/*.tif", "labels": "data/labels/*.tif"}},
         "models": [str(tmp_path / "withdec.pt")],  # (auto without a decoder: tests/test_plan_ais.py)
+        "baseline": {"classical": False},  # the two model methods are under test
         "device": "cpu",
         "segmentation": {
             "methods": ["amg", "auto"],
