@@ -379,6 +379,21 @@ def prompt_eval(
     return records
 
 
+def _search_images(record: dict, sam, images: list[dict], tiling: Tiling, dtype: str) -> list:
+    """The validation images of a search ({image, gt, embeddings} each), their embeddings read per tile."""
+    from tilesam.data import ome
+    from tilesam.data.datasets import stem
+    from tilesam.interactive.evaluate import block_embeddings
+    from tilesam.segment.search import SearchImage
+
+    searched = []
+    for item in images:
+        tile_grid, prov = _provenance(record, sam, item["image"], tiling, 0, dtype)
+        embedding_of = block_embeddings(item["embeddings"], tiling.tiles_per_block, asdict(prov))
+        searched.append(SearchImage(stem(item["image"]), tile_grid, embedding_of, ome.open_level0(item["gt"])[...]))
+    return searched
+
+
 def amg_search(
     model: str | Path,
     images: list[dict],
@@ -392,18 +407,10 @@ def amg_search(
     device: str,
 ):
     """The protocol's AMG threshold search on validation images ({image, gt, embeddings} each)."""
-    from tilesam.data import ome
-    from tilesam.data.datasets import stem
-    from tilesam.interactive.evaluate import block_embeddings
-    from tilesam.segment.search import SearchImage, protocol_range, search_amg
+    from tilesam.segment.search import protocol_range, search_amg
 
     sam, record = load_record(model, device)
-    searched_images = []
-    for item in images:
-        tile_grid, prov = _provenance(record, sam, item["image"], tiling, 0, dtype)
-        embedding_of = block_embeddings(item["embeddings"], tiling.tiles_per_block, asdict(prov))
-        gt = ome.open_level0(item["gt"])[...]
-        searched_images.append(SearchImage(stem(item["image"]), tile_grid, embedding_of, gt))
+    searched_images = _search_images(record, sam, images, tiling, dtype)
     table = search_amg(
         sam,
         searched_images,
@@ -438,19 +445,11 @@ def ais_search(
     device: str,
 ):
     """The protocol's AIS post-processing search on validation images ({image, gt, embeddings} each)."""
-    from tilesam.data import ome
-    from tilesam.data.datasets import stem
-    from tilesam.interactive.evaluate import block_embeddings
-    from tilesam.segment.search import SearchImage, ais_grid, search_ais
+    from tilesam.segment.search import ais_grid, search_ais
 
     sam, record = load_record(model, device)
     decoder, _ = load_instance_decoder(record, sam.device)
-    searched_images = []
-    for item in images:
-        tile_grid, prov = _provenance(record, sam, item["image"], tiling, 0, dtype)
-        embedding_of = block_embeddings(item["embeddings"], tiling.tiles_per_block, asdict(prov))
-        gt = ome.open_level0(item["gt"])[...]
-        searched_images.append(SearchImage(stem(item["image"]), tile_grid, embedding_of, gt))
+    searched_images = _search_images(record, sam, images, tiling, dtype)
     table = search_ais(
         decoder,
         searched_images,
