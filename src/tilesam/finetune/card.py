@@ -39,7 +39,7 @@ def _write_losses(path: Path, steps: list[dict[str, float]]) -> None:
     """The loss of every optimizer step as a csv."""
     import pandas as pd
 
-    columns = ["iteration", "epoch", "loss", "mask_loss", "iou_loss", "lr"]
+    columns = ["iteration", "epoch", "loss", "mask_loss", "iou_loss", "decoder_loss", "lr"]
     pd.DataFrame(steps, columns=columns).to_csv(path, index=False)
 
 
@@ -56,7 +56,8 @@ def _plot_losses(path: Path, steps: list[dict[str, float]], history: list[EpochR
     trained = [r for r in history if r.train_loss is not None]
     ax.plot([r.iterations for r in trained], [r.train_loss for r in trained], "o-", label="loss per epoch")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("training loss (Dice + IoU MSE)")
+    decoder = any(s.get("decoder_loss") is not None for s in steps)
+    ax.set_ylabel("training loss (Dice + IoU MSE" + (" + decoder)" if decoder else ")"))
     validated = [r for r in history if r.val]
     if validated:
         twin = ax.twinx()
@@ -146,8 +147,13 @@ def write_card(
     val: Sequence[Sample],
     state: TrainingState,
     fingerprint: str,
+    decoder: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The model card: the finetuned model's registry record plus its provenance and training history."""
+    """The model card: the finetuned model's registry record plus its provenance and training history.
+
+    ``decoder``: the instance decoder in the checkpoint (its variant, origin ``base`` or ``fresh``,
+    whether it was trained), None when the checkpoint has none.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -174,6 +180,7 @@ def write_card(
         "iterations": state.iterations,
         "seed": config.seed,
         "trained_parts": list(config.train_parts),
+        "decoder": decoder,
         "config": asdict(config),
         "epochs": [asdict(r) | {"score": r.score} for r in state.history],
         "best_epoch": state.best_epoch,
