@@ -19,12 +19,12 @@ import torch
 from helpers.finetune import TINY, assert_same_weights, run
 from tilesam.config import FinetuneConfig
 from tilesam.finetune.cache import EmbeddingCache, view_embedding
-from tilesam.finetune.card import state_path
+from tilesam.finetune.card import register_finetuned, state_path
 from tilesam.finetune.data import ImageSet, Sample
 from tilesam.finetune.loss import instance_decoder_loss
 from tilesam.finetune.trainer import EpochRecord, start_decoder
 from tilesam.finetune.views import View, frame_targets, view_pixels
-from tilesam.models import load_decoder_state, load_model, read_checkpoint, resolve
+from tilesam.models import load_decoder_state, load_model, model_info, read_checkpoint, resolve
 from tilesam.models.unetr import InstanceDecoder, load_decoder
 
 # 4 x 4 embedding tokens per step (64 x 64 decoder output): a second per step on a CPU
@@ -88,6 +88,13 @@ def test_run_writes_micro_sams_format_with_a_trained_decoder(decoder_run, lite_m
     header = log[0].split(",")
     assert "decoder_loss" in header
     assert all(float(row.split(",")[header.index("decoder_loss")]) > 0 for row in log[1:])
+
+
+def test_the_registered_name_has_the_decoder(decoder_run):
+    card = register_finetuned(decoder_run.card)
+    assert card.decoder is not None and model_info(card.name)["has_decoder"]
+    assert_same_weights(load_decoder_state(card.name), saved(decoder_run.checkpoint)["decoder_state"])
+    assert_same_weights(load_model(card.name, device="cpu").state_dict(), saved(decoder_run.checkpoint)["model_state"])
 
 
 def test_the_decoder_loss_falls_when_it_is_optimised(lite_medsam, data, embeddings):
