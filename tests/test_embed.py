@@ -15,7 +15,15 @@ import zarr
 from segment_anything import SamPredictor
 
 from tilesam.data import io, stores, synthetic
-from tilesam.embed import Provenance, embed_block, encode, normalize, read_embedding
+from tilesam.embed import (
+    Provenance,
+    auto_batch_size,
+    embed_block,
+    encode,
+    host_bytes_per_tile,
+    normalize,
+    read_embedding,
+)
 from tilesam.tiling import TileGrid
 
 TILE, HALO = (128, 128), (16, 16)
@@ -199,3 +207,67 @@ def test_encode_batches_equal_single(lite_medsam):
     both = encode(lite_medsam, imgs)
     for i, img in enumerate(imgs):
         torch.testing.assert_close(encode(lite_medsam, [img])[0], both[i], atol=1e-4, rtol=0)
+
+
+# --- embeddings.batch_size: auto ---------------------------------------------------------------
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_auto_batch_size_is_one_on_cpu():
+    assert auto_batch_size(CPU, tiles_left=16, gpu_bytes_per_tile=1, gpu_bytes_free=10**12) == 1
+
+
+def test_auto_batch_size_on_gpu_fits_free_memory_and_the_job_request():
+    gb = 2**30
+    # 40 GB free, 2 GB a tile: 16 tiles fit in 80% of it; only 10 are left
+    assert auto_batch_size(CUDA, tiles_left=10, gpu_bytes_per_tile=2 * gb, gpu_bytes_free=40 * gb) == 10
+    assert auto_batch_size(CUDA, tiles_left=64, gpu_bytes_per_tile=2 * gb, gpu_bytes_free=40 * gb) == 16
+    # the host side: 1000 MB left of the job's 4000 MB request, 100 MB a tile
+    host = dict(host_bytes_per_tile=100 * 2**20, mem_mb=4000, rss_mb=3000)
+    assert auto_batch_size(CUDA, tiles_left=64, gpu_bytes_per_tile=2 * gb, gpu_bytes_free=40 * gb, **host) == 10
+    # never below 1, even when nothing seems to fit
+    assert auto_batch_size(CUDA, tiles_left=64, gpu_bytes_per_tile=2 * gb, gpu_bytes_free=0) == 1
+    over = dict(host_bytes_per_tile=2**20, mem_mb=100, rss_mb=500)  # the process is already past its request
+    assert auto_batch_size(CUDA, tiles_left=64, gpu_bytes_per_tile=gb, gpu_bytes_free=40 * gb, **over) == 1
+    # no measurement: no batching
+    assert auto_batch_size(CUDA, tiles_left=64) == 1
+
+
+def test_host_bytes_per_tile_counts_window_copy_and_embeddings():
+    # 640 x 640 uint16 window: 2 bytes + 3 (uint8 RGB) per pixel, two float32 embeddings, twice (read-ahead)
+    assert host_bytes_per_tile((640, 640), 1, 2) == 2 * (640 * 640 * 5 + 2 * 256 * 64 * 64 * 4)
+
+
+def test_auto_embeds_one_tile_at_a_time_on_cpu(lite_medsam, image, tmp_path):
+    info = io.read_info(image)
+    grid = TileGrid(info.shape, TILE, HALO)
+    prov = _prov(lite_medsam, image, grid)
+    stats = embed_block(lite_medsam, prov, image, grid, tmp_path / "b.zarr", batch_size="auto", mem_mb=4000)
+    assert stats["batch_sizes"] == [1] and stats["computed"] == 4
+    explicit = embed_block(lite_medsam, prov, image, grid, tmp_path / "c.zarr", batch_size=3)
+    assert explicit["batch_sizes"] == [1, 3]
+    a = stores.open_done(tmp_path / "b.zarr", "embeddings", asdict(prov))
+    b = stores.open_done(tmp_path / "c.zarr", "embeddings", asdict(prov))
+    np.testing.assert_allclose(a["embeddings"][...], b["embeddings"][...], atol=1e-4)
+
+
+def test_batch_size_setting_accepts_auto_and_positive_integers():
+    from tilesam import config
+
+    assert config.EmbedParams().batch_size == "auto"
+    assert config.build(config.EmbedParams, {"batch_size": 4}).batch_size == 4
+    assert config.EmbedParams(batch_size="2").batch_size == 2  # as a command-line flag gives it
+    for bad in (0, -1, "many", 1.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            config.EmbedParams(batch_size=bad)
+
+
+def test_embed_command_passes_memory_and_threads(monkeypatch):
+    from tilesam import cli, jobs
+
+    seen = {}
+    monkeypatch.setattr(jobs, "embed", lambda *a, **kw: seen.update(kw))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.update(threads=n))
+    argv = ["embed", "--image", "i", "--model", "m", "--block", "0", "--out", "o", "--threads", "3"]
+    assert cli.main([*argv, "--mem-mb", "6000", "--batch-size", "auto"]) == 0
+    assert seen["mem_mb"] == 6000 and seen["threads"] == 3 and seen["params"].batch_size == "auto"

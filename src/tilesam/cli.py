@@ -129,7 +129,16 @@ def cmd_embed(args) -> None:
     from tilesam import jobs
 
     tiling, params = _settings(args, schema.Tiling), _settings(args, schema.EmbedParams)
-    jobs.embed(args.image, args.model, args.block, args.out, tiling=tiling, params=params, device=args.device)
+    jobs.embed(
+        args.image,
+        args.model,
+        args.block,
+        args.out,
+        tiling=tiling,
+        params=params,
+        device=args.device,
+        mem_mb=args.mem_mb,
+    )
 
 
 def cmd_segment(args) -> None:
@@ -297,7 +306,10 @@ COMMANDS: dict[str, Command] = {
                              CONFIG), TILES),
     "import-labels": Command(cmd_import_labels, "ground-truth labels -> OME-Zarr, checked against the image",
                              (arg("src"), arg("dst"), arg("--image", required=True), arg("--key"))),
-    "embed": Command(cmd_embed, "embed the tiles of one block", (IMAGE, MODEL, BLOCK, OUT, CONFIG), MODEL_JOB, True),
+    "embed": Command(cmd_embed, "embed the tiles of one block",
+                     (IMAGE, MODEL, BLOCK, OUT, CONFIG,
+                      arg("--mem-mb", type=float, help="the job's memory request: batch_size auto stays within it")),
+                     MODEL_JOB, True),
     "segment": Command(cmd_segment, "automatic segmentation of one block from its embeddings",
                        (IMAGE, MODEL, BLOCK, arg("--embeddings", required=True),
                         arg("--method", default="amg", choices=schema.SEGMENTERS),

@@ -138,11 +138,19 @@ class Tiling:
 @dataclass(frozen=True)
 @from_schema("embeddings", workflow_keys=("keep_embeddings",))
 class EmbedParams:
-    """How tiles are embedded: storage dtype, encoder arithmetic, tiles per encoder batch."""
+    """How tiles are embedded: storage dtype, encoder arithmetic, tiles per encoder batch (or auto)."""
 
     dtype: str
     precision: str
-    batch_size: int
+    batch_size: int | str  # a positive number or "auto" (tilesam.embed.auto_batch_size)
+
+    def __post_init__(self) -> None:
+        size = self.batch_size
+        if isinstance(size, str) and size.strip().isdigit():  # a command-line flag gives a string
+            size = int(size)
+        if size != "auto" and not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
+            raise ValueError(f"embeddings.batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
+        object.__setattr__(self, "batch_size", size)
 
 
 @dataclass

@@ -77,6 +77,58 @@ def encode(model: Sam, batch: list[np.ndarray], precision: str = "float32") -> t
         return model.image_encoder(x).float()
 
 
+AUTO = "auto"
+#: Host bytes per tile of a batch besides the window itself: its float32 embedding (256 x 64 x 64)
+#: as the encoder returns it and as stored (a cast copy).
+_EMBEDDING_BYTES = 2 * 256 * 64 * 64 * 4
+#: Share of the GPU memory left free after the first tile that a batch may take (the rest is slack
+#: for the allocator's fragmentation and cuDNN workspaces).
+_GPU_SHARE = 0.8
+
+
+def host_bytes_per_tile(window_shape: tuple[int, int], channels: int, itemsize: int) -> int:
+    """Host memory one tile of a batch holds on a GPU job: the read window, its uint8 RGB copy, embeddings.
+
+    Twice, since the next batch is read while the encoder runs on the current one.
+    """
+    pixels = int(window_shape[0]) * int(window_shape[1])
+    return 2 * (pixels * (max(channels, 1) * itemsize + 3) + _EMBEDDING_BYTES)
+
+
+def auto_batch_size(
+    device: torch.device,
+    *,
+    tiles_left: int,
+    gpu_bytes_per_tile: int | None = None,
+    gpu_bytes_free: int | None = None,
+    host_bytes_per_tile: int = 0,
+    mem_mb: float | None = None,
+    rss_mb: float = 0.0,
+) -> int:
+    """Tiles per encoder batch for `embeddings.batch_size: auto`.
+
+    On a CPU a batch buys no speed (the encoder's matrix products already use every thread) and
+    costs about 2.5 GB per vit_b tile, so 1. On a GPU the largest batch whose activations
+    (``gpu_bytes_per_tile``, measured on the first tile) fit in ``_GPU_SHARE`` of the free GPU
+    memory, and whose host buffers fit in what is left of the job's memory request (``mem_mb``,
+    minus the process's resident memory ``rss_mb``); never more than the tiles left, never below 1.
+    """
+    if device.type != "cuda" or not gpu_bytes_per_tile or gpu_bytes_free is None:
+        return 1
+    fit = int(_GPU_SHARE * gpu_bytes_free // max(gpu_bytes_per_tile, 1))
+    if mem_mb is not None and host_bytes_per_tile > 0:
+        fit = min(fit, int(max(mem_mb - rss_mb, 0.0) * 2**20 // host_bytes_per_tile))
+    return max(1, min(fit, tiles_left))
+
+
+def _gpu_probe(model: Sam) -> tuple[int, int]:
+    """(activation bytes of the batch just run, free bytes now incl. what torch's cache holds but does not use)."""
+    peak = torch.cuda.max_memory_allocated(model.device) - torch.cuda.memory_allocated(model.device)
+    free, _ = torch.cuda.mem_get_info(model.device)
+    cached = torch.cuda.memory_reserved(model.device) - torch.cuda.memory_allocated(model.device)
+    return int(peak), int(free + cached)
+
+
 def embed_block(
     model: Sam,
     prov: Provenance,
@@ -84,14 +136,17 @@ def embed_block(
     grid: TileGrid,
     out: str | Path,
     *,
-    batch_size: int = 4,
+    batch_size: int | str = AUTO,
     precision: str = "float32",
+    mem_mb: float | None = None,
 ) -> dict:
     """Embed the tiles of block `prov.block` into `out`, resuming a partial store; returns timing stats.
 
     Each tile's encoder seconds (its batch's, shared equally) are stored with it, so the stats
     of a resumed block count every tile, not only those of the last job. The next batch of
-    windows is read in a background thread while the encoder runs on the current one.
+    windows is read in a background thread while the encoder runs on the current one. ``batch_size: auto`` is 1 on a CPU; on a GPU the first tile runs alone, its
+    measured activation memory sets the batch for the rest (`auto_batch_size`), within the job's
+    memory request ``mem_mb`` where given.
     """
     info = io.read_info(image_path)
     image = zarr.open_array(str(Path(image_path) / "0"), mode="r")
@@ -110,23 +165,47 @@ def embed_block(
             normalize(io.read_window(image, tiles[i].window_slices(), info.channels), info.intensity_range) for i in idx
         ]
 
-    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    auto = batch_size == AUTO
+    size = 1 if auto else int(batch_size)
+    if size < 1:
+        raise ValueError(f"batch_size must be at least 1 or {AUTO!r}, got {batch_size!r}")
+    cuda = model.device.type == "cuda"
+    start, sizes = 0, []
     with (
         ThreadPoolExecutor(max_workers=1) as reader,
         tqdm(total=len(tiles), initial=len(tiles) - len(todo), desc=f"embed block {prov.block}") as bar,
     ):
-        pending = reader.submit(load, batches[0]) if batches else None
-        for k, idx in enumerate(batches):
+        idx = todo[:size]
+        pending = reader.submit(load, idx) if idx else None
+        while idx:
             windows = pending.result()
-            pending = reader.submit(load, batches[k + 1]) if k + 1 < len(batches) else None
+            if auto and cuda and start == 0:
+                torch.cuda.reset_peak_memory_stats(model.device)
             t0 = time.perf_counter()
             emb = encode(model, windows, precision).cpu().numpy()
-            per_tile = (time.perf_counter() - t0) / len(idx)  # one encoder pass: its tiles share it
-            for j, i in enumerate(idx):
+            per_tile_seconds = (time.perf_counter() - t0) / len(idx)  # one encoder pass: its tiles share it
+            sizes.append(len(idx))
+            if auto and cuda and start == 0:
+                per_tile, free = _gpu_probe(model)
+                window = tiles[idx[0]].window_shape
+                size = auto_batch_size(
+                    model.device,
+                    tiles_left=len(todo) - len(idx),
+                    gpu_bytes_per_tile=per_tile,
+                    gpu_bytes_free=free,
+                    host_bytes_per_tile=host_bytes_per_tile(window, info.channels, image.dtype.itemsize),
+                    mem_mb=mem_mb,
+                    rss_mb=peak_mem_mb(),
+                )
+                log.info("batch_size auto: %d (%.0f MB of GPU activations per tile)", size, per_tile / 2**20)
+            finished, start = idx, start + len(idx)
+            idx = todo[start : start + size]
+            pending = reader.submit(load, idx) if idx else None
+            for j, i in enumerate(finished):
                 root["embeddings"][i] = emb[j].astype(dtype)
-                root["seconds"][i] = per_tile
+                root["seconds"][i] = per_tile_seconds
                 root["done"][i] = True  # written after the embedding: a killed job never marks a tile done early
-            bar.update(len(idx))
+            bar.update(len(finished))
     seconds = stores.tile_seconds(root)
     stats = {
         "tiles": len(tiles),
@@ -134,6 +213,7 @@ def embed_block(
         "encoder_seconds": float(np.nansum(seconds)),  # every tile's, this job's and any earlier job's
         "timed_tiles": int(np.isfinite(seconds).sum()),
         "device": str(model.device),
+        "batch_sizes": sorted(set(sizes)),
         "peak_mem_mb": peak_mem_mb(),
     }
     root.attrs["stats"] = stats

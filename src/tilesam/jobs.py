@@ -224,13 +224,19 @@ def embed(
     tiling: Tiling,
     params: EmbedParams,
     device: str,
+    mem_mb: float | None = None,
 ) -> dict:
-    """Image-encoder embeddings of one block of tiles (resumes an interrupted block)."""
+    """Image-encoder embeddings of one block of tiles (resumes an interrupted block).
+
+    ``mem_mb`` is the job's memory request: ``batch_size: auto`` stays within it.
+    """
     from tilesam.embed import embed_block
 
     sam, record = load_record(model, device)
     grid, prov = _provenance(record, sam, image, tiling, block, params.dtype)
-    stats = embed_block(sam, prov, image, grid, out, batch_size=params.batch_size, precision=params.precision)
+    stats = embed_block(
+        sam, prov, image, grid, out, batch_size=params.batch_size, precision=params.precision, mem_mb=mem_mb
+    )
     log.info("embedded block %d: %s (%s)", block, stats, prov.model)
     return stats
 

@@ -483,6 +483,7 @@ class Plan:
         memory = self.memory(model)
         block_mpx = self.tiling.tiles_per_block * self._window_mpx()
         batch = self.config["embeddings"]["batch_size"]
+        batch = 1 if batch == "auto" else int(batch)  # auto: 1 on a CPU; a GPU batch lives in GPU memory
         return int((memory.load_mb + memory.per_tile_mb * batch + 50 * block_mpx) * attempt)
 
     def runtime_embed(self, attempt: int = 1) -> int:

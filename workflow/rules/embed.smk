@@ -25,4 +25,5 @@ rule embed:
         device=config["device"],
     shell:
         "tilesam embed --image {input.image:q} --model {input.model:q} --block {wildcards.block} "
-        "--config {params.config:q} --device {params.device:q} --threads {threads} --out {output:q} 2> {log:q}"
+        "--config {params.config:q} --device {params.device:q} --threads {threads} --mem-mb {resources.mem_mb} "
+        "--out {output:q} 2> {log:q}"

@@ -27,7 +27,7 @@ from segment_anything.modeling import Sam
 from tilesam.config import AmgParams
 from tilesam.segment.masks import MaskSet, masks_to_boxes, passes_threshold
 
-__all__ = ["Geometry", "binarise_and_score", "decode_point_batch", "model_dtype"]
+__all__ = ["Geometry", "binarise_and_score", "decode_point_batch", "decode_prompt_tokens", "model_dtype"]
 
 # Bytes of float32 upscaling intermediates allowed per chunk (the largest is one
 # img_size x img_size plane per mask); SAM itself holds points_per_batch * 3 planes at once.
@@ -113,33 +113,50 @@ def _run_transformer(
     return transformer.norm_final_attn(queries + attn_out), keys
 
 
+def decode_prompt_tokens(
+    model: Sam, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two-way transformer and IoU head for a batch of encoded prompts (``model.prompt_encoder``'s output).
+
+    Returns the IoU predictions of every mask token (B, n_mask_tokens), the mask tokens
+    (B, n_mask_tokens, C) and the updated image tokens (B, h*w, C): what
+    ``MaskDecoder.predict_masks`` computes before its mask head. Index 0 is the single-mask
+    output (SAM's answer to a box), 1: the multimask outputs.
+    """
+    decoder = model.mask_decoder
+    n = sparse.shape[0]
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
+    # Without a mask prompt the dense embedding is one learned vector, the same for every prompt.
+    image = embedding + dense[:1]
+    hs, image_tokens = _run_transformer(decoder.transformer, image, model.prompt_encoder.get_dense_pe(), tokens)
+    iou_preds = decoder.iou_prediction_head(hs[:, 0, :])
+    mask_tokens = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
+    return iou_preds, mask_tokens, image_tokens
+
+
 def decode_tokens(
     model: Sam, embedding: torch.Tensor, coords: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prompt encoder + two-way transformer for single positive points (B of them).
 
     Returns the multimask IoU predictions (B, 3), mask tokens (B, n_mask_tokens, C) and the
-    updated image tokens (B, h*w, C): what ``MaskDecoder.predict_masks`` computes before
-    its mask head.
+    updated image tokens (B, h*w, C).
     """
-    decoder = model.mask_decoder
     labels = torch.ones((coords.shape[0], 1), dtype=torch.int, device=coords.device)
     sparse, dense = model.prompt_encoder(points=(coords[:, None, :], labels), boxes=None, masks=None)
-    n = sparse.shape[0]
-    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
-    # Without a mask prompt the dense embedding is one learned vector, the same for every point.
-    image = embedding + dense[:1]
-    hs, image_tokens = _run_transformer(decoder.transformer, image, model.prompt_encoder.get_dense_pe(), tokens)
-    iou_preds = decoder.iou_prediction_head(hs[:, 0, :])[:, 1:]
-    mask_tokens = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
-    return iou_preds, mask_tokens, image_tokens
+    iou_preds, mask_tokens, image_tokens = decode_prompt_tokens(model, embedding, sparse, dense)
+    return iou_preds[:, 1:], mask_tokens, image_tokens
 
 
 def decode_mask_logits(
-    model: Sam, mask_tokens: torch.Tensor, image_tokens: torch.Tensor, grid_hw: tuple[int, int]
+    model: Sam,
+    mask_tokens: torch.Tensor,
+    image_tokens: torch.Tensor,
+    grid_hw: tuple[int, int],
+    multimask: bool = True,
 ) -> torch.Tensor:
-    """Mask head of ``MaskDecoder.predict_masks``: low-res multimask logits (B, 3, 256, 256)."""
+    """Mask head of ``MaskDecoder.predict_masks``: low-res logits (B, 3, 256, 256), or (B, 1, ...) single-mask."""
     decoder = model.mask_decoder
     b, _, c = image_tokens.shape
     image = image_tokens.transpose(1, 2).view(b, c, *grid_hw)
@@ -150,7 +167,7 @@ def decode_mask_logits(
     )
     b, c, h, w = upscaled.shape
     logits = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
-    return logits[:, 1:]
+    return logits[:, 1:] if multimask else logits[:, :1]
 
 
 def binarise_and_score(

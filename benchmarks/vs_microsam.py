@@ -1,0 +1,346 @@
+"""tilesam against micro-sam's tiled automatic segmentation: same image, checkpoint, tiling and AMG settings.
+
+For every size x model x method:
+
+* micro-sam (1.8.14, in its own venv made by `benchmarks/setup_microsam.sh`): its tiled path as
+  its users call it, one stage at a time (`benchmarks/microsam_driver.py`, a subprocess):
+  embedding (`precompute_image_embeddings` with tile_shape/halo), segmentation
+  (`segmenter.initialize`: the decoder over each tile), merging (`segmenter.generate`: filtering,
+  NMS across tiles, one label image); wall, CPU time and peak memory of each.
+* tilesam: the workflow, `snakemake --cores N` with a config this script writes (same
+  checkpoint, tile + halo, AMG settings, device cpu), one run folder per case; each job's wall,
+  CPU time and max_rss come from Snakemake's benchmark files (`logs/benchmarks/<rule>/...`):
+  embedding = the embed jobs, segmentation = the segment jobs, merging = stitch (summed over jobs;
+  peak = the largest job). Total is the whole snakemake run's wall time (including imports,
+  model checks, process starts), and for micro-sam the whole driver process's.
+
+Inputs (made once under `--work`): synthetic nuclei images (tilesam.data.synthetic), uint8
+stretched to 0..255 so that neither tool rescales them differently; random-weight checkpoints
+(seed 0) `vit_b` (segment_anything's builder) and `vit_t` (tilesam's MobileSAM builder; micro-sam
+runs vit_t through the `mobile_sam` package, which the setup script installs); or any checkpoint
+as `--models NAME=PATH` (architecture `vit_b`/`vit_l`/`vit_h`/`vit_t` from NAME's start).
+
+Agreement: the number of instances of each, and (where the checkpoint is real, `--iou`) the
+mean matched IoU of tilesam's instances against micro-sam's (tilesam.metrics; msa and F1 at 0.5).
+Random weights predict IoUs far below micro-sam's default pred_iou_thresh (0.88), so both
+then find no instances and the comparison is one of cost only.
+
+AIS (`--methods ais`) needs a checkpoint with a decoder (`{"model_state", "decoder_state"}`) for
+micro-sam and a tilesam that lists `ais` among `segmentation.methods`; a case that lacks either is
+reported as skipped, with the reason.
+
+    benchmarks/setup_microsam.sh                     # once: benchmarks/.venv-microsam
+    python benchmarks/vs_microsam.py --sizes 1024 --models vit_b --points-per-side 4   # smoke test
+    python benchmarks/vs_microsam.py --sizes 1024 4096 --models vit_b vit_t --points-per-side 16
+
+Writes `<out>/vs_microsam.csv` and `.md` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+import yaml
+from _common import OUT, REPO
+
+from tilesam.data.synthetic import SyntheticSpec, make_labels, render
+
+STAGES = ("embedding", "segmentation", "merging", "total")
+TILESAM_RULES = {"embedding": "embed", "segmentation": "segment", "merging": "stitch"}
+DENSITY = 48 / (512 * 640)  # nuclei per pixel, as in the demo's large image
+DEFAULT_VENV = Path(os.environ.get("TILESAM_MICROSAM_VENV", REPO / "benchmarks" / ".venv-microsam"))
+
+
+@dataclass
+class Measure:
+    wall_s: float = float("nan")
+    cpu_s: float = float("nan")
+    peak_mb: float = float("nan")
+
+
+@dataclass
+class Result:
+    tool: str
+    stages: dict[str, Measure] = field(default_factory=dict)
+    n_instances: int = -1
+    labels: np.ndarray | None = None
+    skipped: str = ""
+
+
+def make_image(path: Path, size: int, seed: int = 7) -> Path:
+    """Synthetic nuclei, size x size, uint8 stretched to 0..255 (both tools then see the same pixels)."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = make_labels(SyntheticSpec("vs", (size, size), max(1, int(DENSITY * size * size)), (9.0, 22.0), seed))
+    image = render(labels, seed).astype(np.float32)
+    image = np.round((image - image.min()) * (255.0 / max(float(image.max() - image.min()), 1.0))).astype(np.uint8)
+    tifffile.imwrite(path, image, tile=(256, 256), compression="zlib")
+    return path
+
+
+def make_checkpoint(path: Path, architecture: str) -> Path:
+    """A random-weight (seed 0) SAM state dict, as torch.save writes it; loadable by both tools."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    if architecture == "vit_t":
+        from tilesam.models.load import build_sam
+
+        sam = build_sam("vit_t")
+    else:
+        import segment_anything
+
+        sam = getattr(segment_anything, f"build_sam_{architecture}")(None)
+    torch.save(sam.state_dict(), path)
+    return path
+
+
+def parse_models(entries: list[str], work: Path) -> dict[str, tuple[str, Path]]:
+    """name -> (micro-sam model_type, checkpoint); bare vit_b / vit_t are made with random weights."""
+    models = {}
+    for entry in entries:
+        if "=" in entry:
+            name, path = entry.split("=", 1)
+            models[name] = (name[:5], Path(path).resolve())
+        elif entry in ("vit_b", "vit_t", "vit_l", "vit_h"):
+            models[entry] = (entry, make_checkpoint(work / "checkpoints" / f"{entry}_random.pt", entry))
+        else:
+            raise SystemExit(f"--models: {entry!r} is neither vit_b/vit_t/vit_l/vit_h nor NAME=PATH")
+    return models
+
+
+def run_microsam(args, image: Path, model_type: str, checkpoint: Path, method: str, out: Path) -> Result:
+    """The driver in micro-sam's venv; its per-stage JSON, plus the whole process's wall time."""
+    python = args.microsam_venv / "bin" / "python"
+    if not python.exists():
+        return Result(
+            "micro-sam", skipped=f"no micro-sam venv at {args.microsam_venv}: run benchmarks/setup_microsam.sh"
+        )
+    if method == "ais":
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if not (isinstance(state, dict) and "decoder_state" in state):
+            return Result("micro-sam", skipped="AIS needs a checkpoint with a decoder_state")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    generate = {
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_score_thresh,
+        "box_nms_thresh": args.box_nms_thresh,
+        "with_background": True,
+    }
+    command = [
+        str(python),
+        str(REPO / "benchmarks" / "microsam_driver.py"),
+        "--image", str(image), "--checkpoint", str(checkpoint), "--model-type", model_type, "--mode", method,
+        "--tile", *map(str, args.tile), "--halo", *map(str, args.halo),
+        "--points-per-side", str(args.points_per_side), "--points-per-batch", str(args.points_per_batch),
+        "--threads", str(args.cores), "--out", str(out),
+        *(["--generate", json.dumps(generate)] if method == "amg" else []),
+    ]  # fmt: skip
+    wall = time.perf_counter()
+    with out.with_suffix(".log").open("w") as log:
+        rc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - wall
+    if rc:
+        return Result("micro-sam", skipped=f"driver failed ({rc}), see {out.with_suffix('.log')}")
+    record = json.loads(out.read_text())
+    stages = {r["stage"]: Measure(r["wall_s"], r["cpu_s"], r["peak_mb"]) for r in record["stages"]}
+    # resetting the high-water mark per stage resets ru_maxrss too: the run's peak is the stages' largest
+    stages["total"] = Measure(wall, record["cpu_s"], max(r["peak_mb"] for r in record["stages"]))
+    return Result("micro-sam", stages, record["n_instances"], np.load(out.with_suffix(".npy")))
+
+
+def tilesam_config(args, model: str, checkpoint: Path, method: str) -> dict:
+    return {
+        "datasets": {"vs": {"images": "data/*.tif", "ndim": 2}},
+        "models": [str(checkpoint)],
+        "device": "cpu",
+        "offline": True,
+        "segmentation": {
+            "methods": [method],
+            "tile_shape": list(args.tile),
+            "halo": list(args.halo),
+            "tiles_per_block": args.tiles_per_block,
+            "amg": {
+                "points_per_side": args.points_per_side,
+                "points_per_batch": args.points_per_batch,
+                "pred_iou_thresh": args.pred_iou_thresh,
+                "stability_score_thresh": args.stability_score_thresh,
+                "box_nms_thresh": args.box_nms_thresh,
+                "with_background": True,
+            },
+        },
+        "embeddings": {"keep_embeddings": False, **({"batch_size": args.batch_size} if args.batch_size else {})},
+    }
+
+
+def read_benchmarks(work: Path) -> dict[str, list[dict]]:
+    """Snakemake's benchmark rows per rule: s, max_rss (MB) and cpu_time of each job."""
+    rules: dict[str, list[dict]] = {}
+    root = work / "logs" / "benchmarks"
+    for path in sorted(root.rglob("*.tsv")):
+        rule = path.relative_to(root).parts[0]
+        with path.open() as handle:
+            for rec in csv.DictReader(handle, delimiter="\t"):
+                rss = float(rec["max_rss"]) if rec["max_rss"] not in ("NA", "-") else float("nan")
+                rules.setdefault(rule, []).append({"s": float(rec["s"]), "max_rss": rss, "cpu": float(rec["cpu_time"])})
+    return rules
+
+
+def run_tilesam(args, image: Path, model: str, checkpoint: Path, method: str, work: Path) -> Result:
+    """The workflow in a fresh run folder; stage costs from the jobs' benchmark files."""
+    from tilesam import config as schema
+
+    if method not in schema.METHODS:
+        return Result("tilesam", skipped=f"tilesam has no segmentation method {method!r} (known: {schema.METHODS})")
+    data = work / "data" / image.name
+    data.parent.mkdir(parents=True, exist_ok=True)
+    if not data.exists():
+        data.symlink_to(image)
+    config = tilesam_config(args, model, checkpoint, method)
+    (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    target = f"results/segmentation/vs/{image.stem}/{checkpoint.stem}/{method}/labels.ome.zarr"
+    snakemake = Path(sys.executable).with_name("snakemake")
+    command = [
+        str(snakemake if snakemake.exists() else "snakemake"),
+        "-s", str(REPO / "Snakefile"), "--directory", str(work), "--configfile", str(work / "config.yaml"),
+        "--cores", str(args.cores), "--forceall", target,
+    ]  # fmt: skip
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    wall, children = time.perf_counter(), os.times()
+    with (work / "snakemake.log").open("w") as log:
+        rc = subprocess.run(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall, after = time.perf_counter() - wall, os.times()
+    if rc:
+        return Result("tilesam", skipped=f"snakemake failed ({rc}), see {work / 'snakemake.log'}")
+    rules = read_benchmarks(work)
+    stages = {}
+    for stage, rule in TILESAM_RULES.items():
+        jobs = rules.get(rule, [])
+        stages[stage] = Measure(
+            sum(j["s"] for j in jobs), sum(j["cpu"] for j in jobs), max((j["max_rss"] for j in jobs), default=np.nan)
+        )
+    cpu_total = (after.children_user + after.children_system) - (children.children_user + children.children_system)
+    peak = max((j["max_rss"] for jobs in rules.values() for j in jobs), default=np.nan)
+    stages["total"] = Measure(wall, cpu_total, peak)
+    from tilesam.data import ome
+
+    labels = np.asarray(ome.open_level0(work / target)[...])
+    return Result("tilesam", stages, int(len(np.unique(labels[labels > 0]))), labels)
+
+
+def agreement(ours: Result, theirs: Result, with_iou: bool) -> str:
+    """Instance counts, and for real weights tilesam's scores with micro-sam's labels as reference."""
+    text = f"{theirs.n_instances} / {ours.n_instances}"
+    if with_iou and ours.labels is not None and theirs.labels is not None:
+        from tilesam.metrics import segmentation_scores
+
+        scores = segmentation_scores(theirs.labels, ours.labels, relabel=False)
+        text += f" (mSA {scores.msa:.3f}, F1@0.5 {scores.f1:.3f})"
+    return text
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 and np.isfinite(a) and np.isfinite(b) else "-"
+
+
+def rows_for(size: int, model: str, method: str, ms: Result, ts: Result, agree: str) -> list[dict]:
+    rows = []
+    for stage in STAGES:
+        m, t = ms.stages.get(stage, Measure()), ts.stages.get(stage, Measure())
+        rows.append(
+            {
+                "size": size, "model": model, "method": method, "stage": stage,
+                "microsam_wall_s": round(m.wall_s, 2), "tilesam_wall_s": round(t.wall_s, 2),
+                "speedup_wall": ratio(m.wall_s, t.wall_s),
+                "microsam_cpu_s": round(m.cpu_s, 2), "tilesam_cpu_s": round(t.cpu_s, 2),
+                "speedup_cpu": ratio(m.cpu_s, t.cpu_s),
+                "microsam_peak_mb": round(m.peak_mb), "tilesam_peak_mb": round(t.peak_mb),
+                "instances_microsam_tilesam": agree if stage == "total" else "",
+                "skipped": "; ".join(f"{r.tool}: {r.skipped}" for r in (ms, ts) if r.skipped),
+            }
+        )  # fmt: skip
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(str(r[k]) for k in head) + " |" for r in rows])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--models", nargs="+", default=["vit_b", "vit_t"], help="vit_b, vit_t (random) or NAME=PATH")
+    parser.add_argument("--methods", default="amg", help="comma-separated: amg,ais")
+    parser.add_argument("--points-per-side", type=int, default=16)
+    parser.add_argument("--points-per-batch", type=int, default=64)
+    parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    parser.add_argument("--stability-score-thresh", type=float, default=0.95)
+    parser.add_argument("--box-nms-thresh", type=float, default=0.7)
+    parser.add_argument("--tile", type=int, nargs=2, default=[512, 512])
+    parser.add_argument("--halo", type=int, nargs=2, default=[64, 64])
+    parser.add_argument("--tiles-per-block", type=int, default=16)
+    parser.add_argument("--batch-size", default=None, help="tilesam embeddings.batch_size (default: the schema's)")
+    parser.add_argument("--cores", type=int, default=2, help="snakemake --cores and micro-sam's torch threads")
+    parser.add_argument("--iou", action="store_true", help="also score tilesam against micro-sam (real weights)")
+    parser.add_argument("--microsam-venv", type=Path, default=DEFAULT_VENV)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/vs_microsam"), help="run folders (outside the repo)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--only", choices=["microsam", "tilesam"], help="run one side only")
+    args = parser.parse_args()
+    if args.batch_size and args.batch_size != "auto":
+        args.batch_size = int(args.batch_size)
+    work = args.work.resolve()
+    models = parse_models(args.models, work)
+    rows = []
+    for size in args.sizes:
+        image = make_image(work / "images" / f"nuclei_{size}.tif", size)
+        for name, (model_type, checkpoint) in models.items():
+            for method in args.methods.split(","):
+                case = f"{size}_{name}_{method}"
+                print(f"== {case}", flush=True)
+                ms = (
+                    Result("micro-sam", skipped="--only tilesam")
+                    if args.only == "tilesam"
+                    else run_microsam(args, image, model_type, checkpoint, method, work / "microsam" / f"{case}.json")
+                )
+                ts = (
+                    Result("tilesam", skipped="--only microsam")
+                    if args.only == "microsam"
+                    else run_tilesam(args, image, name, checkpoint, method, work / "tilesam" / case)
+                )
+                rows += rows_for(size, name, method, ms, ts, agreement(ts, ms, args.iou))
+                print(markdown(rows[-len(STAGES) :]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "vs_microsam.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    header = (
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
+        f"--cores {args.cores}; tile {args.tile} + halo {args.halo}, {args.points_per_side}^2 points; "
+        f"speedup = micro-sam / tilesam"
+    )
+    text = header + "\n\n" + markdown(rows)
+    (args.out / "vs_microsam.md").write_text(text + "\n")
+    print("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
