@@ -101,12 +101,12 @@ def test_build_rejects_unknown_keys_naming_them():
 def test_names_come_from_the_schema():
     assert config.METHODS == tuple(config.section("segmentation", "methods")["items"]["enum"])
     assert config.PROMPT_MODES == ("point", "box", "iterative_point", "iterative_box")
-    assert set(config.TRAINABLE_PARTS) == {"image_encoder", "prompt_encoder", "mask_decoder"}
+    assert set(config.TRAINABLE_PARTS) == {"image_encoder", "prompt_encoder", "mask_decoder", "decoder"}
 
 
 def test_finetune_config_rejects_unknown_parts_and_bad_values():
     with pytest.raises(ValueError, match="train_parts"):
-        config.FinetuneConfig(train_parts=("decoder",))
+        config.FinetuneConfig(train_parts=("encoder",))
     with pytest.raises(ValueError, match="augment_variants"):
         config.FinetuneConfig(augment_variants=9)
     assert config.FinetuneConfig(train_parts=["mask_decoder"]).encoder_frozen

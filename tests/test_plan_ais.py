@@ -120,3 +120,15 @@ def test_a_cards_amg_defaults_apply_to_its_finetuned_models_too(monkeypatch, tmp
     unset = Plan.from_config(cfg, user_config={})
     assert unset.segment_config("lite_medsam")["segmentation"]["amg"]["points_per_side"] == 64
     assert unset.runtime_segment(model="lite_medsam") > plan.runtime_segment(model="lite_medsam")  # 64 x 64 vs 4 x 4
+
+
+def test_a_finetuned_model_has_a_decoder_when_finetuning_trains_one_or_its_base_has_one(monkeypatch, tmp_path):
+    cfg = full_config(models=["lite_medsam", "lite_medsam-ft-train"], segmentation={"methods": ["auto"]})
+    cfg["datasets"]["train"] = labelled_images(tmp_path, 2)
+    assert Plan.from_config(cfg).methods_of("lite_medsam-ft-train") == ["amg"]  # the default trains no decoder
+    cfg["finetune"]["train_parts"] = ["mask_decoder", "decoder"]
+    plan = Plan.from_config(cfg)
+    assert plan.methods_of("lite_medsam-ft-train") == ["ais"] and plan.methods_of("lite_medsam") == ["amg"]
+    cfg["finetune"]["train_parts"] = ["mask_decoder"]  # a base with a decoder passes it on untrained
+    monkeypatch.setattr(plan_module, "_card", lambda spec: SimpleNamespace(decoder=object(), ais=None, amg=None))
+    assert Plan.from_config(cfg).methods_of("lite_medsam-ft-train") == ["ais"]

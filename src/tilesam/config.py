@@ -303,6 +303,8 @@ class FinetuneConfig:
     max_points: int
     train_parts: tuple[str, ...]
     lr: float
+    decoder_lr_factor: float  # the instance decoder's learning rate / lr
+    decoder_crop: int | None  # embedding tokens per side of the decoder's training window; None: all
     prompt_encoder_lr_factor: float  # its embeddings are single vectors: may need bigger steps
     weight_decay: float
     warmup_fraction: float
@@ -330,12 +332,18 @@ class FinetuneConfig:
             raise ValueError(f"augment_variants must be 1..8 (the dihedral group), got {self.augment_variants}")
         if not 0.0 <= self.box_probability <= 1.0:
             raise ValueError(f"box_probability must be in [0, 1], got {self.box_probability}")
+        if self.decoder_crop is not None and self.decoder_crop < 1:
+            raise ValueError(f"decoder_crop must be at least 1 embedding token, got {self.decoder_crop}")
         if self.crop_size is not None and self.crop_size < 16:
             raise ValueError(f"crop_size must be at least 16 pixels, got {self.crop_size}")
 
     @property
     def encoder_frozen(self) -> bool:
         return "image_encoder" not in self.train_parts
+
+    @property
+    def trains_decoder(self) -> bool:
+        return "decoder" in self.train_parts
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FinetuneConfig:

@@ -209,8 +209,9 @@ class Plan:
     # --- automatic segmentation methods per model ------------------------------------------
     def has_decoder(self, model: str) -> bool:
         """Whether a model comes with an instance-segmentation decoder (read without loading it)."""
-        if model in self.finetuned:
-            return False  # finetuning writes a plain SAM state dict
+        if model in self.finetuned:  # not written yet: it has one if it trains one or its base has one
+            base = self.finetuned[model][0]
+            return "decoder" in self.config["finetune"]["train_parts"] or has_decoder(self.specs[base])
         return has_decoder(self.specs[model])
 
     def methods_of(self, model: str) -> list[str]:

@@ -33,7 +33,7 @@ def test_outputs_card_loss_log_and_plot(reference, data):
     assert [e["epoch"] for e in card["epochs"]] == [0, 1, 2] and card["epochs"][2]["train_loss"] > 0
     stem = reference.checkpoint.with_suffix("")
     log_lines = Path(f"{stem}.losses.csv").read_text().splitlines()
-    assert log_lines[0] == "iteration,epoch,loss,mask_loss,iou_loss,lr" and len(log_lines) == 3
+    assert log_lines[0] == "iteration,epoch,loss,mask_loss,iou_loss,decoder_loss,lr" and len(log_lines) == 3
     assert Path(f"{stem}.losses.png").read_bytes()[:4] == b"\x89PNG"
     assert not state_path(reference.checkpoint).exists()  # a finished run leaves no training state
 

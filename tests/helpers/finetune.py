@@ -26,9 +26,11 @@ TINY = FinetuneConfig(
 )
 
 
-def run(data, out: Path, embeddings: Path, config: FinetuneConfig = TINY, **kwargs) -> FinetuneResult:
-    """Finetune LiteMedSAM on ``data`` (images, labels) with the shared embedding cache."""
-    return finetune("lite_medsam", *data, out, config=config, embedding_cache=embeddings, progress=False, **kwargs)
+def run(
+    data, out: Path, embeddings: Path, config: FinetuneConfig = TINY, base: str = "lite_medsam", **kwargs
+) -> FinetuneResult:
+    """Finetune ``base`` (LiteMedSAM) on ``data`` (images, labels) with the shared embedding cache."""
+    return finetune(base, *data, out, config=config, embedding_cache=embeddings, progress=False, **kwargs)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

@@ -15,7 +15,8 @@ from tilesam.download import ChecksumError, file_sha256
 from tilesam.finetune.data import FinetuneError, Sample
 from tilesam.finetune.validate import EVAL_MODES
 from tilesam.models import ModelCard, model_info, register
-from tilesam.models.fetch import local_checkpoint, model_path
+from tilesam.models.fetch import decoder_path, local_checkpoint, model_path
+from tilesam.models.registry import DecoderRef
 
 if TYPE_CHECKING:  # types only: the trainer writes cards, so importing it here would be circular
     from segment_anything.modeling import Sam
@@ -39,7 +40,7 @@ def _write_losses(path: Path, steps: list[dict[str, float]]) -> None:
     """The loss of every optimizer step as a csv."""
     import pandas as pd
 
-    columns = ["iteration", "epoch", "loss", "mask_loss", "iou_loss", "lr"]
+    columns = ["iteration", "epoch", "loss", "mask_loss", "iou_loss", "decoder_loss", "lr"]
     pd.DataFrame(steps, columns=columns).to_csv(path, index=False)
 
 
@@ -56,7 +57,8 @@ def _plot_losses(path: Path, steps: list[dict[str, float]], history: list[EpochR
     trained = [r for r in history if r.train_loss is not None]
     ax.plot([r.iterations for r in trained], [r.train_loss for r in trained], "o-", label="loss per epoch")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("training loss (Dice + IoU MSE)")
+    decoder = any(s.get("decoder_loss") is not None for s in steps)
+    ax.set_ylabel("training loss (Dice + IoU MSE" + (" + decoder)" if decoder else ")"))
     validated = [r for r in history if r.val]
     if validated:
         twin = ax.twinx()
@@ -146,8 +148,13 @@ def write_card(
     val: Sequence[Sample],
     state: TrainingState,
     fingerprint: str,
+    decoder: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The model card: the finetuned model's registry record plus its provenance and training history."""
+    """The model card: the finetuned model's registry record plus its provenance and training history.
+
+    ``decoder``: the instance decoder in the checkpoint (its variant, origin ``base`` or ``fresh``,
+    whether it was trained), None when the checkpoint has none.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -174,6 +181,7 @@ def write_card(
         "iterations": state.iterations,
         "seed": config.seed,
         "trained_parts": list(config.train_parts),
+        "decoder": decoder,
         "config": asdict(config),
         "epochs": [asdict(r) | {"score": r.score} for r in state.history],
         "best_epoch": state.best_epoch,
@@ -196,9 +204,8 @@ def finished_card(out: Path, fingerprint: str, name: str) -> dict[str, Any] | No
     return card if file_sha256(out, remember=False) == card.get("sha256") else None
 
 
-def _link_into_cache(card: ModelCard, checkpoint: Path) -> None:
-    """Put the checkpoint where the registry looks for the card's file (a symlink; a copy where links fail)."""
-    target = model_path(card)
+def _link_into_cache(target: Path, checkpoint: Path) -> None:
+    """Put the checkpoint where the registry looks for a card's file (a symlink; a copy where links fail)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_symlink() or target.exists():
         if target.resolve() == checkpoint.resolve():
@@ -215,6 +222,8 @@ def register_finetuned(card_json: str | os.PathLike) -> ModelCard:
 
     The card's checkpoint (beside the card) is checked against the card's sha256 and linked into
     the model cache under the card's name; a model of the same name registered before is replaced.
+    A checkpoint with an instance decoder (the card's ``decoder``) is also the card's decoder file,
+    so ``load_decoder_state(name)`` and AIS find it by name.
     The registry lives in memory: each process that wants the name calls this once.
     """
     card_file = Path(card_json).resolve()
@@ -239,5 +248,11 @@ def register_finetuned(card_json: str | os.PathLike) -> ModelCard:
     )
     if "trained_on" in {f.name for f in fields(ModelCard)}:  # the registry's field, where it has one
         model_card = replace(model_card, trained_on=tuple(card.get("trained_on", [card["dataset"]])))
-    _link_into_cache(model_card, checkpoint)
+    if card.get("decoder") is not None:  # micro-sam's format: the checkpoint is its own decoder file
+        decoder = DecoderRef(url=checkpoint.as_uri(), sha256=actual, size=model_card.size)
+        model_card = replace(model_card, decoder=decoder)
+        target = decoder_path(model_card)
+        assert target is not None
+        _link_into_cache(target, checkpoint)
+    _link_into_cache(model_path(model_card), checkpoint)
     return register(model_card, replace=True)

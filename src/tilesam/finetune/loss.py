@@ -12,8 +12,10 @@ from segment_anything.modeling import Sam
 from tilesam.config import FinetuneConfig
 from tilesam.finetune.cache import EmbeddingCache, mixed_precision, view_embedding
 from tilesam.finetune.data import FinetuneError, ImageSet
+from tilesam.finetune.targets import decoder_loss, instance_targets
 from tilesam.finetune.views import FrameTargets, View, frame_targets, view_pixels
 from tilesam.interactive.prompts import PADDING_LABEL, bounding_box, corrective_points
+from tilesam.models.unetr import InstanceDecoder, postprocess_maps
 
 
 @dataclass
@@ -117,11 +119,12 @@ def mask_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossParts:
-    """The loss of one view's prompted objects, averaged over the sub-iterations."""
+    """The loss of one view: its prompted objects' (averaged over the sub-iterations) plus the decoder's."""
 
     total: torch.Tensor
     mask: float
     iou: float
+    decoder: float | None = None  # None: the instance decoder is not trained
 
 
 def iterative_loss(
@@ -156,6 +159,57 @@ def iterative_loss(
     return LossParts(total / n, mask_sum / n, iou_sum / n)
 
 
+def _windows_with_objects(foreground: torch.Tensor, scale: int, crop: int) -> torch.Tensor:
+    """Corners (n, 2), in embedding tokens, of the crop x crop windows that hold foreground.
+
+    A window of background only teaches the decoder nothing about objects (and the distance terms
+    of its loss vanish), so only windows with objects are drawn.
+    """
+    cells = F.max_pool2d(foreground[None, None].float(), scale)  # one value per embedding token
+    windows = F.max_pool2d(cells, crop, stride=1)[0, 0]
+    return torch.nonzero(windows > 0)
+
+
+def instance_decoder_loss(
+    decoder: InstanceDecoder,
+    embedding: torch.Tensor,
+    frame_labels: np.ndarray,
+    img_size: int,
+    rng: np.random.Generator,
+    crop: int | None,
+) -> torch.Tensor:
+    """micro-sam's decoder loss on a view's embedding (1, C, h, w) against its labels in the input frame.
+
+    The targets (foreground, centre and boundary distance) are those of the labels in the padded model
+    input, the frame the decoder's maps are post-processed to at inference (``postprocess_maps``). With
+    ``crop`` the decoder sees one random window of crop x crop tokens that holds objects, and its maps
+    are compared with the same window of the whole view's targets (the per-object normalisation is the
+    whole object's, as at inference); without, the whole embedding, cropped to the view's frame.
+    """
+    fh, fw = frame_labels.shape
+    padded = np.zeros((img_size, img_size), frame_labels.dtype)
+    padded[:fh, :fw] = frame_labels
+    targets = torch.from_numpy(instance_targets(padded)).to(embedding.device)
+    side = embedding.shape[-1]
+    if crop is None or crop >= side:
+        with mixed_precision(embedding.device):
+            maps = decoder(embedding)
+        maps = postprocess_maps(maps.float(), (fh, fw), (fh, fw), model_size=img_size)
+        return decoder_loss(maps, targets[None, :, :fh, :fw])
+    scale = img_size // side  # target pixels per embedding token
+    corners = _windows_with_objects(targets[0] > 0, scale, crop)
+    if corners.shape[0] == 0:
+        raise FinetuneError("instance_decoder_loss: the view's labels hold no object")
+    i, j = (int(v) for v in corners[rng.integers(corners.shape[0])])
+    with mixed_precision(embedding.device):
+        maps = decoder(embedding[..., i : i + crop, j : j + crop])
+    window = targets[None, :, scale * i : scale * (i + crop), scale * j : scale * (j + crop)]
+    maps = maps.float()
+    if maps.shape[-2:] != window.shape[-2:]:  # e.g. LiteMedSAM: 16x the tokens, the input 4x
+        maps = F.interpolate(maps, window.shape[-2:], mode="bilinear", align_corners=False)
+    return decoder_loss(maps, window)
+
+
 def _pick_objects(targets: FrameTargets, rng: np.random.Generator, n: int) -> np.ndarray:
     """At most n of the view's trainable objects (a seeded choice, in id order)."""
     ids = targets.ids
@@ -170,16 +224,26 @@ def view_loss(
     rng: np.random.Generator,
     config: FinetuneConfig,
     grad: bool = True,
+    decoder: InstanceDecoder | None = None,
 ) -> LossParts | None:
-    """Loss of one view's objects (None when the view has no object to train on)."""
+    """Loss of one view's objects (None when the view has no object to train on).
+
+    With a ``decoder`` its loss on the same embedding (computed once, so a trained encoder gets both
+    gradients) is added to the prompt loss, as micro-sam trains SAM and its instance decoder together.
+    """
     _, labels = view_pixels(images, view)
-    targets = frame_targets(labels, model.image_encoder.img_size, config.min_object_pixels)
+    img_size = model.image_encoder.img_size
+    targets = frame_targets(labels, img_size, config.min_object_pixels)
     if targets.ids.size == 0:
         return None
     ids = _pick_objects(targets, rng, config.objects_per_image)
     embedding = view_embedding(model, images, view, cache, grad and not config.encoder_frozen)
     with torch.set_grad_enabled(grad):
-        return iterative_loss(model, embedding, targets, ids, rng, config)
+        parts = iterative_loss(model, embedding, targets, ids, rng, config)
+        if decoder is None:
+            return parts
+        extra = instance_decoder_loss(decoder, embedding, targets.labels, img_size, rng, config.decoder_crop)
+    return LossParts(parts.total + extra, parts.mask, parts.iou, float(extra.detach()))
 
 
 def prompt_loss(

@@ -34,7 +34,8 @@ from tilesam.finetune.data import FinetuneError, ImageSet, Paths, Sample, train_
 from tilesam.finetune.loss import view_loss
 from tilesam.finetune.validate import EVAL_MODES, validate_prompts
 from tilesam.finetune.views import View, ViewPool
-from tilesam.models import load_model
+from tilesam.models import load_decoder_state, load_model
+from tilesam.models.unetr import InstanceDecoder, load_decoder
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class EpochRecord:
     train_loss: float | None = None
     mask_loss: float | None = None
     iou_loss: float | None = None
+    decoder_loss: float | None = None  # the instance decoder's loss (None: not trained)
     lr: float | None = None
     val: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -86,21 +88,60 @@ def lr_schedule(config: FinetuneConfig) -> Callable[[int], float]:
     return factor
 
 
-def _param_groups(model: Sam, config: FinetuneConfig) -> list[dict[str, Any]]:
-    """Freeze all but the trained parts; one optimizer group per trained part, with its learning rate."""
+def _param_groups(model: Sam, config: FinetuneConfig, decoder: InstanceDecoder | None) -> list[dict[str, Any]]:
+    """Freeze all but the trained parts; one optimizer group per trained part, with its learning rate.
+
+    ``decoder`` is the instance decoder (part ``decoder``), which is not a part of the SAM model.
+    """
     groups = []
+    factors = {"prompt_encoder": config.prompt_encoder_lr_factor, "decoder": config.decoder_lr_factor}
     for part in TRAINABLE_PARTS:
         trained = part in config.train_parts
-        params = list(getattr(model, part).parameters())
+        module = decoder if part == "decoder" else getattr(model, part)
+        if module is None:
+            if trained:
+                raise FinetuneError("train_parts has 'decoder' but no instance decoder was given")
+            continue
+        params = list(module.parameters())
         for p in params:
             p.requires_grad_(trained)
         if trained:
-            factor = config.prompt_encoder_lr_factor if part == "prompt_encoder" else 1.0
-            groups.append({"params": params, "lr": config.lr * factor, "name": part})
+            groups.append({"params": params, "lr": config.lr * factors.get(part, 1.0), "name": part})
     return groups
 
 
-def _cpu_state(model: Sam) -> dict[str, torch.Tensor]:
+def start_decoder(
+    base: str | os.PathLike, config: FinetuneConfig, device: torch.device
+) -> tuple[InstanceDecoder | None, str | None]:
+    """The instance decoder a run starts from, and its origin: the base model's (``base``), or a fresh one.
+
+    A fresh one (``fresh``; only when ``decoder`` is trained) is micro-sam's default for a new UNETR,
+    the bilinear variant, initialised from the run's seed without touching the global random state,
+    so the rest of the run draws the same numbers with and without it. A base without a decoder
+    that does not train one gives (None, None).
+    """
+    state = load_decoder_state(base)
+    if state is not None:
+        return load_decoder(state, source=f"the decoder of {base}", device=device), "base"
+    if not config.trains_decoder:
+        return None, None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        decoder = InstanceDecoder(conv_transpose=False)
+    return decoder.to(device), "fresh"
+
+
+def _decoder_record(
+    decoder: InstanceDecoder | None, origin: str | None, config: FinetuneConfig
+) -> dict[str, Any] | None:
+    """What the model card says about the checkpoint's instance decoder (None: it has none)."""
+    if decoder is None:
+        return None
+    variant = "transposed-conv" if decoder.conv_transpose else "bilinear"
+    return {"variant": variant, "origin": origin, "trained": config.trains_decoder}
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the weights on the CPU (the best epoch's survive later steps)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -152,6 +193,7 @@ class TrainingState:
     steps: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_model: dict[str, torch.Tensor] | None = None
+    best_decoder: dict[str, torch.Tensor] | None = None  # the instance decoder at best_epoch (None: none)
 
 
 class _Trainer:
@@ -165,11 +207,21 @@ class _Trainer:
         val: ImageSet | None,
         cache: EmbeddingCache | None,
         progress: bool,
+        decoder: InstanceDecoder | None = None,
     ) -> None:
         self.model, self.config, self.train, self.val, self.cache = model, config, train, val, cache
+        self.decoder = decoder  # trained when config.trains_decoder, else carried through to the output
         self.device = model_device(model)
-        groups = _param_groups(model, config)
-        self.params = [p for g in groups for p in g["params"]]
+        groups = _param_groups(model, config, decoder)
+        # clipped separately: a fresh decoder's large gradients must not shrink the SAM parts' steps
+        self.clip_sets = [
+            params
+            for params in (
+                [p for g in groups if g["name"] != "decoder" for p in g["params"]],
+                [p for g in groups if g["name"] == "decoder" for p in g["params"]],
+            )
+            if params
+        ]
         self.optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         self.lr_factor = lr_schedule(config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
@@ -191,6 +243,7 @@ class _Trainer:
                 "epoch": s.epoch,
                 "iterations": s.iterations,
                 "model": _cpu_state(self.model),
+                "decoder": None if self.decoder is None else _cpu_state(self.decoder),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
@@ -199,6 +252,7 @@ class _Trainer:
                 "steps": s.steps,
                 "best_epoch": s.best_epoch,
                 "best_model": s.best_model,
+                "best_decoder": s.best_decoder,
             },
             path,
         )
@@ -211,6 +265,8 @@ class _Trainer:
                 "afresh (or pass resume=False / --restart)"
             )
         self.model.load_state_dict(saved["model"], strict=True)
+        if self.decoder is not None:
+            self.decoder.load_state_dict(saved["decoder"], strict=True)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
@@ -222,6 +278,7 @@ class _Trainer:
             steps=list(saved["steps"]),
             best_epoch=saved["best_epoch"],
             best_model=saved["best_model"],
+            best_decoder=saved["best_decoder"],
         )
 
     # epochs
@@ -239,10 +296,18 @@ class _Trainer:
         started = time.perf_counter()
         record = EpochRecord(epoch=0, iterations=0, val=self.validate())
         record.seconds = time.perf_counter() - started
-        self.state = TrainingState(history=[record], best_epoch=0, best_model=_cpu_state(self.model))
+        self.state = TrainingState(
+            history=[record],
+            best_epoch=0,
+            best_model=_cpu_state(self.model),
+            best_decoder=None if self.decoder is None else _cpu_state(self.decoder),
+        )
 
     def _step(self, views: list[View], rng: np.random.Generator) -> dict[str, float] | None:
-        parts = [view_loss(self.model, self.train, v, self.cache, rng, self.config) for v in views]
+        decoder = self.decoder if self.config.trains_decoder else None
+        if decoder is not None:
+            decoder.train()  # BatchNorm of the skip path: batch statistics, running ones updated (micro-sam)
+        parts = [view_loss(self.model, self.train, v, self.cache, rng, self.config, decoder=decoder) for v in views]
         parts = [p for p in parts if p is not None]
         if not parts:
             return None
@@ -250,15 +315,19 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        for params in self.clip_sets:
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         lr = self.config.lr * self.lr_factor(self.scheduler.last_epoch)  # the base rate of this step
         self.scheduler.step()
+        if decoder is not None:
+            decoder.eval()
         return {
             "loss": float(loss.detach()),
             "mask_loss": float(np.mean([p.mask for p in parts])),
             "iou_loss": float(np.mean([p.iou for p in parts])),
+            "decoder_loss": float(np.mean([p.decoder for p in parts])) if decoder is not None else None,
             "lr": lr,
         }
 
@@ -288,6 +357,8 @@ class _Trainer:
             record.train_loss = float(np.mean([r["loss"] for r in rows]))
             record.mask_loss = float(np.mean([r["mask_loss"] for r in rows]))
             record.iou_loss = float(np.mean([r["iou_loss"] for r in rows]))
+            if self.config.trains_decoder:
+                record.decoder_loss = float(np.mean([r["decoder_loss"] for r in rows]))
             record.lr = rows[-1]["lr"]
         record.seconds = time.perf_counter() - started
         self._keep_best(record)
@@ -300,6 +371,7 @@ class _Trainer:
         if record.score is None or best is None or record.score > best:
             self.state.best_epoch = record.epoch
             self.state.best_model = _cpu_state(self.model)
+            self.state.best_decoder = None if self.decoder is None else _cpu_state(self.decoder)
 
     def run(
         self, state_file: Path, fingerprint: str, desc: str, on_epoch_end: Callable[[EpochRecord], None] | None
@@ -315,9 +387,12 @@ class _Trainer:
                 if on_epoch_end is not None:
                     on_epoch_end(record)
 
-    def final_weights(self) -> dict[str, torch.Tensor]:
+    def final_weights(self) -> dict[str, Any]:
+        """The best epoch's plain SAM state, or micro-sam's ``{"model_state", "decoder_state"}`` with a decoder."""
         assert self.state.best_model is not None
-        return self.state.best_model
+        if self.state.best_decoder is None:
+            return self.state.best_model
+        return {"model_state": self.state.best_model, "decoder_state": self.state.best_decoder}
 
 
 def _result_from_card(out: Path, card: dict[str, Any], resumed_from: int) -> FinetuneResult:
@@ -348,7 +423,9 @@ def finetune(
 
     images/labels: globs or lists of files, paired by file name. Validation data: val_images/
     val_labels, or else the last ``val_fraction`` of the training images by name (none by default).
-    Writes ``out`` (plain SAM state dict of the best epoch, or the last without validation data),
+    Writes ``out`` (the best epoch's weights, or the last without validation data: a plain SAM state
+    dict, or micro-sam's ``{"model_state", "decoder_state"}`` when an instance decoder was trained or
+    came with the base),
     ``<out stem>.json`` (the model card), ``.losses.csv`` (loss per step) and ``.losses.png``, and
     registers the model in this process under ``name`` (default ``<base>-ft-<dataset>``).
     An interrupted run resumes from ``<out>.state.pt`` (``resume=False`` starts afresh); a rerun of
@@ -369,8 +446,9 @@ def finetune(
 
     torch.manual_seed(config.seed)
     model = load_model(base, device=resolve_device(device))
+    decoder, decoder_origin = start_decoder(base, config, model_device(model))
     cache = EmbeddingCache(model, base_id.sha256, embedding_cache) if config.encoder_frozen else None
-    trainer = _Trainer(model, config, ImageSet(train), ImageSet(val) if val else None, cache, progress)
+    trainer = _Trainer(model, config, ImageSet(train), ImageSet(val) if val else None, cache, progress, decoder)
     out.parent.mkdir(parents=True, exist_ok=True)
     state_file = state_path(out)
     if resume and state_file.is_file():
@@ -394,6 +472,7 @@ def finetune(
         val=val,
         state=trainer.state,
         fingerprint=fingerprint,
+        decoder=_decoder_record(decoder, decoder_origin, config),
     )
     write_loss_log(out, trainer.state)
     if not keep_state:
