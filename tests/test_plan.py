@@ -302,3 +302,12 @@ def test_in_domain_pairs_from_cards_and_finetuning(tmp_path, monkeypatch):
 def test_a_halo_larger_than_the_tile_fails_planning():
     with pytest.raises(PlanError, match=r"config error: segmentation\.halo \[300, 300\] is larger than tile_shape"):
         Plan.from_config(full_config(segmentation={"tile_shape": [256, 256], "halo": [300, 300]}))
+
+
+def test_the_synthetic_sources_are_one_dataset_and_train_only_trains():
+    cfg = full_config(models=["lite_medsam", "lite_medsam-ft-demo_train"])
+    cfg["datasets"] = {"demo": {"source": "synthetic"}, "demo_train": {"source": "synthetic_train"}}
+    plan = Plan.from_config(cfg)
+    assert plan.dataset_identity("demo") == plan.dataset_identity("demo_train") == "synthetic"
+    assert plan.in_domain() == [["demo", "lite_medsam-ft-demo_train"]]  # other images of the same kind
+    assert {d for d, _ in plan.scored()} == {"demo"}

@@ -45,11 +45,11 @@ def load_record(record_path: str | Path, device: str = "auto"):
     return sam, record
 
 
-def load_instance_decoder(record: dict, device):
+def load_instance_decoder(record: dict, device, upscale: int = 16):
     """The instance-segmentation decoder of a workflow model record, and its identity for provenance.
 
     The state comes with the model (its checkpoint's `decoder_state` or its card's decoder file);
-    a model without one is an error naming it.
+    a model without one is an error naming it. ``upscale``: the SAM model's (`decoder_upscale`).
     """
     from tilesam.models import load_decoder_state
     from tilesam.models.unetr import load_decoder
@@ -60,7 +60,7 @@ def load_instance_decoder(record: dict, device):
             f"model {record['name']} ({record['load']}) has no instance-segmentation decoder, which method ais "
             "needs: use amg, or auto (ais only where a model has a decoder)"
         )
-    decoder = load_decoder(state, source=str(record["load"]), device=device)
+    decoder = load_decoder(state, source=str(record["load"]), device=device, upscale=upscale)
     return decoder.eval(), {"sha256": state_sha256(state)}  # content, not path: a moved run still resumes
 
 
@@ -283,12 +283,13 @@ def segment(
 
     `search` is the validation search's CSV of the method: its best setting replaces the config's.
     """
+    from tilesam.models.unetr import decoder_upscale
     from tilesam.segment.blocks import segment_block
 
     sam, record = load_record(model, device)
     grid, prov = _provenance(record, sam, image, tiling, block, dtype)
     if method == "ais":
-        decoder, decoder_id = load_instance_decoder(record, sam.device)
+        decoder, decoder_id = load_instance_decoder(record, sam.device, decoder_upscale(sam))
         params = searched_ais(ais or AisParams(), search) if search else (ais or AisParams())
         stats = segment_block(
             sam, embeddings, asdict(prov), grid, out, method=method, params=params, decoder=decoder,
@@ -445,10 +446,11 @@ def ais_search(
     device: str,
 ):
     """The protocol's AIS post-processing search on validation images ({image, gt, embeddings} each)."""
+    from tilesam.models.unetr import decoder_upscale
     from tilesam.segment.search import ais_grid, search_ais
 
     sam, record = load_record(model, device)
-    decoder, _ = load_instance_decoder(record, sam.device)
+    decoder, _ = load_instance_decoder(record, sam.device, decoder_upscale(sam))
     searched_images = _search_images(record, sam, images, tiling, dtype)
     table = search_ais(
         decoder,

@@ -414,8 +414,14 @@ class Plan:
 
     # --- in_domain: models scored on data they were trained on -------------------------------
     def dataset_identity(self, dataset: str) -> str:
-        """What a dataset is across its splits: its public dataset's id, else its images glob."""
+        """What a dataset is across its splits: its public dataset's id, else its images glob.
+
+        The synthetic sources are one dataset (`synthetic_train` is more of the demo's kind of images),
+        so a model finetuned on one and scored on the other is in-domain, like DSB2018's train and test.
+        """
         cfg = self.config["datasets"][dataset]
+        if (cfg.get("source") or "").startswith("synthetic"):
+            return "synthetic"
         return dataset_key(cfg["source"]) if cfg.get("source") else f"images:{cfg['images']}"
 
     def trained_on(self, model: str) -> frozenset[str]:

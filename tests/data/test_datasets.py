@@ -54,6 +54,14 @@ def test_synthetic_dataset_plans_known_shapes():
     assert any(r.ndim == 3 for r in recs)
 
 
+def test_synthetic_train_is_more_images_of_the_kind_and_none_of_the_demos():
+    recs = images_of("demo_train", {"source": "synthetic_train"})
+    assert [r.name for r in recs] == [s.name for s in synthetic.TRAIN] and len(recs) == 6
+    assert all(r.labels and r.shape == (256, 256) for r in recs)
+    assert {s.seed for s in synthetic.TRAIN}.isdisjoint(s.seed for s in synthetic.DEMO)
+    assert set(synthetic.demo_specs()) == {s.name for s in synthetic.DEMO + synthetic.TRAIN}  # one namespace
+
+
 def test_stem():
     assert stem("x/a.ome.tif") == "a" and stem("b.zarr/") == "b" and stem("c.TIF") == "c"
 

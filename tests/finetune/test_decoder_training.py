@@ -51,27 +51,27 @@ def test_schema_offers_the_decoder_and_its_crop():
         FinetuneConfig(decoder_crop=0)
 
 
-def test_a_fresh_decoder_is_seeded_and_leaves_the_global_random_state_alone(data):
+def test_a_fresh_decoder_is_seeded_and_leaves_the_global_random_state_alone(data, lite_medsam):
     before = torch.get_rng_state()
-    first, origin = start_decoder("lite_medsam", WITH_DECODER, torch.device("cpu"))
+    first, origin = start_decoder("lite_medsam", WITH_DECODER, lite_medsam)
     assert torch.equal(torch.get_rng_state(), before)
-    again, _ = start_decoder("lite_medsam", WITH_DECODER, torch.device("cpu"))
-    other, _ = start_decoder("lite_medsam", replace(WITH_DECODER, seed=4), torch.device("cpu"))
+    again, _ = start_decoder("lite_medsam", WITH_DECODER, lite_medsam)
+    other, _ = start_decoder("lite_medsam", replace(WITH_DECODER, seed=4), lite_medsam)
     assert origin == "fresh" and not first.conv_transpose  # micro-sam's default for a new UNETR
     assert_same_weights(first.state_dict(), again.state_dict())
     assert not torch.equal(first.out_conv.weight, other.out_conv.weight)
-    assert start_decoder("lite_medsam", TINY, torch.device("cpu")) == (None, None)  # not trained, none to inherit
+    assert start_decoder("lite_medsam", TINY, lite_medsam) == (None, None)  # not trained, none to inherit
 
 
 def test_run_writes_micro_sams_format_with_a_trained_decoder(decoder_run, lite_medsam):
     checkpoint = saved(decoder_run.checkpoint)
     assert set(checkpoint) == {"model_state", "decoder_state"}
-    decoder = load_decoder(checkpoint["decoder_state"], source="finetuned")  # strict
+    decoder = load_decoder(checkpoint["decoder_state"], source="finetuned", upscale=4)  # strict; LiteMedSAM: 4x
     assert not decoder.conv_transpose
     assert read_checkpoint(decoder_run.checkpoint).decoder_state.keys() == checkpoint["decoder_state"].keys()
     assert_same_weights(load_decoder_state(decoder_run.checkpoint), checkpoint["decoder_state"])
 
-    start, _ = start_decoder("lite_medsam", WITH_DECODER, torch.device("cpu"))
+    start, _ = start_decoder("lite_medsam", WITH_DECODER, lite_medsam)
     moved = [k for k, v in start.state_dict().items() if not torch.equal(v, checkpoint["decoder_state"][k])]
     assert any(k.startswith("out_conv") for k in moved) and any(k.startswith("deconv1") for k in moved)
 
@@ -105,7 +105,7 @@ def test_the_decoder_loss_falls_when_it_is_optimised(lite_medsam, data, embeddin
     embedding = view_embedding(lite_medsam, images, view, cache, grad=False)
     labels = frame_targets(view_pixels(images, view)[1], 256, 4).labels
     torch.manual_seed(0)
-    decoder = InstanceDecoder().train()
+    decoder = InstanceDecoder(upscale=4).train()  # LiteMedSAM: 64 tokens for 256 pixels
     optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-3)
     losses = []
     for _ in range(8):
@@ -158,9 +158,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights_and_decoder(decode
 
 @pytest.fixture(scope="module")
 def base_with_decoder(lite_medsam, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
-    """LiteMedSAM in micro-sam's format with a (random, seeded) transposed-conv decoder."""
+    """LiteMedSAM in micro-sam's format with a (random, seeded) decoder."""
     torch.manual_seed(7)
-    decoder_state = InstanceDecoder(conv_transpose=True).state_dict()
+    decoder_state = InstanceDecoder(upscale=4).state_dict()
     path = tmp_path_factory.mktemp("base") / "base.pth"
     torch.save({"model_state": lite_medsam.state_dict(), "decoder_state": decoder_state}, path)
     return path, decoder_state
@@ -172,8 +172,8 @@ def test_a_base_decoder_is_trained_from_or_passed_on(base_with_decoder, data, em
     config = WITH_DECODER if trained else TINY
     result = run(data, tmp_path / "ft.pth", embeddings, config=config, base=str(base))
     decoder_state = saved(result.checkpoint)["decoder_state"]
-    load_decoder(decoder_state)  # strict, and the variant is the base's
+    load_decoder(decoder_state, upscale=4)  # strict
     same = all(torch.equal(v, decoder_state[k]) for k, v in start.items())
     assert same is not trained
     card = json.loads(result.card.read_text())
-    assert card["decoder"] == {"variant": "transposed-conv", "origin": "base", "trained": trained}
+    assert card["decoder"] == {"variant": "bilinear", "origin": "base", "trained": trained}

@@ -55,7 +55,7 @@ from skimage.transform import resize
 from tilesam.data.synthetic import demo_specs, make_labels, render
 from tilesam.embed import encode, normalize
 from tilesam.finetune.targets import decoder_loss, instance_targets
-from tilesam.models.unetr import InstanceDecoder, decode_maps, load_decoder
+from tilesam.models.unetr import InstanceDecoder, decode_maps, decoder_upscale, load_decoder
 
 __all__ = ["FittedDecoder", "demo_image", "fit_decoder", "input_frame_targets"]
 
@@ -125,12 +125,13 @@ def _train(
     batch: int,
     lr: float,
     seed: int,
+    upscale: int = 16,
 ) -> tuple[InstanceDecoder, list[float]]:
     """A fresh decoder trained on random crop windows of ``embedding`` that hold objects; eval mode."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     with_objects = _corners_with_objects(targets[0].numpy() > 0, crop, scale)
-    decoder = InstanceDecoder().train()
+    decoder = InstanceDecoder(upscale=upscale).train()
     optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
@@ -172,14 +173,14 @@ def fit_decoder(
     side = embedding.shape[-1]
     if model_size % side or crop > side:
         raise ValueError(f"fit_decoder: model input {model_size} is not a multiple of the embedding {side} >= crop")
-    scale = model_size // side  # target pixels per embedding pixel (the decoder makes 16)
+    scale = model_size // side  # target pixels per embedding pixel (the decoder's upscale)
     targets = torch.from_numpy(input_frame_targets(labels, model_size))
 
-    settings = {"steps": steps, "crop": crop, "batch": batch, "lr": lr, "seed": seed}
+    settings = {"steps": steps, "crop": crop, "batch": batch, "lr": lr, "seed": seed, "upscale": decoder_upscale(model)}
     cached = None if cache_dir is None else Path(cache_dir) / f"{_cache_key(embedding, labels, settings)}.pt"
     if cached is not None and cached.is_file():
         saved = torch.load(cached, map_location="cpu", weights_only=True)
-        decoder = load_decoder(saved["decoder_state"], source=str(cached))
+        decoder = load_decoder(saved["decoder_state"], source=str(cached), upscale=settings["upscale"])
         losses = [float(x) for x in saved["losses"]]
     else:
         decoder, losses = _train(embedding, targets, scale, **settings)

@@ -48,7 +48,7 @@ def test_checkpoint_is_micro_sams_format_and_loads(fitted, lite_medsam):
     assert checkpoint.architecture == "lite_medsam_tinyvit"
     assert checkpoint.model_state.keys() == lite_medsam.state_dict().keys()
     state = load_decoder_state(fit.checkpoint)
-    decoder = load_decoder(state, source=str(fit.checkpoint))
+    decoder = load_decoder(state, source=str(fit.checkpoint), upscale=4)
     for key, value in fit.decoder.state_dict().items():
         assert torch.equal(decoder.state_dict()[key], value), key
 

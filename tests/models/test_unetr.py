@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT
 
 from tilesam.models.unetr import (
@@ -124,6 +125,24 @@ def test_forward_is_16x_the_embedding_and_rejects_other_widths():
         assert decoder(torch.zeros(1, 256, 2, 3)).shape == (1, 3, 32, 48)
     with pytest.raises(ValueError, match=r"\[B, 256, h, w\].*\(1, 128, 4, 4\)"):
         decoder(torch.zeros(1, 128, 4, 4))
+
+
+def test_upscale_4_is_the_same_layers_ending_at_a_quarter_of_the_size(lite_medsam):
+    """LiteMedSAM (64 tokens for 256 pixels): maps at its input resolution from micro-sam's state keys."""
+    from tilesam.models.unetr import decoder_upscale
+
+    assert decoder_upscale(lite_medsam) == 4
+    torch.manual_seed(2)
+    full = InstanceDecoder().eval()
+    quarter = load_decoder(full.state_dict(), upscale=4)
+    with torch.no_grad():
+        embedding = torch.randn(1, 256, 4, 4)
+        assert quarter(embedding).shape == (1, 3, 16, 16) and full(embedding).shape == (1, 3, 64, 64)
+        assert not torch.allclose(quarter(embedding), F.interpolate(full(embedding), 16, mode="area"), atol=1e-2)
+    with pytest.raises(DecoderError, match=r"t\.pt: a transposed-conv decoder upscales 16x.*needs 4x"):
+        load_decoder(_state(conv_transpose=True), source="t.pt", upscale=4)
+    with pytest.raises(ValueError, match="upscale must be 2, 4, 8 or 16"):
+        InstanceDecoder(upscale=3)
 
 
 def _state(conv_transpose: bool = False, embed_dim: int = 256) -> dict[str, torch.Tensor]:

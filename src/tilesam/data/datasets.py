@@ -109,7 +109,7 @@ def images_of(
 ) -> list[ImageRecord]:
     """The image records of one dataset entry, restricted to its `split` (default: all images).
 
-    `source` is `synthetic`, a public dataset (fetched into ``<datasets_root>/<name>/`` now, at
+    `source` is `synthetic` (the demo images) or `synthetic_train` (training images like them), a public dataset (fetched into ``<datasets_root>/<name>/`` now, at
     planning time, so the jobs see plain files), or absent with `images`/`labels` globs.
     Synthetic images do not exist yet when the workflow starts: their records point to where
     the workflow's `make_synthetic` rule writes them.
@@ -117,10 +117,11 @@ def images_of(
     base = Path(base)
     source = cfg.get("source")
     membership: dict[str, list[str]] = {}
-    if source == "synthetic":
+    if source in synthetic.SOURCES:
         out = f"{synthetic_dir}/{dataset}"
-        pairs = [(s.name, f"{out}/images/{s.name}.tif", f"{out}/labels/{s.name}.tif") for s in synthetic.DEMO]
-        shapes = {s.name: s.shape for s in synthetic.DEMO}
+        specs = synthetic.SOURCES[source]
+        pairs = [(s.name, f"{out}/images/{s.name}.tif", f"{out}/labels/{s.name}.tif") for s in specs]
+        shapes = {s.name: s.shape for s in specs}
         return [ImageRecord(dataset, n, i, lab, shapes[n]) for n, i, lab in _restrict(dataset, pairs, cfg, base, {})]
     if source is not None:
         record = public_datasets.read_record(_fetch_public(dataset, source, base / datasets_root, offline))

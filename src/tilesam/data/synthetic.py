@@ -35,8 +35,17 @@ DEMO = (
 )
 
 
+#: Training images for the default run's finetuning (`source: synthetic_train`): the same kind of
+#: nuclei as the demo's, other seeds, so no demo image is ever trained on.
+TRAIN = tuple(SyntheticSpec(f"train_{i:02d}", (256, 256), 14, (8.0, 22.0), seed=100 + i) for i in range(6))
+
+#: The synthetic sources a dataset entry can name, and their images.
+SOURCES: dict[str, tuple[SyntheticSpec, ...]] = {"synthetic": DEMO, "synthetic_train": TRAIN}
+
+
 def demo_specs() -> dict[str, SyntheticSpec]:
-    return {s.name: s for s in DEMO}
+    """Every synthetic image by name (the names of all sources are distinct)."""
+    return {s.name: s for specs in SOURCES.values() for s in specs}
 
 
 def _place_objects(spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:

@@ -35,7 +35,7 @@ from tilesam.finetune.loss import view_loss
 from tilesam.finetune.validate import EVAL_MODES, validate_prompts
 from tilesam.finetune.views import View, ViewPool
 from tilesam.models import load_decoder_state, load_model
-from tilesam.models.unetr import InstanceDecoder, load_decoder
+from tilesam.models.unetr import InstanceDecoder, decoder_upscale, load_decoder
 
 log = logging.getLogger(__name__)
 
@@ -111,23 +111,25 @@ def _param_groups(model: Sam, config: FinetuneConfig, decoder: InstanceDecoder |
 
 
 def start_decoder(
-    base: str | os.PathLike, config: FinetuneConfig, device: torch.device
+    base: str | os.PathLike, config: FinetuneConfig, model: Sam
 ) -> tuple[InstanceDecoder | None, str | None]:
     """The instance decoder a run starts from, and its origin: the base model's (``base``), or a fresh one.
 
     A fresh one (``fresh``; only when ``decoder`` is trained) is micro-sam's default for a new UNETR,
     the bilinear variant, initialised from the run's seed without touching the global random state,
     so the rest of the run draws the same numbers with and without it. A base without a decoder
-    that does not train one gives (None, None).
+    that does not train one gives (None, None). ``model`` is the loaded base: its device, and its
+    input over embedding side, the decoder's ``upscale`` (16 for micro-sam's models, 4 for LiteMedSAM).
     """
+    device, upscale = model_device(model), decoder_upscale(model)
     state = load_decoder_state(base)
     if state is not None:
-        return load_decoder(state, source=f"the decoder of {base}", device=device), "base"
+        return load_decoder(state, source=f"the decoder of {base}", device=device, upscale=upscale), "base"
     if not config.trains_decoder:
         return None, None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        decoder = InstanceDecoder(conv_transpose=False)
+        decoder = InstanceDecoder(conv_transpose=False, upscale=upscale)
     return decoder.to(device), "fresh"
 
 
@@ -446,7 +448,7 @@ def finetune(
 
     torch.manual_seed(config.seed)
     model = load_model(base, device=resolve_device(device))
-    decoder, decoder_origin = start_decoder(base, config, model_device(model))
+    decoder, decoder_origin = start_decoder(base, config, model)
     cache = EmbeddingCache(model, base_id.sha256, embedding_cache) if config.encoder_frozen else None
     trainer = _Trainer(model, config, ImageSet(train), ImageSet(val) if val else None, cache, progress, decoder)
     out.parent.mkdir(parents=True, exist_ok=True)

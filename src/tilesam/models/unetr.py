@@ -24,7 +24,7 @@ Compatibility facts (torch-em 0.10, micro-sam 1.8):
   channels as well as space, so only the middle channels of each are used; a final x2 upsampling, a head
   block on the concatenation with the last skip, a 1x1 conv to 3 channels, sigmoid. Two-conv blocks use
   InstanceNorm without affine parameters (nothing in the state); the deconv blocks use BatchNorm.
-- Output is 16x the embedding (1024 x 1024 for 64 x 64) and is post-processed like SAM's masks
+- Output is 16x the embedding (1024 x 1024 for 64 x 64; tilesam: ``upscale``, the model input over the embedding side, 4 for LiteMedSAM) and is post-processed like SAM's masks
   (``Sam.postprocess_masks`` / torch-em's ``UNETR.postprocess_masks``): resized to the padded model input,
   cropped to the resized image (``input_size``), resized bilinearly to ``original_size``.
 """
@@ -38,7 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DecoderError", "InstanceDecoder", "decode_maps", "is_conv_transpose_state", "load_decoder"]
+__all__ = [
+    "DecoderError",
+    "InstanceDecoder",
+    "decode_maps",
+    "decoder_upscale",
+    "is_conv_transpose_state",
+    "load_decoder",
+]
 
 FEATURES = (512, 256, 128, 64)
 """Decoder widths, coarsest first (torch-em: initial_features 64, gain 2, depth 3)."""
@@ -71,14 +78,17 @@ class _DoubleConv(nn.Module):
 
 
 class _BilinearUp(nn.Module):
-    """Bilinear x2, then a 1x1 conv (key ``conv``): the interpolation variant."""
+    """Bilinear x2 (or no resize, past the decoder's ``upscale``), then a 1x1 conv (key ``conv``)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, doubles: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+        self.doubles = doubles
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+        if self.doubles:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.conv(x)
 
 
 class _TransposedUp(nn.Module):
@@ -92,8 +102,10 @@ class _TransposedUp(nn.Module):
         return self.block(x)
 
 
-def _up(in_channels: int, out_channels: int, conv_transpose: bool) -> nn.Module:
-    return (_TransposedUp if conv_transpose else _BilinearUp)(in_channels, out_channels)
+def _up(in_channels: int, out_channels: int, conv_transpose: bool, doubles: bool = True) -> nn.Module:
+    if conv_transpose:
+        return _TransposedUp(in_channels, out_channels)
+    return _BilinearUp(in_channels, out_channels, doubles)
 
 
 class _Conv3x3(nn.Module):
@@ -110,10 +122,10 @@ class _Conv3x3(nn.Module):
 class _UpBlock(nn.Module):
     """x2 upsampling -> 3x3 conv -> BatchNorm -> ReLU (torch-em's ``Deconv2DBlock``): makes the skip tensors."""
 
-    def __init__(self, in_channels: int, out_channels: int, conv_transpose: bool) -> None:
+    def __init__(self, in_channels: int, out_channels: int, conv_transpose: bool, doubles: bool = True) -> None:
         super().__init__()
         self.block = nn.Sequential(
-            _up(in_channels, out_channels, conv_transpose),
+            _up(in_channels, out_channels, conv_transpose, doubles),
             _Conv3x3(out_channels),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
@@ -135,11 +147,11 @@ def _centre_crop(skip: Tensor, like: Tensor) -> Tensor:
 class _Levels(nn.Module):
     """The three decoder levels: upsample, concatenate the cropped skip tensor, two convs (key ``decoder``)."""
 
-    def __init__(self, conv_transpose: bool) -> None:
+    def __init__(self, conv_transpose: bool, doubles: tuple[bool, ...]) -> None:
         super().__init__()
         pairs = list(zip(FEATURES[:-1], FEATURES[1:]))
         self.blocks = nn.ModuleList([_DoubleConv(cin, cout) for cin, cout in pairs])
-        self.samplers = nn.ModuleList([_up(cin, cout, conv_transpose) for cin, cout in pairs])
+        self.samplers = nn.ModuleList([_up(cin, cout, conv_transpose, d) for (cin, cout), d in zip(pairs, doubles)])
 
     def forward(self, x: Tensor, skips: list[Tensor]) -> Tensor:
         for block, sampler, skip in zip(self.blocks, self.samplers, skips):
@@ -151,23 +163,36 @@ class _Levels(nn.Module):
 class InstanceDecoder(nn.Module):
     """micro-sam's AIS decoder (torch-em UNETR without its encoder): embedding -> three sigmoid maps.
 
-    ``forward(embedding [B, embed_dim, h, w]) -> [B, 3, 16h, 16w]`` (foreground, centre distance,
-    boundary distance), all tiles of a batch in one pass. Build it with :func:`load_decoder` to get
-    the variant right and the weights loaded strictly; a fresh one (random init) is for training.
+    ``forward(embedding [B, embed_dim, h, w]) -> [B, 3, upscale h, upscale w]`` (foreground, centre
+    distance, boundary distance), all tiles of a batch in one pass. Build it with :func:`load_decoder`
+    to get the variant right and the weights loaded strictly; a fresh one (random init) is for training.
+
+    ``upscale`` is the model's input side over its embedding side (:func:`decoder_upscale`): 16 for
+    every 1024-pixel SAM, where this is micro-sam's decoder exactly. A model whose embedding token
+    covers fewer pixels (LiteMedSAM: 64 tokens for 256 pixels, 4) gets its maps at its own input
+    resolution: the upsamplings past ``upscale`` only apply their 1x1 convs (same layers, same state
+    keys), which saves the 16x path's two largest levels (measured on CPU: see ``benchmarks``).
+    Only the bilinear variant (the one tilesam trains) has that form.
     """
 
-    def __init__(self, *, conv_transpose: bool = False, embed_dim: int = EMBED_DIM) -> None:
+    def __init__(self, *, conv_transpose: bool = False, embed_dim: int = EMBED_DIM, upscale: int = 16) -> None:
         super().__init__()
+        if upscale not in (2, 4, 8, 16):
+            raise ValueError(f"InstanceDecoder: upscale must be 2, 4, 8 or 16, got {upscale}")
+        if conv_transpose and upscale != 16:
+            raise ValueError(f"InstanceDecoder: the transposed-conv variant always upscales 16x, not {upscale}")
         self.conv_transpose = conv_transpose
         self.embed_dim = embed_dim
+        self.upscale = upscale
+        doubles = tuple(2**k <= upscale for k in range(1, 5))  # per step of both paths: does it double?
         f0, f1, f2, f3 = FEATURES
-        self.deconv1 = _UpBlock(embed_dim, f0, conv_transpose)
-        self.deconv2 = _UpBlock(f0, f1, conv_transpose)
-        self.deconv3 = _UpBlock(f1, f2, conv_transpose)
-        self.deconv4 = _UpBlock(f2, f3, conv_transpose)
+        self.deconv1 = _UpBlock(embed_dim, f0, conv_transpose, doubles[0])
+        self.deconv2 = _UpBlock(f0, f1, conv_transpose, doubles[1])
+        self.deconv3 = _UpBlock(f1, f2, conv_transpose, doubles[2])
+        self.deconv4 = _UpBlock(f2, f3, conv_transpose, doubles[3])
         self.base = _DoubleConv(embed_dim, f0)
-        self.decoder = _Levels(conv_transpose)
-        self.deconv_out = _up(f3, f3, conv_transpose)
+        self.decoder = _Levels(conv_transpose, doubles[:3])
+        self.deconv_out = _up(f3, f3, conv_transpose, doubles[3])
         self.decoder_head = _DoubleConv(2 * f3, f3)
         self.out_conv = nn.Conv2d(f3, OUT_CHANNELS, kernel_size=1)
 
@@ -176,7 +201,7 @@ class InstanceDecoder(nn.Module):
             raise ValueError(
                 f"InstanceDecoder expects image embeddings [B, {self.embed_dim}, h, w], got {tuple(embedding.shape)}"
             )
-        z9 = self.deconv1(embedding)  # 2x, 512 channels
+        z9 = self.deconv1(embedding)  # 2x, 512 channels (scales at upscale 16)
         z6 = self.deconv2(z9)  # 4x, 256
         z3 = self.deconv3(z6)  # 8x, 128
         z0 = self.deconv4(z3)  # 16x, 64
@@ -184,6 +209,11 @@ class InstanceDecoder(nn.Module):
         x = self.deconv_out(x)  # 16x, 64
         x = self.decoder_head(torch.cat([x, z0], dim=1))
         return torch.sigmoid(self.out_conv(x))
+
+
+def decoder_upscale(sam: nn.Module) -> int:
+    """A SAM model's input side over its embedding side: the instance decoder's output scale."""
+    return int(sam.image_encoder.img_size // sam.prompt_encoder.image_embedding_size[0])
 
 
 def is_conv_transpose_state(decoder_state: Mapping[str, object]) -> bool:
@@ -201,10 +231,12 @@ def load_decoder(
     source: str = "decoder state",
     device: str | torch.device = "cpu",
     embed_dim: int = EMBED_DIM,
+    upscale: int = 16,
 ) -> InstanceDecoder:
     """An :class:`InstanceDecoder` (eval mode, on ``device``) with ``decoder_state`` loaded strictly.
 
-    The variant is inferred as micro-sam does. Missing or unexpected keys, non-tensor values and shape
+    The variant is inferred as micro-sam does; ``upscale`` comes from the SAM model it decodes
+    (:func:`decoder_upscale`). Missing or unexpected keys, non-tensor values and shape
     mismatches (e.g. the decoder of another embedding width) raise :class:`DecoderError` naming ``source``.
     """
     if not isinstance(decoder_state, Mapping):
@@ -216,7 +248,13 @@ def load_decoder(
             f"{source}: this is a training checkpoint ({sorted(decoder_state)[:4]}), not a decoder state; "
             "pass its 'decoder_state'"
         )
-    decoder = InstanceDecoder(conv_transpose=is_conv_transpose_state(decoder_state), embed_dim=embed_dim)
+    conv_transpose = is_conv_transpose_state(decoder_state)
+    if conv_transpose and upscale != 16:
+        raise DecoderError(
+            f"{source}: a transposed-conv decoder upscales 16x, but this model's embedding needs {upscale}x "
+            "(its input side / embedding side); train a bilinear decoder for it"
+        )
+    decoder = InstanceDecoder(conv_transpose=conv_transpose, embed_dim=embed_dim, upscale=upscale)
     expected = decoder.state_dict()
     missing = sorted(expected.keys() - decoder_state.keys())
     unexpected = sorted(decoder_state.keys() - expected.keys())
