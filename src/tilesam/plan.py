@@ -150,10 +150,10 @@ class Plan:
                 base_spec = _resolve(pair[0], finetuned_from=entry)
                 base_id = model_id(base_spec)
                 specs.setdefault(base_id, base_spec)
-                finetuned[finetuned_name(base_id, pair[1])] = (base_id, pair[1])
                 finetuned_ids[entry] = finetuned_name(base_id, pair[1])
+                finetuned[finetuned_ids[entry]] = (base_id, pair[1])
             for dataset, cfg in datasets.items():
-                spec = finetuned_name(base_id, pair[1]) if pair else _resolve(entry, cfg.get("modality", "other"))
+                spec = finetuned_ids[entry] if pair else _resolve(entry, cfg.get("modality", "other"))
                 mid = _add_model(models_of[dataset], specs, spec)
                 if mid is not None:
                     repeated[(entry, mid)] = None
