@@ -57,3 +57,29 @@ def test_start_decoder_reads_a_pickled_base_only_with_trust_pickle(pickled_base)
     with pytest.raises(CheckpointError, match=f"{base}.*trust_pickle"):
         start_decoder(base, FinetuneConfig(), torch.device("cpu"))
     assert start_decoder(base, FinetuneConfig(), torch.device("cpu"), trust_pickle=True) == (None, None)
+
+
+def test_the_finetune_rule_passes_the_configs_trust_pickle(pickled_base, tmp_path):
+    """A dry run: `tilesam finetune` of a `<file>-ft-<dataset>` model gets --trust-pickle from the config."""
+    from helpers.snakemake_cli import snakemake, write_config
+    from tilesam.data import synthetic
+
+    base, _ = pickled_base
+    for name, seed in (("train/a", 1), ("test/b", 2)):
+        folder, image = name.split("/")
+        spec = synthetic.SyntheticSpec(image, (96, 120), 6, (9.0, 16.0), seed=seed)
+        synthetic.write_demo(spec, tmp_path / folder / f"images/{image}.tif", tmp_path / folder / f"labels/{image}.tif")
+    config = {
+        "datasets": {d: {"images": f"{d}/images/*.tif", "labels": f"{d}/labels/*.tif"} for d in ("train", "test")},
+        "models": [f"{base}-ft-train"],
+        "baseline": {"classical": False},
+        "device": "cpu",
+        "segmentation": {"methods": ["auto"]},
+        "evaluation": {"prompts": []},
+    }
+    commands = {}
+    for trust in (False, True):
+        write_config(tmp_path, {**config, "trust_pickle": trust})
+        planned = snakemake(tmp_path, "-n", "-p").stdout
+        (commands[trust],) = [line for line in planned.splitlines() if "tilesam finetune" in line]
+    assert "--trust-pickle" in commands[True] and "--trust-pickle" not in commands[False]
