@@ -132,3 +132,29 @@ def test_a_finetuned_model_has_a_decoder_when_finetuning_trains_one_or_its_base_
     cfg["finetune"]["train_parts"] = ["mask_decoder"]  # a base with a decoder passes it on untrained
     monkeypatch.setattr(plan_module, "_card", lambda spec: SimpleNamespace(decoder=object(), ais=None, amg=None))
     assert Plan.from_config(cfg).methods_of("lite_medsam-ft-train") == ["ais"]
+
+
+def test_a_finetuned_model_of_a_checkpoint_file_is_planned_under_its_base_files_id(decoder_checkpoint, tmp_path):
+    """`<file>-ft-<dataset>` with `auto`: planned as `<base id>-ft-<dataset>` (was a FileNotFoundError)."""
+    with_decoder, without = decoder_checkpoint
+    cfg = full_config(models=[without, f"{without}-ft-train", f"{with_decoder}-ft-train"])
+    cfg["segmentation"]["methods"] = ["auto"]
+    cfg["compare"] = [{"vanilla": without, "finetuned": f"{without}-ft-train"}]
+    cfg["datasets"]["train"] = labelled_images(tmp_path / "train", 2)
+    plan = Plan.from_config(cfg)
+    plain, dec = f"{mid(without)}-ft-train", f"{mid(with_decoder)}-ft-train"
+    assert plan.finetuned == {plain: (mid(without), "train"), dec: (mid(with_decoder), "train")}
+    assert plan.models_of["demo"] == [mid(without), plain, dec]
+    assert plan.methods_of(plain) == ["amg"] and plan.methods_of(dec) == ["ais"]  # the base's decoder
+    assert plan.config["compare"] == [{"vanilla": mid(without), "finetuned": plain}]
+    assert plan.finetune_inputs("train", mid(without))["model"] == f"resources/models/{mid(without)}.json"
+    assert f"results/evaluation/demo/nuclei_small/{dec}/ais.json" in plan.evaluations()
+
+
+def test_a_finetuned_model_of_a_missing_file_is_an_error_naming_the_file(tmp_path):
+    cfg = full_config(models=[f"{tmp_path}/gone.pt-ft-train"], segmentation={"methods": ["auto"]})
+    cfg["datasets"]["train"] = labelled_images(tmp_path / "train", 2)
+    with pytest.raises(
+        PlanError, match=f"finetuned from '{tmp_path}/gone.pt'.*no such checkpoint file {tmp_path}/gone.pt"
+    ):
+        Plan.from_config(cfg)

@@ -243,12 +243,13 @@ def cmd_finetune(args) -> None:
     from tilesam import jobs
 
     section = json.loads(args.config or "{}").get("finetune", {})
+    trust = schema.defaults()["trust_pickle"] if args.trust_pickle is None else args.trust_pickle
     val_fraction = args.val_fraction if args.val_fraction is not None else section.get("val_fraction", 0.0)
     jobs.finetune(
         args.model, args.images, args.labels, args.out, config=_settings(args, schema.FinetuneConfig),
         val_images=args.val_images, val_labels=args.val_labels, val_fraction=val_fraction, name=args.name,
         dataset=args.dataset, device=args.device, embedding_cache=args.embedding_cache, resume=not args.restart,
-        progress=not args.no_progress,
+        progress=not args.no_progress, trust_pickle=trust,
     )  # fmt: skip
 
 
@@ -374,7 +375,7 @@ COMMANDS: dict[str, Command] = {
         arg("--embedding-cache", help="folder keeping image embeddings between runs (frozen encoder)"),
         arg("--restart", action="store_true", help="ignore the state of an interrupted run"),
         arg("--no-progress", action="store_true", help="no progress bar"),
-        CONFIG), (schema.FinetuneConfig,), True),
+        TRUST_PICKLE, CONFIG), (schema.FinetuneConfig,), True),
 }
 # fmt: on
 

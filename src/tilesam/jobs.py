@@ -592,8 +592,11 @@ def finetune(
     embedding_cache: str | None = None,
     resume: bool = True,
     progress: bool = True,
+    trust_pickle: bool = False,
 ):
-    """Finetune a model on images with instance labels (resumable); writes the checkpoint and its card."""
+    """Finetune a model on images with instance labels (resumable); writes the checkpoint and its card.
+
+    ``trust_pickle``: the base, a checkpoint file of the user's own, may be fully unpickled."""
     from tilesam.finetune.trainer import finetune as run
 
     result = run(
@@ -611,6 +614,7 @@ def finetune(
         embedding_cache=embedding_cache,
         resume=resume,
         progress=progress,
+        trust_pickle=trust_pickle,
     )
     log.info(
         "finetuned %s: %s (card %s, best epoch %d)", result.name, result.checkpoint, result.card, result.best_epoch

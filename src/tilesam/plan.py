@@ -86,14 +86,16 @@ def _add_model(models: list[str], specs: dict[str, str], spec: str) -> str | Non
     return None
 
 
-def _compare_by_id(pairs: list[dict], entries: list[str], specs: dict[str, str]) -> list[dict]:
+def _compare_by_id(
+    pairs: list[dict], entries: list[str], specs: dict[str, str], finetuned: dict[str, str] | None = None
+) -> list[dict]:
     """Compare pairs with model ids: a pair may name a checkpoint as the models list does (``run1/best.pt``).
 
     The rules pass ``config["compare"]`` on to the report, which matches it against the table's ids.
     """
-    ids = {}
+    ids = dict(finetuned or {})  # a finetuned entry -> its id (`/x/best.pt-ft-train` -> `best-3fa2c1-ft-train`)
     for entry in entries:
-        if entry not in specs and entry != "auto":
+        if entry not in specs and entry not in ids and entry != "auto":
             try:
                 ids[entry] = model_id(resolve_spec(entry))
             except (KeyError, ValueError, FileNotFoundError):
@@ -139,16 +141,19 @@ class Plan:
             except DatasetError as err:
                 raise PlanError(f"config error: {err}") from err
         finetuned, specs, models_of = {}, {}, {d: [] for d in datasets}
+        finetuned_ids: dict[str, str] = {}  # config entry -> id of its finetuned model
         first_entry: dict[str, str] = {}  # model id -> the config entry that planned it first
         repeated: dict[tuple[str, str], None] = {}  # (entry, model id) of entries that named a planned model
         for entry in config["models"]:
             pair = split_finetuned(entry, datasets)
-            if pair:
-                base_id = model_id(_resolve(pair[0]))
-                specs.setdefault(base_id, _resolve(pair[0]))
-                finetuned[entry] = (base_id, pair[1])
+            if pair:  # its id is `<base id>-ft-<dataset>`: a file base's id, not its path, so it is one safe name
+                base_spec = _resolve(pair[0], finetuned_from=entry)
+                base_id = model_id(base_spec)
+                specs.setdefault(base_id, base_spec)
+                finetuned_ids[entry] = finetuned_name(base_id, pair[1])
+                finetuned[finetuned_ids[entry]] = (base_id, pair[1])
             for dataset, cfg in datasets.items():
-                spec = entry if pair else _resolve(entry, cfg.get("modality", "other"))
+                spec = finetuned_ids[entry] if pair else _resolve(entry, cfg.get("modality", "other"))
                 mid = _add_model(models_of[dataset], specs, spec)
                 if mid is not None:
                     repeated[(entry, mid)] = None
@@ -157,7 +162,7 @@ class Plan:
         for entry, mid in repeated:  # said once per entry, not per dataset
             same = "is listed more than once" if entry == first_entry[mid] else f"is the same as {first_entry[mid]!r}"
             log.warning("models: %r %s (%s, id %s): planned once", entry, same, specs[mid], mid)
-        config["compare"] = _compare_by_id(config["compare"], config["models"], specs)
+        config["compare"] = _compare_by_id(config["compare"], config["models"], specs, finetuned_ids)
         plan = cls(config, images, models_of, specs, finetuned, user_config)
         plan._check()
         return plan
@@ -583,8 +588,9 @@ def has_decoder(spec: str) -> bool:
         return b"decoder_state" in f.read(_PICKLE_HEAD)
 
 
-def _resolve(entry: str, modality: str = "other") -> str:
+def _resolve(entry: str, modality: str = "other", finetuned_from: str | None = None) -> str:
     try:
         return resolve_spec(entry, modality=modality)
     except (KeyError, ValueError, FileNotFoundError) as err:
-        raise PlanError(f"config error in models: {err}") from err
+        what = f"{finetuned_from!r} is finetuned from {entry!r}, which cannot be used: " if finetuned_from else ""
+        raise PlanError(f"config error in models: {what}{err}") from err

@@ -17,10 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
+import imageio.v3 as iio
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import zarr
 
 from helpers.snakemake_cli import REPO, snakemake, write_config
 from tilesam.data import stores, synthetic
@@ -77,6 +80,25 @@ def _cut(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def _as(w: Path, name: str, key: str | None = None) -> dict:
+    """The run folder's image written as `data/images/<name>` instead (PNG, HDF5 or zarr), without labels;
+    the config changes that make it the dataset."""
+    pixels, path = tifffile.imread(w / "data/images/a.tif"), w / "data/images" / name
+    (w / "data/images/a.tif").unlink()
+    if name.endswith(".png"):
+        iio.imwrite(path, pixels)
+    elif name.endswith(".h5"):
+        with h5py.File(path, "w") as f:
+            f[key] = pixels
+    else:
+        zarr.create_array(str(path), shape=pixels.shape, chunks=(32, 32), dtype=pixels.dtype)[:] = pixels
+    return {"datasets": {"d": {"images": f"data/images/*{Path(name).suffix}", "labels": None, "key": key}}}
+
+
+def _zarr_chunk(w: Path) -> Path:
+    return w / "data/images/a.zarr/c/1/1"
+
+
 def _merge(base: dict, changes: dict) -> dict:
     out = json.loads(json.dumps(base))
     for key, value in changes.items():
@@ -116,6 +138,22 @@ PLANNING: dict[str, tuple[Prepare, list[str]]] = {
             and {"datasets": {"d": {"images": "data/images/.*.tif", "labels": None}}}
         ),
         ["data/images/...tif", "not a safe file name"],
+    ),
+    "truncated PNG": (
+        lambda w: _as(w, "a.png") | (_cut(w / "data/images/a.png") or {}),
+        ["data/images/a.png", "truncated or corrupt PNG"],
+    ),
+    "truncated HDF5": (
+        lambda w: _as(w, "a.h5", "raw") | (_cut(w / "data/images/a.h5") or {}),
+        ["data/images/a.h5", "truncated or corrupt HDF5"],
+    ),
+    "zarr image with a chunk cut short": (
+        lambda w: _as(w, "a.zarr") | (_cut(_zarr_chunk(w)) or {}),
+        ["data/images/a.zarr", "truncated or corrupt zarr array: chunk c/1/1"],
+    ),
+    "zarr image with corrupt metadata": (
+        lambda w: _as(w, "a.zarr") | ((w / "data/images/a.zarr/zarr.json").write_text('{"zarr_fo') and {}),
+        ["data/images/a.zarr", "corrupt zarr metadata"],
     ),
     "halo larger than the tile": (
         lambda w: {"segmentation": {"tile_shape": [64, 64], "halo": [80, 80]}},

@@ -35,11 +35,12 @@ rule finetune:
         ),
         config=sections("finetune"),
         device=config["device"],
+        trust="--trust-pickle" if config["trust_pickle"] else "",
     shell:
         "tilesam finetune --model {params.spec:q} --images {input.images:q} "
         "--labels {input.labels:q} {params.val:q} --out {output.checkpoint:q} --name {params.name:q} "
         "--dataset {wildcards.dataset:q} --config {params.config:q} --device {params.device:q} "
-        "--threads {threads} --no-progress 2> {log:q}"
+        "--threads {threads} --no-progress {params.trust} 2> {log:q}"
 
 
 rule finetuned_model:

@@ -94,9 +94,12 @@ class BaseModel:
     architecture: str
 
 
-def base_identity(base: str | os.PathLike) -> BaseModel:
-    """The identity of a registered model or a checkpoint file; an unknown sha256 is an error."""
-    info = model_info(base)
+def base_identity(base: str | os.PathLike, *, trust_pickle: bool = False) -> BaseModel:
+    """The identity of a registered model or a checkpoint file; an unknown sha256 is an error.
+
+    ``trust_pickle``: a checkpoint file of the user's own may be fully unpickled (see `load_model`).
+    """
+    info = model_info(base, trust_pickle=trust_pickle)
     if info["sha256"] is None:
         raise FinetuneError(
             f"base model {base}: its sha256 is unknown, so the finetuned model's provenance would be unknown"

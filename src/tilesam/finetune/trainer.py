@@ -111,7 +111,7 @@ def _param_groups(model: Sam, config: FinetuneConfig, decoder: InstanceDecoder |
 
 
 def start_decoder(
-    base: str | os.PathLike, config: FinetuneConfig, model: Sam
+    base: str | os.PathLike, config: FinetuneConfig, model: Sam, *, trust_pickle: bool = False
 ) -> tuple[InstanceDecoder | None, str | None]:
     """The instance decoder a run starts from, and its origin: the base model's (``base``), or a fresh one.
 
@@ -120,9 +120,10 @@ def start_decoder(
     so the rest of the run draws the same numbers with and without it. A base without a decoder
     that does not train one gives (None, None). ``model`` is the loaded base: its device, and its
     input over embedding side, the decoder's ``upscale`` (16 for micro-sam's models, 4 for LiteMedSAM).
+    ``trust_pickle`` as for `finetune`.
     """
     device, upscale = model_device(model), decoder_upscale(model)
-    state = load_decoder_state(base)
+    state = load_decoder_state(base, trust_pickle=trust_pickle)
     if state is not None:
         return load_decoder(state, source=f"the decoder of {base}", device=device, upscale=upscale), "base"
     if not config.trains_decoder:
@@ -420,6 +421,7 @@ def finetune(
     keep_state: bool = False,
     progress: bool = True,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    trust_pickle: bool = False,
 ) -> FinetuneResult:
     """Finetune ``base`` (registry name or checkpoint path) on images with instance labels.
 
@@ -433,11 +435,14 @@ def finetune(
     An interrupted run resumes from ``<out>.state.pt`` (``resume=False`` starts afresh); a rerun of
     a finished run with the same settings returns its result without training.
     ``on_epoch_end`` is called after each epoch's state is saved (for monitoring, or to stop a run).
+    ``trust_pickle``: a base checkpoint file of the user's own that holds Python objects besides
+    tensors may be fully unpickled, which runs code from it (config ``trust_pickle``); without it
+    such a file is refused with a message naming it. Registry models never need it.
     """
     config = config or FinetuneConfig()
     out = Path(out)
     train, val = train_val_samples(images, labels, val_images, val_labels, val_fraction)
-    base_id = base_identity(base)
+    base_id = base_identity(base, trust_pickle=trust_pickle)
     fingerprint = _fingerprint(base_id.sha256, config, train, val)
     dataset = dataset or _default_dataset_name(train)
     name = name or f"{base_id.name}-ft-{dataset}"
@@ -447,8 +452,8 @@ def finetune(
         return _result_from_card(out, card, resumed_from=len(card["epochs"]) - 1)
 
     torch.manual_seed(config.seed)
-    model = load_model(base, device=resolve_device(device))
-    decoder, decoder_origin = start_decoder(base, config, model)
+    model = load_model(base, device=resolve_device(device), trust_pickle=trust_pickle)
+    decoder, decoder_origin = start_decoder(base, config, model, trust_pickle=trust_pickle)
     cache = EmbeddingCache(model, base_id.sha256, embedding_cache) if config.encoder_frozen else None
     trainer = _Trainer(model, config, ImageSet(train), ImageSet(val) if val else None, cache, progress, decoder)
     out.parent.mkdir(parents=True, exist_ok=True)
