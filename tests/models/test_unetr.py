@@ -36,7 +36,11 @@ def torch_em_unetr():
 
 
 def micro_sam_unetr(unetr_class, conv_transpose: bool, seed: int) -> torch.nn.Module:
-    """torch-em's UNETR as micro-sam's ``get_unetr`` builds it, random weights and random BatchNorm statistics."""
+    """torch-em's UNETR as micro-sam's ``get_unetr`` builds it, random weights and random BatchNorm statistics.
+
+    In training mode, as micro-sam 1.8 runs it (it never calls ``eval()``): its BatchNorm layers use
+    the statistics of the decoded tile, not the running ones.
+    """
     torch.manual_seed(seed)
     encoder = ImageEncoderViT(
         img_size=IMG_SIZE, patch_size=16, embed_dim=32, depth=1, num_heads=1, out_chans=256, global_attn_indexes=()
@@ -51,13 +55,13 @@ def micro_sam_unetr(unetr_class, conv_transpose: bool, seed: int) -> torch.nn.Mo
         resize_input=True,
         use_conv_transpose=conv_transpose,
     )
-    for module in unetr.modules():  # a fresh BatchNorm is the identity in eval mode: make its state matter
+    for module in unetr.modules():  # running statistics that would change the maps if they were used
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.normal_(0, 0.5)
             module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.normal_(0, 0.1)
-    return unetr.eval()
+    return unetr.train()
 
 
 @torch.no_grad()
@@ -90,12 +94,15 @@ def test_equals_torch_em_unetr_on_an_embedding(torch_em_unetr, tmp_path, conv_tr
     assert set(decoder.state_dict()) == set(state)
     assert not decoder.training
 
-    embedding = torch.randn(1, 256, 4, 4, generator=torch.Generator().manual_seed(2))
-    expected = adapter_maps(unetr, embedding, INPUT_SIZE, ORIGINAL_SIZE)
-    got = decode_maps(decoder, embedding, INPUT_SIZE, ORIGINAL_SIZE)
-    assert got.dtype == np.float32 and got.shape == (1, 3, *ORIGINAL_SIZE)
+    embeddings = torch.randn(2, 256, 4, 4, generator=torch.Generator().manual_seed(2))
+    expected = np.concatenate([adapter_maps(unetr, e[None], INPUT_SIZE, ORIGINAL_SIZE) for e in embeddings])
+    got = decode_maps(decoder, embeddings, INPUT_SIZE, ORIGINAL_SIZE)  # two tiles in one batch
+    assert got.dtype == np.float32 and got.shape == (2, 3, *ORIGINAL_SIZE)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     assert got.std() > 1e-3  # not a constant map that would match anything
+    with torch.no_grad():  # the running statistics would give other maps: they are not what micro-sam uses
+        unetr.eval()
+        assert np.abs(adapter_maps(unetr, embeddings[:1], INPUT_SIZE, ORIGINAL_SIZE) - got[:1]).max() > 1e-2
 
 
 def test_model_size_resizes_first_like_torch_em(torch_em_unetr):

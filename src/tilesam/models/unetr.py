@@ -23,7 +23,8 @@ Compatibility facts (torch-em 0.10, micro-sam 1.8):
   that upsamples and concatenates a centre crop of each skip tensor -- torch-em crops the skip tensors in
   channels as well as space, so only the middle channels of each are used; a final x2 upsampling, a head
   block on the concatenation with the last skip, a 1x1 conv to 3 channels, sigmoid. Two-conv blocks use
-  InstanceNorm without affine parameters (nothing in the state); the deconv blocks use BatchNorm.
+  InstanceNorm without affine parameters (nothing in the state); the deconv blocks use BatchNorm, which
+  micro-sam runs in training mode (batch statistics of one tile) also at inference: ``_TileNorm``.
 - Output is 16x the embedding (1024 x 1024 for 64 x 64; tilesam: ``upscale``, the model input over the embedding side, 4 for LiteMedSAM) and is post-processed like SAM's masks
   (``Sam.postprocess_masks`` / torch-em's ``UNETR.postprocess_masks``): resized to the padded model input,
   cropped to the resized image (``input_size``), resized bilinearly to ``original_size``.
@@ -119,6 +120,22 @@ class _Conv3x3(nn.Module):
         return self.block(x)
 
 
+class _TileNorm(nn.BatchNorm2d):
+    """BatchNorm that, at inference, normalises each tile by its own statistics (keys of ``BatchNorm2d``).
+
+    micro-sam 1.8 never puts its decoder in eval mode, so at inference its BatchNorm layers use the
+    statistics of the batch being decoded, one tile (its default); the running statistics are never
+    used. Normalising per tile gives micro-sam's maps for any batching (measured against micro-sam
+    1.8.14: maps equal to 0.0 and ARI 1.000, against 0.92 with the running statistics; see
+    ``benchmarks/vs_microsam.py --ais-equality``). Training is plain BatchNorm, as micro-sam's.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return super().forward(x)
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+
 class _UpBlock(nn.Module):
     """x2 upsampling -> 3x3 conv -> BatchNorm -> ReLU (torch-em's ``Deconv2DBlock``): makes the skip tensors."""
 
@@ -127,7 +144,7 @@ class _UpBlock(nn.Module):
         self.block = nn.Sequential(
             _up(in_channels, out_channels, conv_transpose, doubles),
             _Conv3x3(out_channels),
-            nn.BatchNorm2d(out_channels),
+            _TileNorm(out_channels),
             nn.ReLU(inplace=True),
         )
 
