@@ -372,10 +372,17 @@ def finetuned_checkpoint(work: Path, base: Path, image_path: Path, labels_path: 
     )  # fmt: skip
     before = torch.load(base, map_location="cpu", weights_only=True)
     after = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
+    stats = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm buffers, not weights
     moved = {
-        part: max((after[part][k].float() - v.float()).abs().max().item() for k, v in before[part].items())
-        for part in ("model_state", "decoder_state")
-    }
+        f"{part} {kind}": max(
+            (after[part][k].float() - v.float()).abs().max().item()
+            for k, v in before[part].items()
+            if k.endswith(stats) == (kind == "BatchNorm statistics")
+        )
+        for part, kind in (
+            ("model_state", "weights"), ("decoder_state", "weights"), ("decoder_state", "BatchNorm statistics")
+        )
+    }  # fmt: skip
     print(
         f"finetuned {base.name} -> {result.checkpoint} in {time.perf_counter() - start:.0f} s; keys "
         f"{sorted(after)}; largest weight change: {', '.join(f'{k} {v:.2e}' for k, v in moved.items())}"
