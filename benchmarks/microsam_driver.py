@@ -12,6 +12,14 @@ stage at a time, so that each stage gets its own times:
 * merging: `segmenter.generate(...)` (AMG: filtering, NMS across tiles and painting into one
   label image; AIS: the watershed over the assembled maps).
 
+`--untiled` (AIS only; the equality check of `vs_microsam.py --ais-equality`): the untiled path as
+micro-sam's users write it: `get_predictor_and_decoder(model_type, checkpoint)` (a checkpoint with
+`model_state` and `decoder_state`), `util.precompute_image_embeddings(predictor, image)`,
+`InstanceSegmentationWithDecoder(predictor, decoder)`, `initialize(image, embeddings)` and
+`generate(**params)` with the parameters given as `--generate` JSON. Writes, besides the labels,
+the embedding (`<out>.features.npy`, with input_size / original_size in the JSON) and the decoder's
+three maps (`<out>.maps.npy`), so that the caller can run its own decoder on the same embedding.
+
 Each stage reports wall time (perf_counter), this process's CPU time (process_time) and its own
 peak resident memory: the kernel's high-water mark (VmHWM) is reset before the stage
 (/proc/self/clear_refs) where Linux allows it, else the process's peak so far is reported.
@@ -78,8 +86,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--model-type", required=True, help="vit_b, vit_t, ... (micro-sam's model_type)")
     parser.add_argument("--mode", choices=["amg", "ais"], default="amg")
-    parser.add_argument("--tile", type=int, nargs=2, required=True)
-    parser.add_argument("--halo", type=int, nargs=2, required=True)
+    parser.add_argument("--tile", type=int, nargs=2, help="required unless --untiled")
+    parser.add_argument("--halo", type=int, nargs=2, help="required unless --untiled")
+    parser.add_argument("--untiled", action="store_true", help="AIS on the whole image (the equality check)")
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--points-per-batch", type=int, default=64)
     parser.add_argument("--generate", default="{}", help="JSON keyword arguments of segmenter.generate")
@@ -99,6 +108,11 @@ def main() -> None:
 
     stages = Stages()
     image = stages.run("read image", util.load_image_data, args.image)
+    if args.untiled:
+        untiled_ais(args, image, stages, t_start)
+        return
+    if args.tile is None or args.halo is None:
+        parser.error("--tile and --halo are required unless --untiled")
     extra = {"points_per_side": args.points_per_side, "points_per_batch": args.points_per_batch}
     predictor, segmenter = stages.run(
         "load model",
@@ -141,6 +155,49 @@ def main() -> None:
                 "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "n_instances": int(len(np.unique(labels[labels > 0]))),
                 "n_tiles": len(embeddings["features"]),
+                "torch_threads": torch.get_num_threads(),
+                "versions": {"micro_sam": __import__("micro_sam").__version__, "torch": torch.__version__},
+            },
+            indent=1,
+        )
+    )
+
+
+def untiled_ais(args, image, stages: Stages, t_start: float) -> None:
+    """AIS on the whole image, as micro-sam's users call it; labels, embedding and maps saved for comparison."""
+    import numpy as np
+    import torch
+    from micro_sam import util
+    from micro_sam.instance_segmentation import InstanceSegmentationWithDecoder, get_predictor_and_decoder
+
+    if args.mode != "ais":
+        raise SystemExit("--untiled is the AIS equality check: use --mode ais")
+    predictor, decoder = stages.run(
+        "load model", get_predictor_and_decoder, model_type=args.model_type, checkpoint_path=args.checkpoint,
+        device=args.device,
+    )  # fmt: skip
+    embeddings = stages.run(
+        "embedding", util.precompute_image_embeddings, predictor=predictor, input_=image, ndim=2, verbose=False
+    )
+    segmenter = InstanceSegmentationWithDecoder(predictor, decoder)
+    stages.run("segmentation", segmenter.initialize, image=image, image_embeddings=embeddings, verbose=False)
+    labels = np.asarray(stages.run("merging", segmenter.generate, **json.loads(args.generate)))
+    out = Path(args.out)
+    np.save(out.with_suffix(".npy"), labels)
+    np.save(out.with_suffix(".features.npy"), np.asarray(embeddings["features"], dtype=np.float32))
+    state = segmenter.get_state()
+    maps = [state[k] for k in ("foreground", "center_distances", "boundary_distances")]
+    np.save(out.with_suffix(".maps.npy"), np.stack(maps).astype(np.float32))
+    out.write_text(
+        json.dumps(
+            {
+                "stages": stages.records,
+                "wall_s": time.perf_counter() - t_start,
+                "cpu_s": time.process_time(),
+                "n_instances": int(len(np.unique(labels[labels > 0]))),
+                "input_size": [int(s) for s in embeddings["input_size"]],
+                "original_size": [int(s) for s in embeddings["original_size"]],
+                "generate": json.loads(args.generate),
                 "torch_threads": torch.get_num_threads(),
                 "versions": {"micro_sam": __import__("micro_sam").__version__, "torch": torch.__version__},
             },
