@@ -345,6 +345,11 @@ class FinetuneConfig:
     def trains_decoder(self) -> bool:
         return "decoder" in self.train_parts
 
+    @property
+    def trains_sam(self) -> bool:
+        """Whether a part of the SAM model is trained (else only the instance decoder)."""
+        return any(part != "decoder" for part in self.train_parts)
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FinetuneConfig:
         """Inverse of ``asdict`` (e.g. from a model card); unknown keys are an error."""

@@ -90,6 +90,20 @@ def test_run_writes_micro_sams_format_with_a_trained_decoder(decoder_run, lite_m
     assert all(float(row.split(",")[header.index("decoder_loss")]) > 0 for row in log[1:])
 
 
+def test_training_only_the_decoder_leaves_sam_alone_and_skips_the_prompt_loss(data, embeddings, tmp_path, lite_medsam):
+    result = run(data, tmp_path / "ft.pth", embeddings, config=replace(WITH_DECODER, train_parts=("decoder",)))
+    checkpoint = saved(result.checkpoint)
+    assert_same_weights(checkpoint["model_state"], lite_medsam.state_dict())
+    start, _ = start_decoder("lite_medsam", WITH_DECODER, lite_medsam)
+    assert not torch.equal(start.out_conv.weight, checkpoint["decoder_state"]["out_conv.weight"])
+    log = Path(f"{result.checkpoint.with_suffix('')}.losses.csv").read_text().splitlines()
+    header = log[0].split(",")
+    rows = [dict(zip(header, row.split(","))) for row in log[1:]]
+    assert rows and all(r["mask_loss"] == "" and float(r["decoder_loss"]) == float(r["loss"]) > 0 for r in rows)
+    card = json.loads(result.card.read_text())  # strict JSON: no NaN for the losses not computed
+    assert all(e["mask_loss"] is None and e["iou_loss"] is None for e in card["epochs"])
+
+
 def test_the_registered_name_has_the_decoder(decoder_run):
     card = register_finetuned(decoder_run.card)
     assert card.decoder is not None and model_info(card.name)["has_decoder"]

@@ -122,8 +122,8 @@ class LossParts:
     """The loss of one view: its prompted objects' (averaged over the sub-iterations) plus the decoder's."""
 
     total: torch.Tensor
-    mask: float
-    iou: float
+    mask: float | None  # None: no SAM part is trained, so no prompt loss was computed
+    iou: float | None
     decoder: float | None = None  # None: the instance decoder is not trained
 
 
@@ -239,6 +239,9 @@ def view_loss(
     ids = _pick_objects(targets, rng, config.objects_per_image)
     embedding = view_embedding(model, images, view, cache, grad and not config.encoder_frozen)
     with torch.set_grad_enabled(grad):
+        if decoder is not None and not config.trains_sam:  # the prompt loss would cost much and teach nothing
+            extra = instance_decoder_loss(decoder, embedding, targets.labels, img_size, rng, config.decoder_crop)
+            return LossParts(extra, None, None, float(extra.detach()))
         parts = iterative_loss(model, embedding, targets, ids, rng, config)
         if decoder is None:
             return parts

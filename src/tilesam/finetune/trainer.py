@@ -328,8 +328,8 @@ class _Trainer:
             decoder.eval()
         return {
             "loss": float(loss.detach()),
-            "mask_loss": float(np.mean([p.mask for p in parts])),
-            "iou_loss": float(np.mean([p.iou for p in parts])),
+            "mask_loss": float(np.mean([p.mask for p in parts])) if self.config.trains_sam else None,
+            "iou_loss": float(np.mean([p.iou for p in parts])) if self.config.trains_sam else None,
             "decoder_loss": float(np.mean([p.decoder for p in parts])) if decoder is not None else None,
             "lr": lr,
         }
@@ -358,8 +358,9 @@ class _Trainer:
         record = EpochRecord(epoch=epoch, iterations=self.state.iterations, val=self.validate())
         if rows:
             record.train_loss = float(np.mean([r["loss"] for r in rows]))
-            record.mask_loss = float(np.mean([r["mask_loss"] for r in rows]))
-            record.iou_loss = float(np.mean([r["iou_loss"] for r in rows]))
+            if self.config.trains_sam:  # else only the instance decoder's loss was computed
+                record.mask_loss = float(np.mean([r["mask_loss"] for r in rows]))
+                record.iou_loss = float(np.mean([r["iou_loss"] for r in rows]))
             if self.config.trains_decoder:
                 record.decoder_loss = float(np.mean([r["decoder_loss"] for r in rows]))
             record.lr = rows[-1]["lr"]
