@@ -61,7 +61,7 @@ def test_normalize_uses_the_image_range():
 def test_float16_store_and_mismatch_is_refused(lite_medsam, image, tmp_path):
     info = io.read_info(image)
     grid = TileGrid(info.shape, TILE, HALO)
-    prov = provenance(lite_medsam, image, grid, block=1, dtype="float16")
+    prov = provenance(lite_medsam, image, grid, block=2, dtype="float16")  # block 2 of 4 tiles: tile 8 of 9 only
     embed_block(lite_medsam, prov, image, grid, tmp_path / "b.zarr")
     root = zarr.open_group(str(tmp_path / "b.zarr"))
     assert root["embeddings"].dtype == np.float16
@@ -76,13 +76,13 @@ def test_a_partial_store_of_another_model_is_moved_aside_and_the_block_recompute
     """A rerun after a changed parameter needs no cleaning by hand, and the old tiles are kept aside."""
     info = io.read_info(image)
     grid = TileGrid(info.shape, TILE, HALO)
-    prov = provenance(lite_medsam, image, grid, block=1)
-    old = stores.open_partial(tmp_path / "c.zarr", "embeddings", asdict(replace(prov, model="vit_b")), 4)
-    old.create_array("embeddings", shape=(4, 256, 64, 64), chunks=(1, 256, 64, 64), dtype="float32", fill_value=3.0)
+    prov = provenance(lite_medsam, image, grid, block=2)  # block 2 of 4 tiles: tile 8 of 9 only
+    old = stores.open_partial(tmp_path / "c.zarr", "embeddings", asdict(replace(prov, model="vit_b")), 1)
+    old.create_array("embeddings", shape=(1, 256, 64, 64), chunks=(1, 256, 64, 64), dtype="float32", fill_value=3.0)
     old["done"][0] = True
     with caplog.at_level("WARNING", logger="tilesam"):
         stats = embed_block(lite_medsam, prov, image, grid, tmp_path / "c.zarr")
-    assert stats["computed"] == 4  # the other model's tile was not taken for this one's
+    assert stats["computed"] == 1  # the other model's (done) tile was not taken for this one's
     root = stores.open_done(tmp_path / "c.zarr", "embeddings", asdict(prov))
     assert not (root["embeddings"][0] == 3.0).all()
     (aside,) = tmp_path.glob("c.zarr.stale-*")
