@@ -34,8 +34,9 @@ every object foreground (> 0.5) on at least 71 % of its pixels, background 0.8 %
 the loss falls from 0.49 to 0.38 (means of the first and last 20 steps); AIS with centre/boundary thresholds
 0.55/0.6 and min_size 10 scores mSA 0.49 on the image. With main's decoder for LiteMedSAM (upscale 4,
 c91632d/3097d34), measured side by side: 50 x 6 fitted in 340 s at a load of 9 (100 x 8: 610 s), at least
-55 % of each object foreground (100 x 8: 93 %), background 0.2 %, minima 0.40 and 0.31, mSA 0.49 (0.69). The exact weights depend on the torch thread count, as
-the short, noisy fit amplifies rounding. The defaults were 100 steps on 8 x 8 crops (2.5x the cost): that fit
+55 % of each object foreground (100 x 8: 93 %), background 0.2 %, minima 0.40 and 0.31, mSA 0.49 (0.69).
+The exact weights depend on the torch thread count, as the short, noisy fit amplifies rounding. The defaults
+were 100 steps on 8 x 8 crops (about twice the cost): with this branch's decoder (upscale 16) that fit
 the distances worse (per-object minima ~0.37-0.50 and ~0.53-0.57; 79-99 % of the object pixels foreground),
 and 60 steps on 8 x 8 crops found no object at those thresholds. Crop training does not transfer perfectly to
 the whole embedding because the decoder's InstanceNorm statistics differ between a crop and the whole image
