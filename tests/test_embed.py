@@ -14,9 +14,9 @@ import torch
 import zarr
 from segment_anything import SamPredictor
 
+from helpers.embedded import Clock, import_synthetic, provenance
 from tilesam.data import io, stores, synthetic
 from tilesam.embed import (
-    Provenance,
     auto_batch_size,
     embed_block,
     encode,
@@ -31,24 +31,14 @@ TILE, HALO = (128, 128), (16, 16)
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
-    d = tmp_path_factory.mktemp("img")
     spec = synthetic.SyntheticSpec("t", (300, 260), 20, (8.0, 16.0), seed=5)
-    synthetic.write_demo(spec, d / "a.tif", d / "a_gt.tif")
-    io.import_image(d / "a.tif", d / "a.ome.zarr", ndim=2, tile_shape=TILE)
-    return d / "a.ome.zarr"
-
-
-def _prov(model, image, grid, block=0, tpb=4, dtype="float32"):
-    info = io.read_info(image)
-    return Provenance(
-        "lite_medsam", "sha-test", int(model.image_encoder.img_size), grid.to_dict(), block, tpb, info.signature, dtype
-    )
+    return import_synthetic(tmp_path_factory.mktemp("img"), spec, TILE)
 
 
 def test_block_embeddings_equal_sam_predictor(lite_medsam, image, tmp_path):
     info = io.read_info(image)
     grid = TileGrid(info.shape, TILE, HALO)
-    prov = _prov(lite_medsam, image, grid)
+    prov = provenance(lite_medsam, image, grid)
     stats = embed_block(lite_medsam, prov, image, grid, tmp_path / "b.zarr", batch_size=3)
     assert stats["computed"] == 4
     root = stores.open_done(tmp_path / "b.zarr", "embeddings", asdict(prov))
@@ -71,7 +61,7 @@ def test_normalize_uses_the_image_range():
 def test_float16_store_and_mismatch_is_refused(lite_medsam, image, tmp_path):
     info = io.read_info(image)
     grid = TileGrid(info.shape, TILE, HALO)
-    prov = _prov(lite_medsam, image, grid, block=1, dtype="float16")
+    prov = provenance(lite_medsam, image, grid, block=2, dtype="float16")  # block 2 of 4 tiles: tile 8 of 9 only
     embed_block(lite_medsam, prov, image, grid, tmp_path / "b.zarr")
     root = zarr.open_group(str(tmp_path / "b.zarr"))
     assert root["embeddings"].dtype == np.float16
@@ -86,29 +76,18 @@ def test_a_partial_store_of_another_model_is_moved_aside_and_the_block_recompute
     """A rerun after a changed parameter needs no cleaning by hand, and the old tiles are kept aside."""
     info = io.read_info(image)
     grid = TileGrid(info.shape, TILE, HALO)
-    prov = _prov(lite_medsam, image, grid, block=1)
-    old = stores.open_partial(tmp_path / "c.zarr", "embeddings", asdict(replace(prov, model="vit_b")), 4)
-    old.create_array("embeddings", shape=(4, 256, 64, 64), chunks=(1, 256, 64, 64), dtype="float32", fill_value=3.0)
+    prov = provenance(lite_medsam, image, grid, block=2)  # block 2 of 4 tiles: tile 8 of 9 only
+    old = stores.open_partial(tmp_path / "c.zarr", "embeddings", asdict(replace(prov, model="vit_b")), 1)
+    old.create_array("embeddings", shape=(1, 256, 64, 64), chunks=(1, 256, 64, 64), dtype="float32", fill_value=3.0)
     old["done"][0] = True
     with caplog.at_level("WARNING", logger="tilesam"):
         stats = embed_block(lite_medsam, prov, image, grid, tmp_path / "c.zarr")
-    assert stats["computed"] == 4  # the other model's tile was not taken for this one's
+    assert stats["computed"] == 1  # the other model's (done) tile was not taken for this one's
     root = stores.open_done(tmp_path / "c.zarr", "embeddings", asdict(prov))
     assert not (root["embeddings"][0] == 3.0).all()
     (aside,) = tmp_path.glob("c.zarr.stale-*")
     assert zarr.open_group(str(aside), mode="r")["embeddings"][0].max() == 3.0
     assert "c.zarr.partial" in caplog.text and "vit_b" in caplog.text and str(aside) in caplog.text
-
-
-class _Clock:
-    """A stand-in for the `time` module of the code under test: each perf_counter() call is 1 s later."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def perf_counter(self) -> float:
-        self.now += 1.0
-        return self.now
 
 
 def test_a_resumed_block_records_every_tiles_encoder_seconds(lite_medsam, image, tmp_path, monkeypatch):
@@ -117,8 +96,8 @@ def test_a_resumed_block_records_every_tiles_encoder_seconds(lite_medsam, image,
 
     info = io.read_info(image)
     grid = TileGrid(info.shape, TILE, HALO)
-    prov = _prov(lite_medsam, image, grid)
-    monkeypatch.setattr(embed_module, "time", _Clock())  # one encoder pass = 1 s, shared by its batch
+    prov = provenance(lite_medsam, image, grid)
+    monkeypatch.setattr(embed_module, "time", Clock())  # one encoder pass = 1 s, shared by its batch
     real_encode, calls = embed_module.encode, []
 
     def interrupted(*args, **kwargs):
@@ -141,7 +120,7 @@ def test_a_resumed_block_records_every_tiles_encoder_seconds(lite_medsam, image,
 
 def test_killed_embed_job_resumes_without_recomputing(lite_medsam, tmp_path):
     """Kill a real `tilesam embed` process mid-block; the rerun computes only the missing tiles."""
-    spec = synthetic.SyntheticSpec("k", (512, 640), 30, (8.0, 16.0), seed=6)
+    spec = synthetic.SyntheticSpec("k", (256, 512), 16, (8.0, 16.0), seed=6)  # 8 tiles of 128
     synthetic.write_demo(spec, tmp_path / "k.tif", tmp_path / "k_gt.tif")
     image = tmp_path / "k.ome.zarr"
     io.import_image(tmp_path / "k.tif", image, ndim=2, tile_shape=(128, 128))
@@ -166,7 +145,7 @@ def test_killed_embed_job_resumes_without_recomputing(lite_medsam, tmp_path):
         "--block",
         "0",
         "--tiles-per-block",
-        "20",
+        "8",
         "--batch-size",
         "1",
         "--threads",
@@ -179,7 +158,7 @@ def test_killed_embed_job_resumes_without_recomputing(lite_medsam, tmp_path):
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     partial = stores.partial_path(out)
     deadline = time.time() + 120
-    done = np.zeros(20, bool)
+    done = np.zeros(8, bool)
     while time.time() < deadline and done.sum() < 3:
         time.sleep(0.2)
         if (partial / "done").exists():
@@ -187,14 +166,14 @@ def test_killed_embed_job_resumes_without_recomputing(lite_medsam, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = zarr.open_array(str(partial / "done"), mode="r")[:]
-    assert 3 <= done.sum() < 20, "the job should have been killed mid-block"
+    assert 3 <= done.sum() < 8, "the job should have been killed mid-block"
     assert not out.exists()
     before = {i: (partial / "embeddings" / "c" / str(i)).stat().st_mtime_ns for i in np.flatnonzero(done)}
     saved = {i: zarr.open_group(str(partial))["embeddings"][i] for i in before}
     result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    assert f"{int(done.sum())} of 20 tiles already embedded" in result.stderr
+    assert f"{int(done.sum())} of 8 tiles already embedded" in result.stderr
     root = zarr.open_group(str(out))
-    assert root.attrs["stats"]["computed"] == 20 - done.sum()
+    assert root.attrs["stats"]["computed"] == 8 - done.sum()
     for i, mtime in before.items():  # finished tiles were not rewritten
         assert (out / "embeddings" / "c" / str(i)).stat().st_mtime_ns == mtime
         np.testing.assert_array_equal(root["embeddings"][i], saved[i])
@@ -241,7 +220,7 @@ def test_host_bytes_per_tile_counts_window_copy_and_embeddings():
 def test_auto_embeds_one_tile_at_a_time_on_cpu(lite_medsam, image, tmp_path):
     info = io.read_info(image)
     grid = TileGrid(info.shape, TILE, HALO)
-    prov = _prov(lite_medsam, image, grid)
+    prov = provenance(lite_medsam, image, grid)
     stats = embed_block(lite_medsam, prov, image, grid, tmp_path / "b.zarr", batch_size="auto", mem_mb=4000)
     assert stats["batch_sizes"] == [1] and stats["computed"] == 4
     explicit = embed_block(lite_medsam, prov, image, grid, tmp_path / "c.zarr", batch_size=3)

@@ -1,4 +1,5 @@
-"""Segmenting a block from its embedding store: the labels, and the record of params the store keeps.
+"""Segmenting a block from its embedding store: the labels, and the record of params the store keeps;
+AIS in a block job: per-window labels from the decoder's maps, batching, provenance, resume, volumes.
 
 The record is read by the result tables and by the resume check, so its keys, their order and
 their values must not change when the parameters' code does.
@@ -6,17 +7,22 @@ their values must not change when the parameters' code does.
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
-
 import numpy as np
 import pytest
+import torch
 import zarr
 
-from tilesam.config import AmgParams
-from tilesam.data import io, stores, synthetic
-from tilesam.embed import Provenance, embed_block, read_embedding
+from helpers.ais_maps import embedding_with_maps, map_reading_decoder
+from helpers.embedded import Clock, embedded_block
+from helpers.label_images import disc_truth
+from tilesam.config import AisParams, AmgParams, replace
+from tilesam.data import stores, synthetic
+from tilesam.embed import read_embedding
+from tilesam.models.unetr import decode_maps
+from tilesam.segment import ais as ais_module
+from tilesam.segment.ais import ais_labels
 from tilesam.segment.amg import filter_candidates, generate_masks
-from tilesam.segment.blocks import segment_block
+from tilesam.segment.blocks import ais_batches, params_column, segment_block
 from tilesam.segment.box_amg import decode_box_candidates
 from tilesam.segment.labels import masks_to_labels
 from tilesam.tiling import TileGrid
@@ -27,14 +33,8 @@ TILE = (128, 128)
 @pytest.fixture(scope="module")
 def embedded(lite_medsam, tmp_path_factory):
     """One tile (block 0) of a synthetic image, embedded by LiteMedSAM: (store, provenance, grid)."""
-    d = tmp_path_factory.mktemp("blocks")
     spec = synthetic.SyntheticSpec("b", TILE, 6, (8.0, 14.0), seed=3)
-    synthetic.write_demo(spec, d / "b.tif", d / "b_gt.tif")
-    info = io.import_image(d / "b.tif", d / "b.ome.zarr", ndim=2, tile_shape=TILE)
-    grid = TileGrid(info.shape, TILE, (0, 0))
-    prov = Provenance("lite_medsam", "sha-test", 256, grid.to_dict(), 0, 1, info.signature, "float32")
-    embed_block(lite_medsam, prov, d / "b.ome.zarr", grid, d / "emb.zarr")
-    return d / "emb.zarr", asdict(prov), grid
+    return embedded_block(lite_medsam, tmp_path_factory.mktemp("blocks"), spec, TILE)
 
 
 @pytest.mark.parametrize("prompt", ["point", "box"])
@@ -74,28 +74,11 @@ def test_block_labels_and_params_record(lite_medsam, embedded, tmp_path, prompt)
     np.testing.assert_array_equal(root["t0"][...], expected)
 
 
-class _Clock:
-    """A stand-in for the `time` module of the code under test: each perf_counter() call is 1 s later."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def perf_counter(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def two_tiles(lite_medsam, tmp_path_factory):
     """A block of two tiles, embedded: (store, provenance, grid)."""
-    d = tmp_path_factory.mktemp("two")
     spec = synthetic.SyntheticSpec("two", (TILE[0], 2 * TILE[1]), 8, (8.0, 14.0), seed=4)
-    synthetic.write_demo(spec, d / "two.tif", d / "two_gt.tif")
-    info = io.import_image(d / "two.tif", d / "two.ome.zarr", ndim=2, tile_shape=TILE)
-    grid = TileGrid(info.shape, TILE, (0, 0))
-    prov = Provenance("lite_medsam", "sha-test", 256, grid.to_dict(), 0, 2, info.signature, "float32")
-    embed_block(lite_medsam, prov, d / "two.ome.zarr", grid, d / "emb.zarr")
-    return d / "emb.zarr", asdict(prov), grid
+    return embedded_block(lite_medsam, tmp_path_factory.mktemp("two"), spec, TILE)
 
 
 def test_a_resumed_block_reports_the_costs_of_an_uninterrupted_one(
@@ -107,7 +90,7 @@ def test_a_resumed_block_reports_the_costs_of_an_uninterrupted_one(
 
     store, prov, grid = two_tiles
     params = AmgParams(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, prompt="box")
-    monkeypatch.setattr(blocks, "time", _Clock())  # each tile takes 1 s
+    monkeypatch.setattr(blocks, "time", Clock())  # each tile takes 1 s
     real, calls = blocks.generate_masks, []
 
     def killed_at_the_second_tile(*args, **kwargs):
@@ -136,3 +119,178 @@ def test_a_resumed_block_reports_the_costs_of_an_uninterrupted_one(
         stats = segment_block(lite_medsam, store, prov, grid, tmp_path / "other.zarr", params=changed)
     assert stats["computed"] == 2 and "pred_iou_thresh" in caplog.text
     assert len(list(tmp_path.glob("other.zarr.stale-*"))) == 1
+
+
+# --- AIS blocks: maps from helpers.ais_maps' decoder, which reads them from the embedding ---
+
+IMG_SIZE = 256  # a LiteMedSAM-sized model input: 4 input pixels per embedding pixel
+DECODER_ID = {"sha256": "test-decoder"}
+#: 64 x 140 pixels in 64 x 64 tiles: windows (64, 64), (64, 64), (64, 12) (longest side 64: see
+#: helpers.ais_maps, whose decoder reads each window's maps from its embedding)
+GRID = TileGrid((64, 140), (64, 64), (0, 0))
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return map_reading_decoder()
+
+
+def truth_of(grid: TileGrid, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if grid.is_volume:
+        return np.stack([disc_truth(grid.shape[1:], rng, [], 5, radii=(6, 10)) for _ in range(grid.shape[0])])
+    return disc_truth(grid.shape, rng, [], 8, radii=(6, 10))
+
+
+def embedding_store(path, grid: TileGrid, truth: np.ndarray) -> dict:
+    """A finished embedding store of block 0 holding every tile of `grid`: noise, the window's maps in channels 0-2."""
+    tiles = grid.block(0, grid.n_tiles)
+    prov = {
+        "model": "m",
+        "model_sha256": "sha",
+        "img_size": IMG_SIZE,
+        "grid": grid.to_dict(),
+        "block": 0,
+        "tiles_per_block": grid.n_tiles,
+        "image_signature": "sig",
+        "dtype": "float32",
+    }
+    root = stores.open_partial(path, "embeddings", prov, len(tiles))
+    embeddings = np.stack([embedding_with_maps(truth[tile.window_slices()], seed=i) for i, tile in enumerate(tiles)])
+    root.create_array("embeddings", data=embeddings)
+    root["done"][:] = True
+    root.attrs["stats"] = {"encoder_seconds": 1.0, "peak_mem_mb": 1.0}
+    stores.finish(path)
+    return prov
+
+
+def expected_labels(decoder, store, grid: TileGrid, params: AisParams) -> list[np.ndarray]:
+    """Each tile decoded alone and post-processed: what the block must store."""
+    root = zarr.open_group(str(store), mode="r")
+    out = []
+    for i, tile in enumerate(grid.block(0, grid.n_tiles)):
+        window = tile.window_shape
+        scale = IMG_SIZE / max(window)
+        input_size = (int(window[0] * scale + 0.5), int(window[1] * scale + 0.5))
+        emb = torch.from_numpy(root["embeddings"][i][None])
+        out.append(ais_labels(decode_maps(decoder, emb, input_size, window, model_size=IMG_SIZE)[0], params))
+    return out
+
+
+def test_ais_block_stores_each_windows_labels_whatever_the_batch(decoder, tmp_path):
+    truth = truth_of(GRID, 2)
+    prov = embedding_store(tmp_path / "emb.zarr", GRID, truth)
+    params = AisParams(min_size=5, tiles_per_batch=1)
+    expected = expected_labels(decoder, tmp_path / "emb.zarr", GRID, params)
+    n_big = 0
+    for tile, labels in zip(GRID.tiles(), expected):  # the windows' objects, found
+        window = truth[tile.window_slices()]
+        big = [t for t in np.unique(window[window > 0]) if (window == t).sum() >= 40]
+        n_big += len(big)
+        found = [np.bincount(labels[window == t]).argmax() for t in big]
+        assert all(found) and len(set(found)) == len(big)
+        if not big:
+            continue
+        ious = [
+            ((window == t) & (labels == f)).sum() / ((window == t) | (labels == f)).sum() for t, f in zip(big, found)
+        ]
+        assert min(ious) > 0.6, ious
+    assert n_big >= 5
+    for batch in (1, 3):
+        out = tmp_path / f"seg{batch}.zarr"
+        stats = segment_block(
+            None, tmp_path / "emb.zarr", prov, GRID, out, method="ais",
+            params=replace(params, tiles_per_batch=batch), decoder=decoder, decoder_id=DECODER_ID,
+        )  # fmt: skip
+        assert stats["tiles"] == stats["computed"] == 3 and stats["device"] == "cpu"
+        root = zarr.open_group(str(out), mode="r")
+        for i, tile in enumerate(GRID.tiles()):
+            labels = root[f"t{i}"][...]
+            assert labels.dtype == np.uint32 and labels.shape == tile.window_shape
+            np.testing.assert_array_equal(labels, expected[i])
+    record = dict(zarr.open_group(str(tmp_path / "seg3.zarr"), mode="r").attrs["tilesam"]["segmentation"])
+    assert {k: record[k] for k in prov} == prov
+    assert record["method"] == "ais" and record["decoder"] == DECODER_ID
+    assert record["params"] == params.postprocessing()  # the batch size is not part of what made the labels
+    column = params_column(record)
+    assert column["min_size"] == 5 and column["decoder"] == "test-decoder"
+
+
+def test_batches_hold_one_window_shape_and_skip_done_tiles():
+    tiles = TileGrid((100, 150), (64, 64), (8, 8)).tiles()  # windows of 4 shapes
+    batches = ais_batches(tiles, [0, 1, 2, 3, 4, 5], 4)
+    assert [i for b in batches for i in b] == [0, 1, 2, 3, 4, 5]
+    assert all(len({tiles[i].window_shape for i in b}) == 1 and len(b) <= 4 for b in batches)
+    assert ais_batches(tiles, [1, 4], 4) == [[1], [4]]  # windows (72, 80) and (44, 80)
+    assert ais_batches(GRID.tiles(), [0, 1, 2], 4) == [[0, 1], [2]]
+    same = TileGrid((64, 256), (64, 64), (0, 0)).tiles()
+    assert ais_batches(same, [0, 1, 2, 3], 3) == [[0, 1, 2], [3]]
+
+
+def test_an_interrupted_ais_block_resumes_at_its_first_missing_tile(decoder, tmp_path, monkeypatch):
+    prov = embedding_store(tmp_path / "emb.zarr", GRID, truth_of(GRID, 3))
+    params = AisParams(tiles_per_batch=1)
+    calls = {"n": 0}
+
+    def failing(maps, p, source=""):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed")
+        return ais_labels(maps, p, source=source)
+
+    monkeypatch.setattr(ais_module, "ais_labels", failing)
+    out = tmp_path / "seg.zarr"
+    kwargs = {"method": "ais", "params": params, "decoder": decoder, "decoder_id": DECODER_ID}
+    with pytest.raises(RuntimeError, match="killed"):
+        segment_block(None, tmp_path / "emb.zarr", prov, GRID, out, **kwargs)
+    assert not out.exists() and zarr.open_group(str(stores.partial_path(out)))["done"][:].tolist() == [1, 0, 0]
+    monkeypatch.setattr(ais_module, "ais_labels", ais_labels)
+    stats = segment_block(None, tmp_path / "emb.zarr", prov, GRID, out, **kwargs)
+    assert stats["computed"] == 2
+    expected = expected_labels(decoder, tmp_path / "emb.zarr", GRID, params)
+    root = zarr.open_group(str(out), mode="r")
+    for i in range(GRID.n_tiles):
+        np.testing.assert_array_equal(root[f"t{i}"][...], expected[i])
+
+
+def test_a_partial_store_of_other_ais_settings_or_decoder_is_moved_aside(decoder, tmp_path, monkeypatch):
+    prov = embedding_store(tmp_path / "emb.zarr", GRID, truth_of(GRID, 4))
+    for k, (params, decoder_id) in enumerate(((AisParams(min_size=9), DECODER_ID), (AisParams(), {"sha256": "other"}))):
+        out = tmp_path / f"seg{k}.zarr"
+        monkeypatch.setattr(ais_module, "ais_labels", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+        with pytest.raises(RuntimeError):
+            segment_block(
+                None, tmp_path / "emb.zarr", prov, GRID, out, method="ais", decoder=decoder, decoder_id=DECODER_ID
+            )
+        monkeypatch.setattr(ais_module, "ais_labels", ais_labels)
+        stats = segment_block(
+            None, tmp_path / "emb.zarr", prov, GRID, out, method="ais", params=params, decoder=decoder,
+            decoder_id=decoder_id,
+        )  # fmt: skip
+        assert stats["computed"] == stats["tiles"]  # nothing taken over from the other settings' partial store
+        assert len(list(tmp_path.glob(f"seg{k}.zarr*.stale-*"))) == 1  # kept aside, not deleted
+
+
+def test_a_volume_is_segmented_per_section(decoder, tmp_path):
+    grid = TileGrid((2, 64, 64), (64, 64), (8, 8))
+    truth = truth_of(grid, 5)
+    prov = embedding_store(tmp_path / "emb.zarr", grid, truth)
+    params = AisParams()
+    segment_block(
+        None, tmp_path / "emb.zarr", prov, grid, tmp_path / "seg.zarr", method="ais", params=params,
+        decoder=decoder, decoder_id=DECODER_ID,
+    )  # fmt: skip
+    root = zarr.open_group(str(tmp_path / "seg.zarr"), mode="r")
+    expected = expected_labels(decoder, tmp_path / "emb.zarr", grid, params)
+    for i in range(2):
+        assert root[f"t{i}"].shape == (64, 64)
+        np.testing.assert_array_equal(root[f"t{i}"][...], expected[i])
+        assert root[f"t{i}"][...].max() == truth[i].max()  # each section's own objects
+
+
+def test_ais_without_a_decoder_or_with_amg_params_is_an_error(tmp_path):
+    prov = embedding_store(tmp_path / "emb.zarr", GRID, truth_of(GRID, 6))
+    with pytest.raises(ValueError, match="needs the instance decoder of model m, none was given"):
+        segment_block(None, tmp_path / "emb.zarr", prov, GRID, tmp_path / "seg.zarr", method="ais")
+    with pytest.raises(ValueError, match="unknown segmentation method 'auto'"):
+        segment_block(None, tmp_path / "emb.zarr", prov, GRID, tmp_path / "seg.zarr", method="auto")

@@ -1,18 +1,28 @@
-"""The AMG threshold search (decode once, filter per setting), with the real model."""
+"""The parameter searches: AMG thresholds (decode once, filter per setting, with the real model) and
+the AIS protocol's grid (every setting scored on maps decoded once per tile)."""
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 
+from helpers.ais_maps import embedding_with_maps, map_reading_decoder
+from helpers.label_images import disc_truth, paint_disc
 from helpers.tiled_cells import embedder, make_cells
-from tilesam.config import AmgParams, StitchParams
+from tilesam.config import AisParams, AisSearchGrid, AmgParams, StitchParams, replace
 from tilesam.metrics import segmentation_scores
+from tilesam.models.unetr import decode_maps
+from tilesam.segment.ais import ais_labels
 from tilesam.segment.amg import filter_candidates
 from tilesam.segment.box_amg import decode_box_candidates
 from tilesam.segment.labels import masks_to_labels
-from tilesam.segment.search import SearchImage, protocol_range, search_amg
+from tilesam.segment.search import AIS_KEYS, SearchImage, ais_grid, protocol_range, search_ais, search_amg
 from tilesam.stitch.tiles import stitch_in_memory
 from tilesam.tiling import TileGrid
+
+IMG_SIZE = 256  # the AIS maps' model input (helpers.ais_maps)
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +40,22 @@ def test_search_scores_each_setting_as_a_direct_run_with_it(lite_medsam, cells):
     image, gt = cells
     grid = TileGrid(gt.shape, (200, 130), (24, 24))  # two tiles: one border to stitch across
     embedding_of = embedder(lite_medsam, image)
-    sizes = (0.12, 0.24)
-    params = AmgParams(points_per_side=4, prompt="box", box_sizes=sizes)
+    # 9 boxes a tile (each costs a full LiteMedSAM decode); on this image every setting below keeps
+    # some masks and they score 3 different mSAs, so each threshold's filtering is compared
+    sizes = (0.24,)
+    params = AmgParams(points_per_side=3, prompt="box", box_sizes=sizes)
     table = search_amg(
         lite_medsam,
         [SearchImage("cells", grid, embedding_of, gt)],
         params,
         pred_iou_grid=[0.6, 0.8],
-        stability_grid=[0.6, 0.9],
+        stability_grid=[0.6, 0.8],
     )
     assert len(table) == 4 and table["mSA"].is_monotonic_decreasing
+    assert (table.mSA > 0).all() and table.mSA.nunique() >= 3
     for row in table.itertuples():
         direct = AmgParams(
-            points_per_side=4,
+            points_per_side=3,
             pred_iou_thresh=row.pred_iou_thresh,
             stability_score_thresh=row.stability_score_thresh,
             prompt="box",
@@ -55,3 +68,54 @@ def test_search_scores_each_setting_as_a_direct_run_with_it(lite_medsam, cells):
             tiles[tile.id] = masks_to_labels(kept, tile.window_shape, with_background=True)
         msa = segmentation_scores(gt, stitch_in_memory(grid, tiles, StitchParams())).msa
         assert row.mSA == pytest.approx(msa, abs=1e-12)
+
+
+def test_the_default_grid_is_the_protocols():
+    grid = ais_grid()
+    assert grid["center_distance_threshold"] == grid["boundary_distance_threshold"] == [0.3, 0.4, 0.5, 0.6, 0.7]
+    assert grid["distance_smoothing"] == [1.0, 1.2, 1.4, 1.6, 1.8, 2.0]
+    assert grid["min_size"] == [50, 100, 200]
+    assert ais_grid(AisSearchGrid(min_size=(200, 50, 50)))["min_size"] == [50, 200]
+
+
+def _image(seed: int) -> tuple[SearchImage, np.ndarray, dict]:
+
+    truth = disc_truth((112, 112), np.random.default_rng(seed), [], 7, radii=(7, 11))
+    paint_disc(truth, (106, 6), 2, truth.max() + 1)  # 13 pixels: only a min_size keeps it out
+    grid = TileGrid(truth.shape, (56, 56), (8, 8))  # windows of 64
+    embeddings = {t.id: embedding_with_maps(truth[t.window_slices()], seed=t.id) for t in grid.tiles()}
+    embedding_of = lambda tile: torch.from_numpy(embeddings[tile.id])[None]  # noqa: E731
+    return SearchImage(f"im{seed}", grid, embedding_of, truth), truth, embeddings
+
+
+def test_every_setting_is_scored_and_the_best_is_what_segmenting_with_it_scores():
+    decoder = map_reading_decoder()
+    images = [_image(1)[0], _image(2)[0]]
+    grid = {
+        "center_distance_threshold": [0.0, 0.5],
+        "boundary_distance_threshold": [0.5],
+        "distance_smoothing": [1.0, 1.6],
+        "min_size": [0, 30],
+    }
+    table = search_ais(decoder, images, AisParams(), IMG_SIZE, grid=grid)
+    assert list(table.columns) == [*AIS_KEYS, "mSA"] and len(table) == 8
+    assert table.mSA.is_monotonic_decreasing
+    assert table.mSA.iloc[0] > 0.5
+    assert (table[table.center_distance_threshold == 0.0].mSA == 0).all()  # no seeds, no objects
+    # the best row's mSA is what segmenting the images with its setting scores
+    best = table.iloc[0]
+    params = replace(AisParams(), **{k: (int(best[k]) if k == "min_size" else float(best[k])) for k in AIS_KEYS})
+    scores = []
+    for image in images:
+        tiles = {}
+        for tile in image.grid.tiles():
+            window = tile.window_shape
+            s = IMG_SIZE / max(window)
+            maps = decode_maps(
+                decoder, image.embedding_of(tile), (int(window[0] * s + 0.5), int(window[1] * s + 0.5)), window,
+                model_size=IMG_SIZE,
+            )[0]  # fmt: skip
+            tiles[tile.id] = ais_labels(maps, params)
+        scores.append(segmentation_scores(image.gt, stitch_in_memory(image.grid, tiles)).msa)
+    assert np.isclose(np.mean(scores), best.mSA)
+    pd.testing.assert_frame_equal(table, search_ais(decoder, images, AisParams(), IMG_SIZE, grid=grid))

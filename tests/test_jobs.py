@@ -1,4 +1,5 @@
-"""The AIS parts of the jobs: the decoder that comes with a model record, its identity, the searched setting."""
+"""tilesam.jobs, what the CLI jobs share; its AIS parts: the decoder that comes with a model record,
+its identity, the searched setting."""
 
 from __future__ import annotations
 
