@@ -20,6 +20,7 @@ from PIL import Image
 
 from helpers.http_server import FileServer
 from tilesam import cli
+from tilesam.data import synthetic
 from tilesam.data.datasets import DatasetError, images_of, split_from_files, split_names
 from tilesam.data.public_datasets import MIRROR_ENV, REGISTRY, fetch_dataset
 from tilesam.download import ChecksumError, OfflineError, UnknownChecksumError
@@ -125,7 +126,7 @@ def test_registry_has_the_published_urls_and_checksums():
 def test_the_schema_offers_exactly_the_registered_datasets():
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     source = schema["properties"]["datasets"]["additionalProperties"]["properties"]["source"]
-    assert source["enum"] == ["synthetic", *REGISTRY]
+    assert source["enum"] == [*synthetic.SOURCES, *REGISTRY]
 
 
 def test_cli_lists_datasets_and_reports_errors_in_one_line(capsys, tmp_path):

@@ -158,9 +158,12 @@ def test_default_config_plans_the_demo_jobs():
     ).stdout
     counts = job_counts(out)
     n = len(synthetic.DEMO)
-    # each demo image: the model's and the classical baseline's segmentation, stitched and scored
-    assert counts["make_synthetic"] == n and counts["stitch"] == 2 * n and counts["evaluate"] == 2 * n
-    assert counts["benchmark_table"] == 1 and counts["fetch_model"] == 1
+    # the demo and its training images are made; each demo image: the vanilla model's AMG, the finetuned
+    # model's AMG and AIS, the classical baseline's segmentation, each stitched and scored
+    assert counts["make_synthetic"] == n + len(synthetic.TRAIN)
+    assert counts["finetune"] == 1 and counts["fetch_model"] == 1
+    assert counts["stitch"] == 4 * n and counts["evaluate"] == 4 * n
+    assert counts["evaluate_prompts"] == 2 * n and counts["benchmark_table"] == 1
 
 
 def decoder_checkpoint(path, image, labels, cache_dir) -> None:
