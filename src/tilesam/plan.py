@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tilesam import config as schema
+from tilesam.data import synthetic
 from tilesam.data.datasets import DatasetError, ImageRecord, images_of
 from tilesam.models.spec import model_id, resolve_spec, weights_file
 from tilesam.tiling import TileGrid
@@ -425,7 +426,7 @@ class Plan:
         so a model finetuned on one and scored on the other is in-domain, like DSB2018's train and test.
         """
         cfg = self.config["datasets"][dataset]
-        if (cfg.get("source") or "").startswith("synthetic"):
+        if cfg.get("source") in synthetic.SOURCES:
             return "synthetic"
         return dataset_key(cfg["source"]) if cfg.get("source") else f"images:{cfg['images']}"
 

@@ -204,10 +204,7 @@ def instance_decoder_loss(
     with mixed_precision(embedding.device):
         maps = decoder(embedding[..., i : i + crop, j : j + crop])
     window = targets[None, :, scale * i : scale * (i + crop), scale * j : scale * (j + crop)]
-    maps = maps.float()
-    if maps.shape[-2:] != window.shape[-2:]:  # e.g. LiteMedSAM: 16x the tokens, the input 4x
-        maps = F.interpolate(maps, window.shape[-2:], mode="bilinear", align_corners=False)
-    return decoder_loss(maps, window)
+    return decoder_loss(maps.float(), window)  # the decoder's upscale is the model's: the window's shape
 
 
 def _pick_objects(targets: FrameTargets, rng: np.random.Generator, n: int) -> np.ndarray:
