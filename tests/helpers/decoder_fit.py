@@ -7,7 +7,7 @@ is a fixture with known content, not a model.
 
 Signature::
 
-    fit_decoder(model, image, labels, *, out=None, cache_dir=None, steps=50, crop=6, batch=1, lr=2e-3, seed=0)
+    fit_decoder(model, image, labels, *, out=None, cache_dir=None, steps=120, crop=10, batch=1, lr=2e-3, seed=0)
         -> FittedDecoder
 
 - ``model``: a loaded SAM (e.g. ``load_model("lite_medsam")``, the offline one; any architecture).
@@ -28,19 +28,15 @@ full-resolution convolutions per step); the loss compares the window's maps, res
 input's scale as ``decode_maps`` resizes them, with :func:`~tilesam.finetune.targets.instance_targets`
 of the labels in the model-input frame, with micro-sam's loss (:func:`~tilesam.finetune.targets.decoder_loss`).
 
-What it gives (lite_medsam, ``demo_image()``, defaults, 2 torch threads as tests/conftest.py sets; measured):
-every object foreground (> 0.5) on at least 71 % of its pixels, background 0.8 %; median per-object minima
-0.09 (centre distance) and 0.34 (boundary distance) against medians of 0.89 and 0.96 on the objects' boundaries;
-the loss falls from 0.49 to 0.38 (means of the first and last 20 steps); AIS with centre/boundary thresholds
-0.55/0.6 and min_size 10 scores mSA 0.49 on the image. With main's decoder for LiteMedSAM (upscale 4,
-c91632d/3097d34), measured side by side: 50 x 6 fitted in 340 s at a load of 9 (100 x 8: 610 s), at least
-55 % of each object foreground (100 x 8: 93 %), background 0.2 %, minima 0.40 and 0.31, mSA 0.49 (0.69).
-The exact weights depend on the torch thread count, as the short, noisy fit amplifies rounding. The defaults
-were 100 steps on 8 x 8 crops (about twice the cost): with this branch's decoder (upscale 16) that fit
-the distances worse (per-object minima ~0.37-0.50 and ~0.53-0.57; 79-99 % of the object pixels foreground),
-and 60 steps on 8 x 8 crops found no object at those thresholds. Crop training does not transfer perfectly to
-the whole embedding because the decoder's InstanceNorm statistics differ between a crop and the whole image
-(tried: 150 steps at lr 3e-3 with an extra MSE term fitted crops better but the whole image worse).
+What it gives (lite_medsam, ``demo_image()``, defaults 120 steps on 10 x 10 crops, 2 torch threads; measured
+with the decoder that doubles late, `tilesam.models.unetr`): every object foreground (> 0.5) on at least 64 % of its
+pixels, background 0.3 %; median per-object minima 0.35 (centre distance) and 0.25 (boundary distance) against
+medians of 0.84 and 0.96 on the objects' boundaries; the loss falls from 0.70 to 0.33 (first and last 10 steps);
+AIS with centre/boundary thresholds 0.55/0.6 and min_size 10 scores mSA 0.39 on the image. Tried: 50 x 6 (the
+default for the decoder that doubled early) left one object 40 % foreground and found none; 150 x 16 gave mSA
+0.51 at twice the cost. The exact weights depend on the torch thread count, as the short, noisy fit amplifies
+rounding. Crop training does not transfer perfectly to the whole embedding because the decoder's InstanceNorm
+statistics differ between a crop and the whole image.
 """
 
 from __future__ import annotations
@@ -60,6 +56,7 @@ from skimage.transform import resize
 from tilesam.data.synthetic import demo_specs, make_labels, render
 from tilesam.embed import encode, normalize
 from tilesam.finetune.targets import decoder_loss, instance_targets
+from tilesam.models import unetr
 from tilesam.models.unetr import InstanceDecoder, decode_maps, decoder_upscale, load_decoder
 
 __all__ = ["FittedDecoder", "demo_image", "fit_decoder", "input_frame_targets"]
@@ -112,7 +109,7 @@ def _corners_with_objects(foreground: np.ndarray, crop: int, scale: int) -> np.n
 
 def _cache_key(embedding: torch.Tensor, labels: np.ndarray, settings: dict) -> str:
     """What decides the fitted weights: this helper's code, the settings, the embedding and the labels."""
-    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest = hashlib.sha256(Path(__file__).read_bytes() + Path(unetr.__file__).read_bytes())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(embedding.numpy().tobytes())
     digest.update(np.ascontiguousarray(labels).tobytes() + str(labels.shape).encode())
@@ -164,8 +161,8 @@ def fit_decoder(
     *,
     out: str | Path | None = None,
     cache_dir: str | Path | None = None,
-    steps: int = 50,
-    crop: int = 6,
+    steps: int = 120,
+    crop: int = 10,
     batch: int = 1,
     lr: float = 2e-3,
     seed: int = 0,
