@@ -75,3 +75,21 @@ def test_allowed_modules_exist():
     for entry in MAY_IMPORT_TORCH:
         name = entry.removesuffix(".*")
         assert name in modules, f"MAY_IMPORT_TORCH names {entry}, which is no module of tilesam"
+
+
+#: Jobs that only read stores and write labels, scores, tables or figures: they start without torch.
+TORCH_FREE_JOBS = ("import_image", "import_labels", "stitch", "evaluate", "benchmark", "figure", "classical_segment")
+
+
+@pytest.mark.parametrize("job", TORCH_FREE_JOBS)
+def test_jobs_that_run_no_model_import_no_torch_module(job):
+    """The modules a job function imports inside its body (jobs.py imports lazily) are torch-free ones."""
+    import ast
+
+    from tilesam import jobs
+
+    tree = ast.parse(Path(jobs.__file__).read_text())
+    (function,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == job]
+    imported = {n.module for n in ast.walk(function) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {a.name for n in ast.walk(function) if isinstance(n, ast.Import) for a in n.names}
+    assert not [m for m in imported if m == "torch" or m.startswith("torch.") or _allowed(m)], imported

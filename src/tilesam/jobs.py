@@ -305,7 +305,7 @@ def segment(
 def stitch(image: str | Path, blocks: list[str], out: str | Path, *, tiling: Tiling, params: StitchParams):
     """Per-tile labels of all blocks of an image -> one OME-Zarr label image at `out`."""
     from tilesam.data import io, ome
-    from tilesam.segment.blocks import tile_reader
+    from tilesam.segment.results import tile_reader
     from tilesam.stitch.tiles import stitch as stitch_tiles
     from tilesam.tiling import TileGrid
 
@@ -333,7 +333,7 @@ def evaluate(
 
     from tilesam.data import ome
     from tilesam.metrics import segmentation_scores
-    from tilesam.segment.blocks import costs, params_column
+    from tilesam.segment.results import costs, params_column
 
     p, g = ome.open_level0(pred), ome.open_level0(gt)
     if p.shape != g.shape:

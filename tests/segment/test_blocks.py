@@ -20,11 +20,13 @@ from tilesam.data import stores, synthetic
 from tilesam.embed import read_embedding
 from tilesam.models.unetr import decode_maps
 from tilesam.segment import ais as ais_module
+from tilesam.segment import results
 from tilesam.segment.ais import ais_labels
 from tilesam.segment.amg import filter_candidates, generate_masks
-from tilesam.segment.blocks import ais_batches, params_column, segment_block
+from tilesam.segment.blocks import ais_batches, segment_block
 from tilesam.segment.box_amg import decode_box_candidates
 from tilesam.segment.labels import masks_to_labels
+from tilesam.segment.results import params_column
 from tilesam.tiling import TileGrid
 
 TILE = (128, 128)
@@ -105,7 +107,7 @@ def test_a_resumed_block_reports_the_costs_of_an_uninterrupted_one(
         segment_block(lite_medsam, store, prov, grid, out, params=params)
     stats = segment_block(lite_medsam, store, prov, grid, out, params=params)
     assert stats["computed"] == 1 and stats["segment_seconds"] == 2.0  # as one job: 2 tiles of 1 s
-    cost = blocks.costs([out])
+    cost = results.costs([out])
     assert (cost["n_tiles"], cost["timed_tiles"], cost["segment_s_per_image"]) == (2, 2, 2.0)
     encoder = stores.tile_seconds(zarr.open_group(str(store), mode="r"))
     assert cost["encoder_s_per_tile"] == pytest.approx(encoder.mean()) and (encoder > 0).all()

@@ -10,7 +10,7 @@ from tilesam.config import ClassicalGrid, ClassicalParams
 from tilesam.data import io, synthetic
 from tilesam.metrics import segmentation_scores
 from tilesam.segment import classical
-from tilesam.segment.blocks import tile_reader
+from tilesam.segment.results import tile_reader
 from tilesam.stitch.tiles import stitch_in_memory
 from tilesam.tiling import TileGrid
 
