@@ -183,3 +183,22 @@ def test_ais_rows_beside_amg_in_table_comparison_and_figure(tmp_path):
     assert list(comparison.method) == ["ais"] and comparison.mSA_diff.iloc[0] == 0.05
     figures.msa_bars(table, tmp_path / "bars.png")
     assert imread(tmp_path / "bars.png").shape[0] > 100
+
+
+def test_auto_row_compares_amg_of_a_base_with_ais_of_its_finetuned_model():
+    """Methods [auto]: the base has only AMG, its finetuned model only AIS; one row pairs them."""
+    rows = [
+        {"dataset": "d", "model": model, "method": method, **dict.fromkeys(benchmark.SCORES, score)}
+        for model, method, score in [
+            ("base", "amg", 0.1), ("base", "box", 0.5), ("ft", "ais", 0.6), ("ft", "box", 0.7),
+            ("classical", "classical", 0.3),
+        ]
+    ]  # fmt: skip
+    comp = benchmark.compare(pd.DataFrame(rows), [{"vanilla": "base", "finetuned": "ft"}])
+    assert list(comp.method) == ["box", "auto (amg -> ais)"]
+    auto = comp.iloc[1]
+    assert (auto.mSA_vanilla, auto.mSA_finetuned, auto.mSA_classical) == (0.1, 0.6, 0.3)
+    assert auto.mSA_diff == pytest.approx(0.5)
+    # both models with a decoder: auto is ais for both, which the same-method row already compares
+    both = pd.DataFrame([*rows, {**rows[2], "model": "base"}])
+    assert "auto" not in " ".join(benchmark.compare(both, [{"vanilla": "base", "finetuned": "ft"}]).method)

@@ -79,23 +79,43 @@ def iterations(df: pd.DataFrame) -> pd.DataFrame:
     return it.groupby([*KEYS, "iteration"], sort=True)[SCORES].mean().reset_index()
 
 
+AUTOMATIC = ("ais", "amg")
+"""The automatic methods in the order `auto` prefers them (ais where a model has a decoder)."""
+
+
+def _automatic(rows: pd.DataFrame, dataset: str) -> str | None:
+    """The method `auto` gives a model on a dataset: its first automatic method in the table."""
+    methods = set(rows.loc[dataset].index) if dataset in rows.index.get_level_values(0) else set()
+    return next((m for m in AUTOMATIC if m in methods), None)
+
+
 def compare(table: pd.DataFrame, pairs: list[dict]) -> pd.DataFrame:
-    """For each {vanilla, finetuned} pair: both scores and finetuned - vanilla, per dataset and method."""
+    """For each {vanilla, finetuned} pair: both scores and finetuned - vanilla, per dataset and method.
+
+    Besides the methods both models ran, a row `auto` compares each model's automatic segmentation
+    where they differ (a base without a decoder has AMG, its finetuned model AIS): the answer to
+    "how much better does the finetuned model segment on its own", which no same-method row gives.
+    """
     rows = []
     floor = table[table["model"] == BASELINE].set_index("dataset")["mSA"]
     for pair in pairs:
         van = table[table["model"] == pair["vanilla"]].set_index(["dataset", "method"])
         fin = table[table["model"] == pair["finetuned"]].set_index(["dataset", "method"])
-        for key in sorted(set(van.index) & set(fin.index)):
-            row = {"dataset": key[0], "method": key[1], "vanilla": pair["vanilla"], "finetuned": pair["finetuned"]}
+        keys = [(key, key, key[1]) for key in sorted(set(van.index) & set(fin.index))]
+        for dataset in sorted(set(van.index.get_level_values(0)) & set(fin.index.get_level_values(0))):
+            v, f = _automatic(van, dataset), _automatic(fin, dataset)
+            if v and f and v != f:
+                keys.append(((dataset, v), (dataset, f), f"auto ({v} -> {f})"))
+        for vkey, fkey, method in keys:
+            row = {"dataset": vkey[0], "method": method, "vanilla": pair["vanilla"], "finetuned": pair["finetuned"]}
             if "in_domain" in table:
-                row["in_domain_vanilla"] = bool(van.loc[key, "in_domain"])
-                row["in_domain_finetuned"] = bool(fin.loc[key, "in_domain"])
+                row["in_domain_vanilla"] = bool(van.loc[vkey, "in_domain"])
+                row["in_domain_finetuned"] = bool(fin.loc[fkey, "in_domain"])
             for score in SCORES:
-                row[f"{score}_vanilla"] = van.loc[key, score]
-                row[f"{score}_finetuned"] = fin.loc[key, score]
-                row[f"{score}_diff"] = fin.loc[key, score] - van.loc[key, score]
-            row[f"mSA_{BASELINE}"] = floor.get(key[0], float("nan"))  # the floor both should beat
+                row[f"{score}_vanilla"] = van.loc[vkey, score]
+                row[f"{score}_finetuned"] = fin.loc[fkey, score]
+                row[f"{score}_diff"] = fin.loc[fkey, score] - van.loc[vkey, score]
+            row[f"mSA_{BASELINE}"] = floor.get(vkey[0], float("nan"))  # the floor both should beat
             rows.append(row)
     return pd.DataFrame(rows)
 

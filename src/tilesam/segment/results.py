@@ -2,7 +2,8 @@
 
 The stitch and evaluate jobs only read block stores; keeping these readers out of
 `tilesam.segment.blocks` (which imports torch and segment_anything) saves each such job the
-seconds those imports cost (measured: `tilesam stitch` of a one-tile image 20 s -> see the README).
+seconds those imports cost (measured on a loaded 2-core machine, `tilesam stitch` of a one-tile
+image: 20 s and 888 MB with them, 6 s and 156 MB without).
 """
 
 from __future__ import annotations
