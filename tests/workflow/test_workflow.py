@@ -159,10 +159,12 @@ def test_default_config_plans_the_demo_jobs():
     counts = job_counts(out)
     n = len(synthetic.DEMO)
     # the demo and its training images are made; each demo image: the vanilla model's AMG, the finetuned
-    # model's AMG and AIS, the classical baseline's segmentation, each stitched and scored
+    # model's AIS (`auto`), the classical baseline's segmentation, each stitched and scored; the AIS
+    # search embeds the training images with the finetuned model
     assert counts["make_synthetic"] == n + len(synthetic.TRAIN)
-    assert counts["finetune"] == 1 and counts["fetch_model"] == 1
-    assert counts["stitch"] == 4 * n and counts["evaluate"] == 4 * n
+    assert counts["finetune"] == 1 and counts["fetch_model"] == 1 and counts["ais_search"] == 1
+    assert counts["stitch"] == 3 * n and counts["evaluate"] == 3 * n
+    assert counts["embed"] == 2 * n + len(synthetic.TRAIN)
     assert counts["evaluate_prompts"] == 2 * n and counts["benchmark_table"] == 1
 
 
