@@ -13,7 +13,9 @@ from tilesam.data import synthetic
 BASE = "lite_medsam"
 FINETUNED = f"{BASE}-ft-train"
 
-#: The scored image: 128x200 pixels in 128x128 tiles (+24 halo), one tile a block -> 2 blocks.
+#: The scored image: 128x200 pixels in 128x128 tiles (+24 halo): 2 tiles, both in one block, so each
+#: model's embed and segment jobs run 2 tiles (one job each: every job is a `tilesam` process that
+#: spends seconds importing torch; blocks of one tile, and a stitch of 2 blocks, are the SLURM test's).
 IMAGE = synthetic.SyntheticSpec("cells", (128, 200), 10, (9.0, 18.0), seed=12)
 #: The AMG search's validation image: one tile.
 VAL = synthetic.SyntheticSpec("v", (100, 120), 8, (9.0, 18.0), seed=3)
@@ -33,7 +35,7 @@ RUN_CONFIG = {
     "segmentation": {
         "tile_shape": [128, 128],
         "halo": [24, 24],
-        "tiles_per_block": 1,
+        "tiles_per_block": 2,
         # 36 boxes a tile (LiteMedSAM decodes each in full: the run's main cost); on these
         # images that finds as much as 8x8 boxes of two sizes (0.12 adds nothing here)
         "amg": {
