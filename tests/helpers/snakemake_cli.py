@@ -162,9 +162,12 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 
 
 class Background:
-    """`snakemake` going on in its own process group while other tests run; output in files beside `workdir`."""
+    """`snakemake` going on in its own process group while other tests run; output in files beside `workdir`.
 
-    def __init__(self, workdir: Path, *args: str):
+    niceness: added to its (and so its jobs') CPU niceness, so that it takes the cores the tests leave idle.
+    """
+
+    def __init__(self, workdir: Path, *args: str, niceness: int = 0):
         self.workdir, self.args = workdir, args
         self.out, self.err = workdir.with_suffix(".out"), workdir.with_suffix(".err")
         with open(self.out, "w") as out, open(self.err, "w") as err:
@@ -175,6 +178,7 @@ class Background:
                 stdin=subprocess.DEVNULL,
                 env=env(),
                 start_new_session=True,
+                preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
             )
         self.deadline = time.monotonic() + TIMEOUT
 

@@ -61,17 +61,21 @@ class FinishedRun:
     finetuned: str = FINETUNED  # `<base>-ft-train`, 0 iterations: the base model's weights
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _shared_run(request, tmp_path_factory):
-    """Starts the run of RUN_CONFIG with the first workflow test, if a selected test reads it.
+#: the run of RUN_CONFIG once `pytest_collection_finish` has started it
+_STARTED: dict[str, Background] = {}
 
-    It then goes on while the tests before the first reader run, the SLURM test among them,
-    which mostly waits for its cluster's jobs; `finished_run` waits for it to end.
+
+def pytest_collection_finish(session):
+    """Starts the run of RUN_CONFIG as soon as the tests are collected, if a selected test reads it.
+
+    It then goes on, at a lower CPU priority (nice 10), while the tests before the first reader run:
+    the whole suite before tests/workflow/ and the SLURM test among them. They keep the cores they
+    use and the run takes what they leave idle (single-threaded code, waits for the SLURM jobs);
+    `finished_run` waits for it to end.
     """
-    if not any("finished_run" in item.fixturenames for item in request.session.items):
-        yield None
+    if session.config.option.collectonly or not any("finished_run" in item.fixturenames for item in session.items):
         return
-    workdir = tmp_path_factory.mktemp("run")
+    workdir = session.config._tmp_path_factory.mktemp("run")  # what the tmp_path_factory fixture uses
     synthetic.write_demo(IMAGE, workdir / "data/images/cells.tif", workdir / "data/labels/cells.tif")
     synthetic.write_demo(VAL, workdir / "data/val/v.tif", workdir / "data/val_labels/v.tif")
     for spec in TRAIN:
@@ -79,11 +83,20 @@ def _shared_run(request, tmp_path_factory):
             spec, workdir / f"data/train/{spec.name}.tif", workdir / f"data/train_labels/{spec.name}.tif"
         )
     write_config(workdir, RUN_CONFIG)
-    run = Background(workdir)
-    try:
-        yield run
-    finally:
-        run.stop()
+    _STARTED["run"] = Background(workdir, niceness=10)
+
+
+def pytest_sessionfinish(session):
+    """Ends the run if it is still going (a session that stopped before its readers, e.g. with -x)."""
+    if "run" in _STARTED:
+        _STARTED.pop("run").stop()
+
+
+@pytest.fixture(scope="session")
+def _shared_run() -> Background:
+    if "run" not in _STARTED:
+        pytest.fail("the shared workflow run was not started at collection (pytest_collection_finish)")
+    return _STARTED["run"]
 
 
 @pytest.fixture(scope="session")
