@@ -150,13 +150,14 @@ def test_default_config_plans_the_demo_jobs():
     counts = job_counts(out)
     n = len(synthetic.DEMO)
     # the demo and its training images are made; each demo image: the vanilla model's AMG, the finetuned
-    # model's AIS (`auto`), the classical baseline's segmentation, each stitched and scored; the AIS
-    # search embeds the training images with the finetuned model
+    # model's AIS (`auto`), the classical baseline's segmentation, each stitched and scored
     assert counts["make_synthetic"] == n + len(synthetic.TRAIN)
-    assert counts["finetune"] == 1 and counts["fetch_model"] == 1 and counts["ais_search"] == 1
+    assert counts["finetune"] == 1 and counts["fetch_model"] == 1 and counts["embed"] == 2 * n
     assert counts["stitch"] == 3 * n and counts["evaluate"] == 3 * n
-    assert counts["embed"] == 2 * n + len(synthetic.TRAIN)
     assert counts["evaluate_prompts"] == 2 * n and counts["benchmark_table"] == 1
+    # on 2 cores two model jobs run at a time, one thread each (snakemake lists threads only above 1)
+    model_jobs = [b for b in out.split("rule ")[1:] if b.split(":")[0] in ("embed", "segment", "finetune")]
+    assert len(model_jobs) == 4 * n + 1 and not any("threads:" in b for b in model_jobs)
 
 
 def test_ais_for_a_model_without_a_decoder_fails_before_any_job(tmp_path):

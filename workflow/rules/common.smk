@@ -39,9 +39,11 @@ def sections(*names):
 
 
 def model_threads():
-    """Threads of a model job: all of `--cores` locally; on a cluster the profile's set-threads (else 4)."""
+    """Threads of a model job: half of `--cores` locally (at least 1), so that two model jobs overlap
+    (each spends seconds single-threaded: start, imports, post-processing); on a cluster the
+    profile's set-threads (else 4)."""
     cores = workflow.resource_settings.cores
-    return 4 if cores is None or cores == sys.maxsize else cores
+    return 4 if cores is None or cores == sys.maxsize else max(1, cores // 2)
 
 
 def record(w):
