@@ -189,10 +189,10 @@ class InstanceDecoder(nn.Module):
     covers fewer pixels (LiteMedSAM: 64 tokens for 256 pixels, 4) gets its maps at its own input
     resolution: the first upsamplings of both paths only apply their 1x1 convs (same layers, same state
     keys), so the wide layers (512 and 256 channels) run at the embedding's resolution and only the
-    narrow ones (128, 64) at 2x and 4x, as in any U-Net. Measured at upscale 4 on a 64 x 64 embedding,
-    2 threads: forward 1.06 s against 11.0 s when the first steps doubled (commit 5d95dd1), a training
-    step on a 32 x 32 crop 0.91 s against 6.8 s. Only the bilinear variant (the one tilesam trains) has
-    that form.
+    narrow ones (128, 64) at 2x and 4x, as in any U-Net (``benchmarks/decoder_speed.py``: at upscale 4,
+    forward 1.85 s against 7.65 s when the first steps doubled, commit 5d95dd1; a 32 x 32-crop training
+    step 2.32 s against 5.84 s; 2 threads, side by side on a busy machine). Only the bilinear variant
+    (the one tilesam trains) has that form.
     """
 
     def __init__(self, *, conv_transpose: bool = False, embed_dim: int = EMBED_DIM, upscale: int = 16) -> None:
@@ -206,7 +206,8 @@ class InstanceDecoder(nn.Module):
         self.upscale = upscale
         # per step of both paths (coarsest first): does it double? The last log2(upscale) do, so that the
         # wide layers stay at the embedding's resolution (all four at 16: micro-sam's decoder)
-        doubles = tuple(k >= 4 - upscale.bit_length() + 1 for k in range(4))
+        steps = upscale.bit_length() - 1  # log2(upscale)
+        doubles = tuple(k >= 4 - steps for k in range(4))
         f0, f1, f2, f3 = FEATURES
         self.deconv1 = _UpBlock(embed_dim, f0, conv_transpose, doubles[0])
         self.deconv2 = _UpBlock(f0, f1, conv_transpose, doubles[1])
