@@ -65,7 +65,7 @@ def test_a_field_without_a_schema_key_fails_at_definition():
         class Broken:
             iou_threshold: float
             fill_background: bool
-            link_iou_threshold: float
+            link_overlap_threshold: float
             close_gaps: bool
             min_z_extent: int
             workers: int | None
@@ -80,7 +80,7 @@ def test_a_schema_key_without_a_field_fails_at_definition():
         class Broken:
             iou_threshold: float
             fill_background: bool
-            link_iou_threshold: float
+            link_overlap_threshold: float
             close_gaps: bool
             min_z_extent: int
 

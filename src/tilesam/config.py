@@ -237,7 +237,7 @@ class StitchParams:
 
     iou_threshold: float  # tiles: match instances whose overlap-IoU is at least this
     fill_background: bool  # tiles: background pixels take the object a neighbour tile sees there
-    link_iou_threshold: float  # volumes: link objects of adjacent sections at least this similar
+    link_overlap_threshold: float  # volumes: link objects of adjacent sections sharing this much of the smaller
     close_gaps: bool  # volumes: link z to z+2 where neither has a partner in z+1
     min_z_extent: int  # volumes: drop objects spanning fewer sections
     workers: int | None  # threads; None: up to 4, as many as there are cores

@@ -15,6 +15,7 @@ from helpers.label_images import (
 )
 from tilesam.config import StitchParams
 from tilesam.data import ome
+from tilesam.data.synthetic import DEMO, make_labels
 from tilesam.stitch.sections import link_sections
 from tilesam.stitch.tiles import stitch
 from tilesam.tiling import TileGrid
@@ -69,6 +70,27 @@ def test_volume_tiled_in_xy_gets_one_id_per_blob(tmp_path):
     assert result.n_objects == truth.max() == result.links.n_objects
     assert_consecutive(pred, result.n_objects)
     assert_same_partition(truth, pred)
+
+
+def test_caps_of_an_anisotropic_stack_link_to_their_nucleus(tmp_path):
+    # The demo stack: 5 sections of 8 ellipsoids, whose caps share IoU 0.16-0.42 with the next section.
+    truth = make_labels(next(s for s in DEMO if s.name == "nuclei_stack")).astype(np.uint32)
+    arr = volume_zarr(tmp_path, sectionwise_labels(truth, np.random.default_rng(19)), chunks=(2, 64, 64))
+    result = link_sections(arr)
+    assert result.n_objects == 8
+    assert_same_partition(truth, arr[:])
+
+
+def test_a_fragment_inside_an_object_does_not_take_its_continuation(tmp_path):
+    truth = np.zeros((3, 48, 48), np.uint32)
+    for z in range(3):
+        paint_disc(truth[z], (24, 24), 12, 1)
+    truth[1, 14:17, 23:26] = 2  # a 3 x 3 fragment split off the object in the middle section
+    arr = volume_zarr(tmp_path, sectionwise_labels(truth, np.random.default_rng(20)), chunks=(3, 48, 48))
+    result = link_sections(arr, close_gaps=False)
+    pred = arr[:]
+    assert np.unique(pred[truth == 1]).size == 1  # the fragment wholly overlaps, but the disc overlaps better
+    assert result.n_objects == 2
 
 
 def test_gap_of_one_section_is_closed_only_when_asked(tmp_path):

@@ -79,16 +79,20 @@ def group_sums(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.nd
     return groups, row, sums
 
 
-def one_to_one(a: np.ndarray, b: np.ndarray, score: np.ndarray, threshold: float) -> np.ndarray:
-    """Indices of candidate pairs kept by greedy one-to-one matching, best score first.
+def one_to_one(
+    a: np.ndarray, b: np.ndarray, score: np.ndarray, threshold: float, rank: np.ndarray | None = None
+) -> np.ndarray:
+    """Indices of candidate pairs kept by greedy one-to-one matching, best first.
 
     Pairs scoring below `threshold` are never kept; each `a` and each `b` is kept
-    at most once. When the candidates are unique already (always so for IoU
+    at most once; candidates are taken in order of `rank` (default: `score`),
+    highest first. When the candidates are unique already (always so for IoU
     above 0.5: an instance cannot overlap two disjoint ones by more than half),
     no loop is needed.
     """
+    rank = score if rank is None else rank
     candidates = np.flatnonzero(score >= threshold)
-    order = candidates[np.argsort(-score[candidates], kind="stable")]
+    order = candidates[np.argsort(-rank[candidates], kind="stable")]
     if np.unique(a[order]).size == order.size and np.unique(b[order]).size == order.size:
         return order
     used_a: set[int] = set()

@@ -1,7 +1,7 @@
 """Linking the 2D objects of adjacent sections of a label volume into 3D objects.
 
 Volumes are stitched section by section (`tilesam.stitch.tiles`), so ids repeat
-between sections. `link_sections` links the objects of adjacent sections by IoU
+between sections. `link_sections` links the objects of adjacent sections by their overlap
 (one-to-one), optionally closes one-section gaps and drops objects spanning too
 few sections, rewriting the label volume chunk by chunk.
 """
@@ -113,13 +113,19 @@ def _section_graph(tables: list[_SectionTables]) -> tuple[np.ndarray, np.ndarray
     return keys, area, next_, skip
 
 
+def _overlap_and_iou(area: np.ndarray, edges: Edges) -> tuple[np.ndarray, np.ndarray]:
+    """Shared pixels over the smaller object's area, and IoU, of each edge."""
+    a, b, shared = edges
+    return shared / np.minimum(area[a], area[b]), shared / (area[a] + area[b] - shared)
+
+
 def link_objects(
     z: np.ndarray,
     area: np.ndarray,
     next_edges: Edges,
     skip_edges: Edges,
     *,
-    iou_threshold: float = 0.5,
+    overlap_threshold: float = 0.5,
     close_gaps: bool = True,
     min_z_extent: int = 1,
 ) -> tuple[np.ndarray, LinkResult]:
@@ -127,14 +133,20 @@ def link_objects(
 
     Nodes are 2D objects with section `z` and pixel `area`; edges give shared
     pixels with objects of section z+1 (`next_edges`) and z+2 (`skip_edges`).
-    Links are one-to-one by IoU, so every 3D object is a chain with at most one
-    2D object per section. A gap link z -> z+2 is made only between objects that
-    found no partner across z+1 (one missing or failed section). Ids 1..n are
-    numbered by each object's first (z, id) node.
+    Two objects may link when their shared pixels are at least `overlap_threshold`
+    of the smaller one: a nucleus's cap in an anisotropic stack lies inside the
+    next section's larger profile, but their IoU can be 0.2 (micro-sam likewise
+    links by the overlap normalised by one object's area, not by IoU). Links are
+    one-to-one, best IoU first (so a small fragment inside an object does not
+    take the object's true continuation), and every 3D object is a chain with
+    at most one 2D object per section. A gap link z -> z+2 is made only between
+    objects that found no partner across z+1 (one missing or failed section).
+    Ids 1..n are numbered by each object's first (z, id) node.
     """
     n = z.size
-    a1, b1, s1 = next_edges
-    kept = one_to_one(a1, b1, s1 / (area[a1] + area[b1] - s1), iou_threshold)
+    a1, b1, _ = next_edges
+    overlap, iou = _overlap_and_iou(area, next_edges)
+    kept = one_to_one(a1, b1, overlap, overlap_threshold, rank=iou)
     a, b = [a1[kept]], [b1[kept]]
     n_gap = 0
     if close_gaps:
@@ -145,7 +157,8 @@ def link_objects(
         has_prev[b1[kept]] = True
         free = ~has_next[a2] & ~has_prev[b2]
         a2, b2, s2 = a2[free], b2[free], s2[free]
-        gap = one_to_one(a2, b2, s2 / (area[a2] + area[b2] - s2), iou_threshold)
+        overlap, iou = _overlap_and_iou(area, (a2, b2, s2))
+        gap = one_to_one(a2, b2, overlap, overlap_threshold, rank=iou)
         a.append(a2[gap])
         b.append(b2[gap])
         n_gap = int(gap.size)
@@ -168,7 +181,7 @@ def link_sections(
     labels: zarr.Array,
     out: zarr.Array | None = None,
     *,
-    iou_threshold: float = 0.5,
+    overlap_threshold: float = 0.5,
     close_gaps: bool = True,
     min_z_extent: int = 1,
     workers: int | None = None,
@@ -177,8 +190,8 @@ def link_sections(
 
     Each section's labels are taken as that section's 2D objects (ids may repeat
     between sections, as from a per-slice segmenter). Objects of adjacent
-    sections are linked one-to-one when their IoU is at least `iou_threshold`
-    (see `link_objects`); the result, ids 1..n, goes to `out` (default: in place).
+    sections are linked one-to-one when their shared pixels are at least
+    `overlap_threshold` of the smaller one (see `link_objects`); the result, ids 1..n, goes to `out` (default: in place).
     Reads `labels` twice, one chunk column or chunk at a time.
     """
     out = labels if out is None else out
@@ -195,7 +208,7 @@ def link_sections(
             area,
             next_edges,
             skip_edges,
-            iou_threshold=iou_threshold,
+            overlap_threshold=overlap_threshold,
             close_gaps=close_gaps,
             min_z_extent=min_z_extent,
         )

@@ -382,7 +382,7 @@ def stitch(grid: TileGrid, read_tile: ReadTile, out: zarr.Array, params: StitchP
         return result
     links = link_sections(
         out,
-        iou_threshold=params.link_iou_threshold,
+        overlap_threshold=params.link_overlap_threshold,
         close_gaps=params.close_gaps,
         min_z_extent=params.min_z_extent,
         workers=params.workers,
