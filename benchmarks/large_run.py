@@ -17,6 +17,8 @@
 
     python benchmarks/large_run.py                                   # full size, about 30 min on 2 cores
     python benchmarks/large_run.py --size 1024 --volume 2 512 512 --tiles-per-block 2 --work /tmp/large_small
+    python benchmarks/large_run.py --method ais --model results/finetuned/demo_train/lite_medsam.pth \
+        --work /tmp/large_ais   # AIS with the default run's finetuned LiteMedSAM (it has a decoder)
 
 Measure in a fresh `--work` folder: in a finished one Snakemake has nothing to do, and the script
 only re-reads the benchmark files (the synthetic inputs are kept and reused if of the same shape).
@@ -41,6 +43,7 @@ import zarr
 from _common import OUT, REPO
 
 from tilesam.data.synthetic import SyntheticSpec, make_labels, render
+from tilesam.models.spec import model_id
 from tilesam.tiling import TileGrid
 
 PIECE = 1024  # side of the pieces the synthetic data is rendered in
@@ -107,7 +110,7 @@ def write_config(work: Path, args) -> dict:
         "device": "cpu",
         "offline": True,
         "segmentation": {
-            "methods": ["amg"],
+            "methods": [args.method],
             "tile_shape": [args.tile, args.tile],
             "halo": [args.halo, args.halo],
             "tiles_per_block": args.tiles_per_block,
@@ -159,7 +162,8 @@ def report(args, rows: list[dict], peaks: list[float], largest_mb: float, wall: 
         "",
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs; `snakemake --cores {args.cores}`, "
         f"model {args.model} on CPU, tile {args.tile} + halo {args.halo}, {args.tiles_per_block} tiles per block, "
-        f"batch {args.batch_size}, AMG box grid {args.points_per_side}x{args.points_per_side}.",
+        f"batch {args.batch_size}, "
+        + (f"AMG box grid {args.points_per_side}x{args.points_per_side}." if args.method == "amg" else "AIS."),
         "",
         *(f"- {name}: {g.n_tiles} tiles in {g.n_blocks(args.tiles_per_block)} blocks" for name, g in grids.items()),
         f"- wall time of the whole run: {wall / 60:.1f} min",
@@ -197,11 +201,14 @@ def main() -> int:
     parser.add_argument("--tiles-per-block", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--points-per-side", type=int, default=3, help="AMG box grid per side")
+    parser.add_argument("--method", choices=["amg", "ais"], default="amg", help="ais: --model needs a decoder")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--limit-mb", type=float, default=4096)
     parser.add_argument("--out", type=Path, default=OUT / "large_run.md")
     args = parser.parse_args()
     work = args.work.resolve()
+    if Path(args.model).is_file():  # a checkpoint: absolute, as the run in `work` must find it
+        args.model = str(Path(args.model).resolve())
 
     t0 = time.perf_counter()
     write_synthetic(work / "data" / "large2d" / "image.tif", (args.size, args.size), seed=100)
@@ -212,7 +219,7 @@ def main() -> int:
         "large2d/image": TileGrid((args.size, args.size), (args.tile,) * 2, (args.halo,) * 2),
         "large3d/volume": TileGrid(tuple(args.volume), (args.tile,) * 2, (args.halo,) * 2),
     }
-    targets = [f"results/segmentation/{name}/{args.model}/amg/labels.ome.zarr" for name in grids]
+    targets = [f"results/segmentation/{name}/{model_id(args.model)}/{args.method}/labels.ome.zarr" for name in grids]
     snakemake = Path(sys.executable).with_name("snakemake")
     command = [
         str(snakemake if snakemake.exists() else "snakemake"),

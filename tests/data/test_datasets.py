@@ -57,9 +57,22 @@ def test_synthetic_dataset_plans_known_shapes():
 def test_synthetic_train_is_more_images_of_the_kind_and_none_of_the_demos():
     recs = images_of("demo_train", {"source": "synthetic_train"})
     assert [r.name for r in recs] == [s.name for s in synthetic.TRAIN] and len(recs) == 6
-    assert all(r.labels and r.shape == (256, 256) for r in recs)
+    assert all(r.labels for r in recs) and {r.shape for r in recs} == {(192, 192), (256, 256), (320, 320)}
     assert {s.seed for s in synthetic.TRAIN}.isdisjoint(s.seed for s in synthetic.DEMO)
     assert set(synthetic.demo_specs()) == {s.name for s in synthetic.DEMO + synthetic.TRAIN}  # one namespace
+
+
+def test_synthetic_train_images_reach_the_model_at_the_scales_the_demo_windows_do():
+    # SAM resizes a window's longest side to the model input; training at one scale misreads others.
+    import yaml
+
+    from tilesam.tiling import TileGrid
+
+    seg = yaml.safe_load((Path(__file__).parents[2] / "config" / "config.yaml").read_text())["segmentation"]
+    grids = [TileGrid(spec.shape, tuple(seg["tile_shape"]), tuple(seg["halo"])) for spec in synthetic.DEMO]
+    windows = {max(t.window_shape) for grid in grids for t in grid.tiles()}
+    sides = {max(s.shape) for s in synthetic.TRAIN}
+    assert all(min(abs(w / s - 1) for s in sides) <= 0.15 for w in windows), (windows, sides)
 
 
 def test_stem():

@@ -35,9 +35,25 @@ DEMO = (
 )
 
 
+#: Sides of the synthetic training images: SAM resizes every window to the model's input (256 for
+#: LiteMedSAM), so the demo's windows reach the model at scales 0.8 (320-pixel windows of the large
+#: image) to 1.33 (the stack's 192-pixel sections). A decoder trained at one scale only misreads
+#: the others (trained on 256-pixel images alone, AIS painted blobs into the stack's background).
+TRAIN_SIDES = (192, 256, 320)
+
+
+def _like_the_demo(prefix: str, seed: int, n: int) -> tuple[SyntheticSpec, ...]:
+    """n images of the demo's kind of nuclei, sides cycling TRAIN_SIDES, 14 nuclei per 256^2."""
+    sides = [TRAIN_SIDES[i % len(TRAIN_SIDES)] for i in range(n)]
+    return tuple(
+        SyntheticSpec(f"{prefix}_{i:02d}", (s, s), round(14 * s * s / 256**2), (8.0, 22.0), seed=seed + i)
+        for i, s in enumerate(sides)
+    )
+
+
 #: Training images for the default run's finetuning (`source: synthetic_train`): the same kind of
 #: nuclei as the demo's, other seeds, so no demo image is ever trained on.
-TRAIN = tuple(SyntheticSpec(f"train_{i:02d}", (256, 256), 14, (8.0, 22.0), seed=100 + i) for i in range(6))
+TRAIN = _like_the_demo("train", 100, 6)
 
 #: The synthetic sources a dataset entry can name, and their images.
 SOURCES: dict[str, tuple[SyntheticSpec, ...]] = {"synthetic": DEMO, "synthetic_train": TRAIN}
