@@ -68,8 +68,8 @@ def test_float16_store_and_mismatch_is_refused(lite_medsam, image, tmp_path):
     other_grid = replace(prov, grid=TileGrid(info.shape, (64, 64), HALO).to_dict())
     with pytest.raises(stores.StoreMismatch, match=r"b\.zarr.*grid"):
         stores.open_done(tmp_path / "b.zarr", "embeddings", asdict(other_grid))
-    with pytest.raises(stores.StoreMismatch, match="model_sha256"):
-        stores.open_done(tmp_path / "b.zarr", "embeddings", asdict(replace(prov, model_sha256="other")))
+    with pytest.raises(stores.StoreMismatch, match="encoder_sha256"):
+        stores.open_done(tmp_path / "b.zarr", "embeddings", asdict(replace(prov, encoder_sha256="other")))
 
 
 def test_a_partial_store_of_another_model_is_moved_aside_and_the_block_recomputed(lite_medsam, image, tmp_path, caplog):
@@ -77,7 +77,7 @@ def test_a_partial_store_of_another_model_is_moved_aside_and_the_block_recompute
     info = io.read_info(image)
     grid = TileGrid(info.shape, TILE, HALO)
     prov = provenance(lite_medsam, image, grid, block=2)  # block 2 of 4 tiles: tile 8 of 9 only
-    old = stores.open_partial(tmp_path / "c.zarr", "embeddings", asdict(replace(prov, model="vit_b")), 1)
+    old = stores.open_partial(tmp_path / "c.zarr", "embeddings", asdict(replace(prov, encoder_sha256="vit_b")), 1)
     old.create_array("embeddings", shape=(1, 256, 64, 64), chunks=(1, 256, 64, 64), dtype="float32", fill_value=3.0)
     old["done"][0] = True
     with caplog.at_level("WARNING", logger="tilesam"):

@@ -304,6 +304,18 @@ def test_a_halo_larger_than_the_tile_fails_planning():
         Plan.from_config(full_config(segmentation={"tile_shape": [256, 256], "halo": [300, 300]}))
 
 
+@pytest.mark.parametrize(("parts", "shared"), [(["mask_decoder", "decoder"], True), (["image_encoder"], False)])
+def test_a_finetuned_model_with_a_frozen_encoder_reads_its_bases_embeddings(parts, shared):
+    cfg = full_config(models=["lite_medsam", "lite_medsam-ft-demo_train"])
+    cfg["datasets"] = {"demo": {"source": "synthetic"}, "demo_train": {"source": "synthetic_train"}}
+    cfg["finetune"]["train_parts"] = parts
+    plan = Plan.from_config(cfg)
+    base, tuned = (plan.embedding_stores("demo", "nuclei_small", m) for m in plan.models_of["demo"])
+    assert (base == tuned) is shared and plan.encoder_model("lite_medsam-ft-demo_train") == (
+        "lite_medsam" if shared else "lite_medsam-ft-demo_train"
+    )
+
+
 def test_the_synthetic_sources_are_one_dataset_and_train_only_trains():
     cfg = full_config(models=["lite_medsam", "lite_medsam-ft-demo_train"])
     cfg["datasets"] = {"demo": {"source": "synthetic"}, "demo_train": {"source": "synthetic_train"}}

@@ -29,10 +29,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Provenance:
-    """What an embedding store was made from; two stores are interchangeable iff equal."""
+    """What an embedding store was made from; two stores are interchangeable iff equal.
 
-    model: str
-    model_sha256: str
+    The encoder is named by its content (weights and input normalisation), not by the model: a
+    model finetuned with a frozen encoder reads its base model's stores (`Plan.encoder_model`).
+    """
+
+    encoder_sha256: str
     img_size: int
     grid: dict
     block: int

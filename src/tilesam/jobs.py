@@ -91,9 +91,9 @@ def _provenance(record: dict, model, image: str | Path, tiling: Tiling, block: i
 
     info = io.read_info(image)
     grid = TileGrid(info.shape, tiling.tile_shape, tiling.halo)
+    encoder = {**model.image_encoder.state_dict(), "pixel_mean": model.pixel_mean, "pixel_std": model.pixel_std}
     prov = Provenance(
-        model=record["name"],
-        model_sha256=record["sha256"],
+        encoder_sha256=state_sha256(encoder),
         img_size=int(model.image_encoder.img_size),
         grid=grid.to_dict(),
         block=block,
@@ -237,7 +237,7 @@ def embed(
     stats = embed_block(
         sam, prov, image, grid, out, batch_size=params.batch_size, precision=params.precision, mem_mb=mem_mb
     )
-    log.info("embedded block %d: %s (%s)", block, stats, prov.model)
+    log.info("embedded block %d: %s (%s)", block, stats, record["name"])
     return stats
 
 
@@ -288,16 +288,17 @@ def segment(
 
     sam, record = load_record(model, device)
     grid, prov = _provenance(record, sam, image, tiling, block, dtype)
+    model_id = {"model": record["name"], "model_sha256": record["sha256"]}
     if method == "ais":
         decoder, decoder_id = load_instance_decoder(record, sam.device, decoder_upscale(sam))
         params = searched_ais(ais or AisParams(), search) if search else (ais or AisParams())
         stats = segment_block(
             sam, embeddings, asdict(prov), grid, out, method=method, params=params, decoder=decoder,
-            decoder_id=decoder_id,
+            decoder_id=decoder_id, model_id=model_id,
         )  # fmt: skip
     else:
         params = searched(amg, search) if search else amg
-        stats = segment_block(sam, embeddings, asdict(prov), grid, out, method=method, params=params)
+        stats = segment_block(sam, embeddings, asdict(prov), grid, out, method=method, params=params, model_id=model_id)
     log.info("segmented block %d (%s): %s", block, method, stats)
     return stats
 

@@ -201,9 +201,20 @@ class Plan:
     def n_blocks(self, dataset: str, image: str) -> int:
         return self.grid(dataset, image).n_blocks(self.tiling.tiles_per_block)
 
+    def encoder_model(self, model: str) -> str:
+        """The model whose embeddings `model` reads: a model finetuned with a frozen encoder, its base's.
+
+        The stores name the encoder by content (`embed.Provenance`), so were the two encoders to
+        differ after all, the finetuned model's jobs would refuse the base's stores, not misuse them.
+        """
+        if model in self.finetuned and "image_encoder" not in self.config["finetune"]["train_parts"]:
+            return self.encoder_model(self.finetuned[model][0])
+        return model
+
     def embedding_stores(self, dataset: str, image: str, model: str) -> list[str]:
+        owner = self.encoder_model(model)
         return [
-            f"results/embeddings/{dataset}/{image}/{model}/block{b}.zarr" for b in range(self.n_blocks(dataset, image))
+            f"results/embeddings/{dataset}/{image}/{owner}/block{b}.zarr" for b in range(self.n_blocks(dataset, image))
         ]
 
     def block_stores(self, dataset: str, image: str, model: str, method: str) -> list[str]:

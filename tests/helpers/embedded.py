@@ -32,10 +32,9 @@ def import_synthetic(directory: Path, spec: synthetic.SyntheticSpec, tile_shape:
 
 
 def provenance(model, image: Path, grid: TileGrid, *, block=0, tiles_per_block=4, dtype="float32") -> Provenance:
-    """The embed step's record of a block of `image` (model name lite_medsam, a made-up checkpoint hash)."""
+    """The embed step's record of a block of `image` (a made-up encoder hash)."""
     return Provenance(
-        "lite_medsam",
-        "sha-test",
+        "encoder-sha-test",
         int(model.image_encoder.img_size),
         grid.to_dict(),
         block,

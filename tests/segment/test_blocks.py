@@ -148,8 +148,7 @@ def embedding_store(path, grid: TileGrid, truth: np.ndarray) -> dict:
     """A finished embedding store of block 0 holding every tile of `grid`: noise, the window's maps in channels 0-2."""
     tiles = grid.block(0, grid.n_tiles)
     prov = {
-        "model": "m",
-        "model_sha256": "sha",
+        "encoder_sha256": "sha",
         "img_size": IMG_SIZE,
         "grid": grid.to_dict(),
         "block": 0,
@@ -293,6 +292,8 @@ def test_a_volume_is_segmented_per_section(decoder, tmp_path):
 def test_ais_without_a_decoder_or_with_amg_params_is_an_error(tmp_path):
     prov = embedding_store(tmp_path / "emb.zarr", GRID, truth_of(GRID, 6))
     with pytest.raises(ValueError, match="needs the instance decoder of model m, none was given"):
-        segment_block(None, tmp_path / "emb.zarr", prov, GRID, tmp_path / "seg.zarr", method="ais")
+        segment_block(
+            None, tmp_path / "emb.zarr", prov, GRID, tmp_path / "seg.zarr", method="ais", model_id={"model": "m"}
+        )
     with pytest.raises(ValueError, match="unknown segmentation method 'auto'"):
         segment_block(None, tmp_path / "emb.zarr", prov, GRID, tmp_path / "seg.zarr", method="auto")

@@ -231,7 +231,7 @@ def bad_run(tmp_path_factory, lite_medsam, request):
     write_config(workdir, config)
     planned = snakemake(workdir, "-n").stdout
     (store,) = set(re.findall(r"results/embeddings/d/a/[^,\n]+/block0\.zarr", planned))
-    stale = stores.open_partial(workdir / store, "embeddings", {"model": "vit_b", "block": 0}, 1)
+    stale = stores.open_partial(workdir / store, "embeddings", {"encoder_sha256": "vit_b-encoder", "block": 0}, 1)
     stale.create_array("embeddings", shape=(1, 4), dtype="f4", fill_value=2.5)
     stale["done"][0] = True
     before = _fingerprints(workdir)
@@ -265,7 +265,12 @@ def test_a_partial_store_of_another_model_is_moved_aside_and_the_run_goes_on(bad
     aside = sorted((workdir / store).parent.glob("block0.zarr.stale-*"))
     logs = "".join(p.read_text() for p in (workdir / "logs/embed/d/a").rglob("*.log"))
     partial = str(stores.partial_path(store))
-    clear = len(aside) == 1 and partial in logs and "model: store has 'vit_b'" in logs and aside[0].name in logs
+    clear = (
+        len(aside) == 1
+        and partial in logs
+        and "encoder_sha256: store has 'vit_b-encoder'" in logs
+        and aside[0].name in logs
+    )
     _outcome("partial store of other parameters (moved aside, logged)", clear, lost)
     assert clear, logs[-3000:]
     assert not lost, lost

@@ -84,6 +84,8 @@ def test_run_writes_the_benchmark_table(finished_run):
     assert bench["max_rss"].iloc[0] > 0
     # embeddings are temporary by default
     assert not (workdir / "results/embeddings/tiny/cells/lite_medsam/block0.zarr").exists()
+    # the finetuned model froze its encoder: its segment and prompt jobs read the base's embeddings
+    assert not (workdir / f"logs/embed/tiny/cells/{finished_run.finetuned}").exists()
 
 
 @pytest.mark.slow
@@ -150,14 +152,15 @@ def test_default_config_plans_the_demo_jobs():
     counts = job_counts(out)
     n = len(synthetic.DEMO)
     # the demo and its training images are made; each demo image: the vanilla model's AMG, the finetuned
-    # model's AIS (`auto`), the classical baseline's segmentation, each stitched and scored
+    # model's AIS (`auto`), the classical baseline's segmentation, each stitched and scored; the
+    # finetuned model froze its encoder, so it reads the vanilla model's embeddings (one embed job each)
     assert counts["make_synthetic"] == n + len(synthetic.TRAIN)
-    assert counts["finetune"] == 1 and counts["fetch_model"] == 1 and counts["embed"] == 2 * n
+    assert counts["finetune"] == 1 and counts["fetch_model"] == 1 and counts["embed"] == n
     assert counts["stitch"] == 3 * n and counts["evaluate"] == 3 * n
     assert counts["evaluate_prompts"] == 2 * n and counts["benchmark_table"] == 1
     # on 2 cores two model jobs run at a time, one thread each (snakemake lists threads only above 1)
     model_jobs = [b for b in out.split("rule ")[1:] if b.split(":")[0] in ("embed", "segment", "finetune")]
-    assert len(model_jobs) == 4 * n + 1 and not any("threads:" in b for b in model_jobs)
+    assert len(model_jobs) == 3 * n + 1 and not any("threads:" in b for b in model_jobs)
 
 
 def test_ais_for_a_model_without_a_decoder_fails_before_any_job(tmp_path):

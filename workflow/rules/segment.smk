@@ -3,7 +3,7 @@ rule segment:
     input:
         image="results/images/{dataset}/{image}.ome.zarr",
         model="resources/models/{model}.json",
-        embeddings="results/embeddings/{dataset}/{image}/{model}/block{block}.zarr",
+        embeddings=lambda w: embedding_stores(w)[int(w.block)],
         search=lambda w: PLAN.search_result(w.dataset, w.model, w.method),
     output:
         directory(

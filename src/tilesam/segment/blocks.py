@@ -52,6 +52,7 @@ def segment_block(
     params: AmgParams | AisParams | None = None,
     decoder: torch.nn.Module | None = None,
     decoder_id: dict | None = None,
+    model_id: dict | None = None,
 ) -> dict:
     """Segment every tile of a block into `<out>` (arrays `t<i>`: window-sized uint32 labels).
 
@@ -59,15 +60,16 @@ def segment_block(
     (`tilesam.segment.box_amg`), for models trained on box prompts only, such as LiteMedSAM.
     `ais`: `params` are AisParams and `decoder` the model's instance decoder
     (`tilesam.models.unetr`; `model` is not used); `decoder_id` (e.g. its state's sha256) goes
-    into the provenance, so a store made with another decoder is not resumed.
+    into the provenance, so a store made with another decoder is not resumed. `model_id` (the
+    model's name and checksum) goes into it too: the embeddings name only the encoder, which a
+    finetuned model may share with its base.
     """
     if method not in METHODS:
         raise ValueError(f"unknown segmentation method {method!r}; known: {', '.join(METHODS)}")
     if method == "ais":
         if decoder is None:
-            raise ValueError(
-                f"{out}: method ais needs the instance decoder of model {embedding_provenance['model']}, none was given"
-            )
+            name = (model_id or {}).get("model", "?")
+            raise ValueError(f"{out}: method ais needs the instance decoder of model {name}, none was given")
         params = params or AisParams()
         if not isinstance(params, AisParams):
             raise TypeError(f"method ais takes AisParams, got {type(params).__name__}")
@@ -79,7 +81,7 @@ def segment_block(
         record = _params_record(params)
     src = stores.open_done(embeddings, "embeddings", embedding_provenance)
     tiles = grid.block(embedding_provenance["block"], embedding_provenance["tiles_per_block"])
-    provenance = {**embedding_provenance, "method": method, **record}
+    provenance = {**embedding_provenance, **(model_id or {}), "method": method, **record}
     root = stores.open_partial(out, "segmentation", provenance, len(tiles))
     done = root["done"][:]
     if method == "ais":
