@@ -74,3 +74,16 @@ def test_online_configs_say_what_is_missing_offline():
         pytest.skip("the isbi2012 dataset is already in resources/datasets")
     message = result.stdout + result.stderr
     assert "isbi2012" in message and "offline" in message and "sha256" in message
+
+
+@pytest.mark.parametrize(("stem", "current"), [("lm", "vit_b_lm"), ("em_organelles", "vit_b_em_organelles")])
+def test_reproduction_configs_give_ais_to_micro_sams_current_model_only(stem, current):
+    """Vanilla and the seed's v1 get AMG, the current model (which has a decoder) AMG and AIS, each compared."""
+    from tilesam.plan import has_decoder
+
+    config = yaml.safe_load((REPO / f"config/benchmarks/{stem}.yaml").read_text())
+    assert config["models"] == ["vit_b", current, f"{current}@v1"]
+    assert [has_decoder(m) for m in config["models"]] == [False, True, False]
+    assert config["segmentation"]["methods"] == ["amg", "auto"]  # auto: ais where a model has a decoder
+    assert config["segmentation"]["ais_search"]["dataset"] == config["segmentation"]["amg_search"]["dataset"]
+    assert [pair["finetuned"] for pair in config["compare"]] == config["models"][1:]
