@@ -42,18 +42,12 @@ DEMO = (
 TRAIN_SIDES = (192, 256, 320)
 
 
-def _like_the_demo(prefix: str, seed: int, n: int) -> tuple[SyntheticSpec, ...]:
-    """n images of the demo's kind of nuclei, sides cycling TRAIN_SIDES, 14 nuclei per 256^2."""
-    sides = [TRAIN_SIDES[i % len(TRAIN_SIDES)] for i in range(n)]
-    return tuple(
-        SyntheticSpec(f"{prefix}_{i:02d}", (s, s), round(14 * s * s / 256**2), (8.0, 22.0), seed=seed + i)
-        for i, s in enumerate(sides)
-    )
-
-
 #: Training images for the default run's finetuning (`source: synthetic_train`): the same kind of
-#: nuclei as the demo's, other seeds, so no demo image is ever trained on.
-TRAIN = _like_the_demo("train", 100, 6)
+#: nuclei as the demo's (14 per 256^2), other seeds, so no demo image is ever trained on.
+TRAIN = tuple(
+    SyntheticSpec(f"train_{i:02d}", (side, side), round(14 * side**2 / 256**2), (8.0, 22.0), seed=100 + i)
+    for i, side in enumerate(TRAIN_SIDES * 2)
+)
 
 #: The synthetic sources a dataset entry can name, and their images.
 SOURCES: dict[str, tuple[SyntheticSpec, ...]] = {"synthetic": DEMO, "synthetic_train": TRAIN}
