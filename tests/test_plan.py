@@ -88,10 +88,12 @@ def test_finetuned_names_plan_the_base_and_skip_the_training_data(tmp_path):
     assert len(inputs["images"]) == 3 and len(inputs["val_images"]) == 2
     assert inputs["model"] == "resources/models/lite_medsam.json"
     assert plan.memory("lite_medsam-ft-train") == MODEL_MEMORY["lite_medsam_tinyvit"]
-    with pytest.raises(PlanError, match="'test' is not 2D"):
-        plan.finetune_inputs("test", "lite_medsam")  # the synthetic demo has a volume
-    with pytest.raises(PlanError, match="'test' is not 2D"):
-        plan.finetune_inputs("test", "lite_medsam")  # the synthetic demo has a volume
+    assert len(plan.finetune_inputs("test", "lite_medsam")["images"]) == 3  # a TIFF volume trains by section
+    unlabelled = {"images": str(tmp_path / "train" / "images" / "*.tif")}
+    with pytest.raises(PlanError, match="'bare' has no labelled images"):  # said at planning, not by a rule
+        Plan.from_config(
+            {**cfg, "models": ["lite_medsam-ft-bare"], "datasets": {**cfg["datasets"], "bare": unlabelled}}
+        )
 
 
 def test_a_name_with_ft_of_no_dataset_is_an_ordinary_model_name():

@@ -179,6 +179,8 @@ class Plan:
         val = self.config["finetune"]["val_dataset"]
         if val is not None and val not in self.config["datasets"]:
             raise PlanError(f"config error in finetune.val_dataset: {val!r} is not in datasets")
+        for _, dataset in self.finetuned.values():  # said now: an input function's error would be swallowed
+            self.finetune_inputs(dataset, "")
         for pair in self.config["compare"]:
             for role in ("vanilla", "finetuned"):
                 if pair[role] not in self.specs:
@@ -471,8 +473,9 @@ class Plan:
         records = [r for r in self.records(dataset) if r.labels]
         if not records:
             raise PlanError(f"finetune: dataset {dataset!r} has no labelled images")
-        if any(r.ndim != 2 for r in records):
-            raise PlanError(f"finetune: dataset {dataset!r} is not 2D")
+        keyed = [r.image for r in records if r.ndim == 3 and r.key]
+        if keyed:  # finetuning reads TIFF volumes (each section a training image), not containers
+            raise PlanError(f"finetune: dataset {dataset!r}: volumes in containers are not supported ({keyed[0]})")
         return records
 
     def finetune_inputs(self, dataset: str, base: str) -> dict[str, Any]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 
+from tilesam.data import synthetic
+from tilesam.embed import normalize
 from tilesam.finetune.data import FinetuneError, ImageSet, Sample, pair_files, split_samples, train_val_samples
 
 
@@ -42,3 +45,21 @@ def test_images_read_as_normalised_rgb_and_labels_as_connected_components(colour
     assert images.rgb[0].shape == (300, 520, 3) and images.rgb[0].dtype == np.uint8
     assert images.rgb[0][..., 1].max() == 255  # min/max normalised
     assert np.unique(images.labels[0]).tolist() == [0, 1]  # relabelled as connected components
+
+
+def test_a_volume_trains_section_by_section_normalised_by_the_whole_volume(tmp_path):
+    spec = synthetic.SyntheticSpec("s", (4, 96, 96), 5, (8.0, 14.0), seed=9)
+    synthetic.write_demo(spec, tmp_path / "s.tif", tmp_path / "s_labels.tif")
+    volume, labels = tifffile.imread(tmp_path / "s.tif"), tifffile.imread(tmp_path / "s_labels.tif")
+    images = ImageSet([Sample(tmp_path / "s.tif", tmp_path / "s_labels.tif")])
+    assert len(images) == spec.shape[0] and images.names == [f"s:z{z}" for z in range(spec.shape[0])]
+    assert len(set(images.digests)) == spec.shape[0]  # one embedding-cache key per section
+    lo, hi = float(volume.min()), float(volume.max())
+    for z in range(spec.shape[0]):
+        assert images.rgb[z].shape == (*spec.shape[1:], 3)
+        np.testing.assert_array_equal(images.rgb[z][..., 0], normalize(volume[z], (lo, hi))[..., 0])
+        assert np.unique(images.labels[z]).tolist() == list(range(images.labels[z].max() + 1))  # relabelled
+        assert (images.labels[z] > 0).sum() == (labels[z] > 0).sum()
+    tifffile.imwrite(tmp_path / "s.tif", volume[:, :50])
+    with pytest.raises(FinetuneError, match="s_labels.tif.*same shape"):
+        ImageSet([Sample(tmp_path / "s.tif", tmp_path / "s_labels.tif")])

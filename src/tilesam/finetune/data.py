@@ -79,9 +79,8 @@ def train_val_samples(
     return train, pair_files(val_images, val_labels)
 
 
-def _read_rgb(path: Path) -> np.ndarray:
+def _to_rgb(image: np.ndarray, path: Path) -> np.ndarray:
     """A 2D grayscale or colour image as min/max-normalised uint8 RGB (what SAM sees)."""
-    image = np.asarray(tifffile.imread(path))
     if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (3, 4):
         image = np.moveaxis(image, 0, -1)  # channel-first colour
     if image.ndim == 3 and image.shape[-1] in (3, 4):
@@ -91,12 +90,31 @@ def _read_rgb(path: Path) -> np.ndarray:
     return normalize(image, (float(image.min()), float(image.max())))
 
 
-def _read_labels(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """Instance labels as connected components (the objects the metrics score)."""
-    labels = np.asarray(tifffile.imread(path))
-    if labels.shape != shape:
-        raise FinetuneError(f"{path}: labels of shape {labels.shape} do not match the image's {shape}")
-    return relabel_gt(labels).astype(np.int32)
+def _sections(sample: Sample) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(suffix, RGB, labels) of each 2D training image of a sample: the image, or each section of a volume.
+
+    A volume (3D labels, a grayscale image of the same shape) trains section by section, each
+    normalised by the whole volume's range as the workflow normalises its tiles; its sections
+    teach what the 2D images cannot, e.g. that the dim blur of a nucleus in the next section is
+    background.
+    """
+    image = np.asarray(tifffile.imread(sample.image))
+    labels = np.asarray(tifffile.imread(sample.labels))
+    if labels.ndim == 3:
+        if image.shape != labels.shape:
+            raise FinetuneError(
+                f"{sample.labels}: 3D labels of shape {labels.shape} need a grayscale volume of the same shape,"
+                f" {sample.image} has {image.shape}"
+            )
+        lo_hi = (float(image.min()), float(image.max()))
+        return [
+            (f":z{z}", normalize(image[z], lo_hi), relabel_gt(labels[z]).astype(np.int32))
+            for z in range(labels.shape[0])
+        ]
+    rgb = _to_rgb(image, sample.image)
+    if labels.shape != rgb.shape[:2]:
+        raise FinetuneError(f"{sample.labels}: labels of shape {labels.shape} do not match the image's {rgb.shape[:2]}")
+    return [("", rgb, relabel_gt(labels).astype(np.int32))]
 
 
 def _digest(path: Path) -> str:
@@ -105,17 +123,24 @@ def _digest(path: Path) -> str:
 
 
 class ImageSet:
-    """Annotated images loaded once: normalised RGB, relabelled labels, and content digests."""
+    """Annotated 2D images loaded once: normalised RGB, relabelled labels, names and content digests.
+
+    A volume contributes one entry per section, named ``<name>:z<index>``.
+    """
 
     def __init__(self, samples: Sequence[Sample]) -> None:
         self.samples = list(samples)
         self.rgb: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
+        self.names: list[str] = []
+        self.digests: list[str] = []
         for sample in self.samples:
-            rgb = _read_rgb(sample.image)
-            self.rgb.append(rgb)
-            self.labels.append(_read_labels(sample.labels, rgb.shape[:2]))
-        self.digests = [_digest(s.image) for s in self.samples]
+            digest = _digest(sample.image)
+            for suffix, rgb, labels in _sections(sample):
+                self.rgb.append(rgb)
+                self.labels.append(labels)
+                self.names.append(sample.name + suffix)
+                self.digests.append(digest + suffix)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.rgb)

@@ -79,7 +79,7 @@ def validate_prompts(
     """
     objects: list[ObjectScore] = []
     msa: dict[tuple[str, str], float] = {}
-    for i, sample in enumerate(images.samples):
+    for i, name in enumerate(images.names):
         labels = _subset_objects(images.labels[i], max_objects, np.random.default_rng([seed, i]))
         ids, true_pixels = ground_truth_objects(labels, relabel=False)
         if ids.size == 0:
@@ -91,6 +91,6 @@ def validate_prompts(
             )
             for k, object_id in enumerate(ids):
                 iou, dice = _overlap_scores(true_pixels[k], masks.pixels[k])
-                objects.append(ObjectScore(sample.name, mode, int(object_id), iou, dice))
-            msa[(sample.name, mode)] = segmentation_scores(labels, masks.label_image(), relabel=False).msa
+                objects.append(ObjectScore(name, mode, int(object_id), iou, dice))
+            msa[(name, mode)] = segmentation_scores(labels, masks.label_image(), relabel=False).msa
     return PromptEvaluation(objects, msa)
