@@ -44,15 +44,18 @@ def test_shared_offline_plans_the_whole_protocol(shared_dir):
     result = dry_run(REPO / "config/benchmarks/shared_offline.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    assert counts["amg_search"] == 1 and counts["benchmark_table"] == 1
+    assert counts["amg_search"] == 2 and counts["ais_search"] == 1 and counts["benchmark_table"] == 1  # per model
+    assert counts["finetune"] == 1 and counts["finetuned_model"] == 1
     assert counts["qualitative_figure"] == 3  # dsb2018_test, epfl_mito, isbi2012; not the search's val split
-    # the classical baseline: one row per scored image, its sigma and h searched on the AMG search's split
+    # the classical baseline: one row per scored image, its sigma and h searched on the AMG search's split;
+    # per image vanilla AMG, finetuned AMG and finetuned AIS
     baseline = classical_evaluations(result.stdout)
-    assert counts["classical_search"] == 1 and baseline == counts["evaluate"] - baseline
-    # every scored image x 4 prompt modes, except the ISBI volume: its own `prompts: [point, box]`
-    assert counts["evaluate_prompts"] == 4 * (counts["evaluate"] - baseline - 1) + 2
-    planned = set(re.findall(r"results/evaluation/isbi2012/volume/lite_medsam/(\w+)\.json", result.stdout))
-    assert planned == {"amg", "point", "box"}
+    assert counts["classical_search"] == 1 and 3 * baseline == counts["evaluate"] - baseline
+    # both models: every scored image x 4 prompt modes, except the ISBI volume: its own `prompts: [point, box]`
+    assert counts["evaluate_prompts"] == 2 * (4 * (baseline - 1) + 2)
+    for model, methods in (("lite_medsam", set()), ("lite_medsam-ft-dsb2018_train", {"ais"})):
+        planned = set(re.findall(rf"results/evaluation/isbi2012/volume/{model}/(\w+)\.json", result.stdout))
+        assert planned == {"amg", "point", "box"} | methods
     assert "make_synthetic" not in counts  # a --configfile replaces the default config
 
 
@@ -61,11 +64,13 @@ def test_finetune_offline_plans_training_then_the_comparison(shared_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
     assert counts["finetune"] == 1 and counts["finetuned_model"] == 1 and counts["fetch_model"] == 1
-    # the test split only, for both models: AMG plus box and point prompts per image; the classical
-    # baseline once per image, searched on the finetuning's validation split
+    # the test split only: AMG for both models and AIS for the finetuned one (searched on the validation
+    # split), and 4 prompt modes each, per image; the classical baseline once per image, searched on the
+    # finetuning's validation split
     baseline = classical_evaluations(result.stdout)
-    assert counts["classical_search"] == 1 and 2 * baseline == counts["evaluate"] - baseline
-    assert counts["evaluate_prompts"] == 2 * (counts["evaluate"] - baseline)
+    assert counts["classical_search"] == 1 and counts["ais_search"] == 1
+    assert 3 * baseline == counts["evaluate"] - baseline
+    assert counts["evaluate_prompts"] == 2 * 4 * baseline
 
 
 def test_online_configs_say_what_is_missing_offline():
