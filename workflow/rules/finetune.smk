@@ -16,6 +16,8 @@ rule finetune:
         "logs/finetune/{dataset}/{base}.log",
     benchmark:
         "logs/benchmarks/finetune/{dataset}/{base}.tsv"
+    # the longest job, needed by everything of the finetuned model: start it before the others
+    priority: 10
     conda:
         "../envs/tilesam.yaml"
     threads: model_threads()
