@@ -364,7 +364,7 @@ COMMANDS: dict[str, Command] = {
                        arg("--table", help="CSV of the instances (id, area, bounding box, centroid)"))),
     "finetune": Command(cmd_finetune, "finetune a model on images with instance labels (resumable)", (
         arg("--model", required=True, help="base model: registry name, name@version or checkpoint path"),
-        arg("--images", nargs="+", required=True, help="training images: globs or files (2D, gray or RGB)"),
+        arg("--images", nargs="+", required=True, help="training images: globs or files (2D gray or RGB, or TIFF volumes with 3D labels: by section)"),
         arg("--labels", nargs="+", required=True, help="instance labels, paired with images by file name"),
         arg("--val-images", nargs="+", help="validation images (default: --val-fraction of the training ones)"),
         arg("--val-labels", nargs="+"),
