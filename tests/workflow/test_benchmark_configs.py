@@ -65,12 +65,12 @@ def test_finetune_offline_plans_training_then_the_comparison(shared_dir):
     counts = job_counts(result.stdout)
     assert counts["finetune"] == 1 and counts["finetuned_model"] == 1 and counts["fetch_model"] == 1
     # the test split only: AMG for both models and AIS for the finetuned one (searched on the validation
-    # split), and 4 prompt modes each, per image; the classical baseline once per image, searched on the
+    # split), and box and point prompts each, per image; the classical baseline once per image, searched on the
     # finetuning's validation split
     baseline = classical_evaluations(result.stdout)
     assert counts["classical_search"] == 1 and counts["ais_search"] == 1
     assert 3 * baseline == counts["evaluate"] - baseline
-    assert counts["evaluate_prompts"] == 2 * 4 * baseline
+    assert counts["evaluate_prompts"] == 2 * 2 * baseline
 
 
 def test_online_configs_say_what_is_missing_offline():
