@@ -179,8 +179,8 @@ class Plan:
         val = self.config["finetune"]["val_dataset"]
         if val is not None and val not in self.config["datasets"]:
             raise PlanError(f"config error in finetune.val_dataset: {val!r} is not in datasets")
-        for _, dataset in self.finetuned.values():  # said now: an input function's error would be swallowed
-            self.finetune_inputs(dataset, "")
+        for base, dataset in self.finetuned.values():  # said now: an input function's error would be swallowed
+            self.finetune_inputs(dataset, base)
         for pair in self.config["compare"]:
             for role in ("vanilla", "finetuned"):
                 if pair[role] not in self.specs:
