@@ -305,6 +305,7 @@ class FinetuneConfig:
     lr: float
     decoder_lr_factor: float  # the instance decoder's learning rate / lr
     decoder_crop: int | None  # embedding tokens per side of the decoder's training window; None: all
+    decoder_steps: int  # instance-decoder updates per training step (the extra ones train it alone)
     prompt_encoder_lr_factor: float  # its embeddings are single vectors: may need bigger steps
     weight_decay: float
     warmup_fraction: float
@@ -322,7 +323,14 @@ class FinetuneConfig:
         unknown = set(self.train_parts) - set(TRAINABLE_PARTS)
         if unknown or not self.train_parts:
             raise ValueError(f"train_parts must be a non-empty subset of {TRAINABLE_PARTS}, got {self.train_parts}")
-        positive = ("images_per_batch", "objects_per_image", "sub_iterations", "max_points", "min_object_pixels")
+        positive = (
+            "images_per_batch",
+            "objects_per_image",
+            "sub_iterations",
+            "max_points",
+            "min_object_pixels",
+            "decoder_steps",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -334,6 +342,11 @@ class FinetuneConfig:
             raise ValueError(f"box_probability must be in [0, 1], got {self.box_probability}")
         if self.decoder_crop is not None and self.decoder_crop < 1:
             raise ValueError(f"decoder_crop must be at least 1 embedding token, got {self.decoder_crop}")
+        if self.decoder_steps > 1 and not (self.trains_decoder and self.encoder_frozen):
+            raise ValueError(
+                "decoder_steps > 1 needs train_parts with `decoder` and without `image_encoder` (the extra "
+                f"updates train the decoder alone on cached embeddings), got {list(self.train_parts)}"
+            )
         if self.crop_size is not None and self.crop_size < 16:
             raise ValueError(f"crop_size must be at least 16 pixels, got {self.crop_size}")
 

@@ -191,3 +191,21 @@ def test_a_base_decoder_is_trained_from_or_passed_on(base_with_decoder, data, em
     assert same is not trained
     card = json.loads(result.card.read_text())
     assert card["decoder"] == {"variant": "bilinear", "origin": "base", "trained": trained}
+
+
+def test_decoder_steps_add_updates_of_the_decoder_alone(data, embeddings, tmp_path, lite_medsam):
+    """decoder_steps 3: each of the run's 2 steps updates the decoder 3 times and the SAM parts once."""
+    config = replace(WITH_DECODER, decoder_steps=3)
+    result = run(data, tmp_path / "ft.pth", embeddings, config=config, keep_state=True)
+    optimizer = saved(state_path(result.checkpoint))["optimizer"]
+    counts = {}
+    for group in optimizer["param_groups"]:
+        counts[group["name"]] = {int(optimizer["state"][i]["step"]) for i in group["params"]}
+    assert counts == {"mask_decoder": {2}, "prompt_encoder": {2}, "decoder": {6}}
+    once = saved(run(data, tmp_path / "once.pth", embeddings, config=WITH_DECODER).checkpoint)
+    thrice = saved(result.checkpoint)
+    assert not torch.equal(once["decoder_state"]["out_conv.weight"], thrice["decoder_state"]["out_conv.weight"])
+    with pytest.raises(ValueError, match="decoder_steps > 1 needs"):
+        replace(TINY, decoder_steps=2)  # no decoder to update
+    with pytest.raises(ValueError, match="decoder_steps > 1 needs"):
+        replace(WITH_DECODER, decoder_steps=2, train_parts=("image_encoder", "decoder"))

@@ -1,11 +1,20 @@
-"""The training signal: corrective clicks go where the mask is wrong, and the Dice loss spans 0..1."""
+"""The training signal: corrective clicks go where the mask is wrong, the Dice loss spans 0..1, and
+backpropagating each pass at once gives the gradient of the summed loss."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from tilesam.finetune.loss import TrainingPrompts, add_corrections, dice_loss
+from helpers.finetune import TINY
+from tilesam.finetune.cache import EmbeddingCache
+from tilesam.finetune.data import ImageSet, Sample
+from tilesam.finetune.loss import TrainingPrompts, add_corrections, dice_loss, view_loss
+from tilesam.finetune.views import View
+from tilesam.models import resolve
+from tilesam.models.unetr import InstanceDecoder
 
 
 def test_corrections_add_a_click_per_error_kind_and_pad_missing_ones():
@@ -26,3 +35,31 @@ def test_dice_loss_is_zero_for_a_perfect_mask_and_one_for_an_empty_one():
     target[..., 2:6, 2:6] = 1
     assert float(dice_loss((target * 2 - 1) * 50, target)) < 0.02
     assert float(dice_loss(torch.full_like(target, -50.0), target)) > 0.9
+
+
+def test_backward_per_pass_gives_the_gradient_of_the_summed_loss(lite_medsam, data, embeddings):
+    """view_loss backpropagates each pass (and the decoder's loss) at once: the gradient of one backward."""
+    images = ImageSet([Sample(im, lab) for im, lab in zip(*data)])
+    cache = EmbeddingCache(lite_medsam, resolve("lite_medsam").sha256, embeddings)
+    config = replace(TINY, sub_iterations=3, objects_per_image=3)
+    torch.manual_seed(0)
+    decoder = InstanceDecoder(upscale=4)
+    params = [*lite_medsam.mask_decoder.parameters(), *decoder.parameters()]
+
+    def gradients(per_pass: bool) -> list[torch.Tensor]:
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        rng = np.random.default_rng(1)
+        backward = (lambda loss: loss.backward()) if per_pass else None
+        parts = view_loss(lite_medsam, images, View(0, None, 0), cache, rng, config, decoder=decoder, backward=backward)
+        if not per_pass:
+            parts.total.backward()
+        return [p.grad.clone() for p in params]
+
+    one, per_pass = gradients(False), gradients(True)
+    assert all(g.abs().sum() > 0 for g in one[:3])
+    for a, b in zip(one, per_pass):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    for p in params:
+        p.grad = None

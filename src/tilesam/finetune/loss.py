@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,9 @@ from tilesam.finetune.targets import decoder_loss, instance_targets
 from tilesam.finetune.views import FrameTargets, View, frame_targets, view_pixels
 from tilesam.interactive.prompts import PADDING_LABEL, bounding_box, corrective_points
 from tilesam.models.unetr import InstanceDecoder, postprocess_maps
+
+Backward = Callable[[torch.Tensor], None]
+"""Backpropagates one part of a step's loss at once (scaled for the mean over the step's views)."""
 
 
 @dataclass
@@ -134,14 +138,22 @@ def iterative_loss(
     ids: np.ndarray,
     rng: np.random.Generator,
     config: FinetuneConfig,
+    backward: Backward | None = None,
 ) -> LossParts:
-    """Dice + IoU-MSE over ``sub_iterations`` decoder passes with corrective clicks in between."""
+    """Dice + IoU-MSE over ``sub_iterations`` decoder passes with corrective clicks in between.
+
+    With ``backward`` each pass's loss is backpropagated as soon as it is computed: the passes share
+    no graph (the corrections and the mask input are detached), so the gradient is the same as one
+    backward of the sum, and only one pass's activations (about 150 MB an object on a 64 x 64
+    embedding) are held at a time. The returned total is then detached.
+    """
     true = targets.masks(ids)
     target = torch.as_tensor(true, dtype=torch.float32, device=embedding.device)[:, None]
     prompts = initial_prompts(true, rng, config)
     mask_input = None
+    n = config.sub_iterations
     total, mask_sum, iou_sum = embedding.new_zeros(()), 0.0, 0.0
-    for step in range(config.sub_iterations):
+    for step in range(n):
         low_res, iou_pred = _decode(model, embedding, prompts, mask_input)
         logits = _frame_logits(model, low_res, true.shape[1:])
         dice = dice_loss(logits, target)  # (n, m)
@@ -149,13 +161,16 @@ def iterative_loss(
         rows = torch.arange(len(ids), device=embedding.device)
         mask_loss = dice[rows, best].mean()
         iou_loss = F.mse_loss(iou_pred, mask_iou(logits, target))
-        total = total + mask_loss + iou_loss
+        if backward is not None:
+            backward((mask_loss + iou_loss) / n)
+            total = total + (mask_loss + iou_loss).detach()
+        else:
+            total = total + mask_loss + iou_loss
         mask_sum, iou_sum = mask_sum + float(mask_loss.detach()), iou_sum + float(iou_loss.detach())
-        if step + 1 < config.sub_iterations:
+        if step + 1 < n:
             pred = (logits[rows, best] > 0).cpu().numpy()
             prompts = add_corrections(prompts, true, pred, rng)
             mask_input = low_res[rows, best][:, None].detach() if config.use_mask_input else None
-    n = config.sub_iterations
     return LossParts(total / n, mask_sum / n, iou_sum / n)
 
 
@@ -222,28 +237,45 @@ def view_loss(
     config: FinetuneConfig,
     grad: bool = True,
     decoder: InstanceDecoder | None = None,
+    backward: Backward | None = None,
+    prompted: bool | None = None,
 ) -> LossParts | None:
     """Loss of one view's objects (None when the view has no object to train on).
 
     With a ``decoder`` its loss on the same embedding (computed once, so a trained encoder gets both
     gradients) is added to the prompt loss, as micro-sam trains SAM and its instance decoder together.
+    With ``backward`` (training) each part is backpropagated as it is computed (see `iterative_loss`);
+    a trained encoder's gradient is gathered on its embedding and backpropagated through it once.
+    ``prompted``: whether the prompt loss is computed (default: when a SAM part is trained; without
+    it a ``decoder`` must be given).
     """
+    prompted = config.trains_sam if prompted is None else prompted
+    if not prompted and decoder is None:
+        raise ValueError("view_loss: without the prompt loss an instance decoder must be given")
     _, labels = view_pixels(images, view)
     img_size = model.image_encoder.img_size
     targets = frame_targets(labels, img_size, config.min_object_pixels)
     if targets.ids.size == 0:
         return None
     ids = _pick_objects(targets, rng, config.objects_per_image)
-    embedding = view_embedding(model, images, view, cache, grad and not config.encoder_frozen)
+    encoded = view_embedding(model, images, view, cache, grad and not config.encoder_frozen)
+    embedding = encoded
+    if backward is not None and encoded.requires_grad:
+        embedding = encoded.detach().requires_grad_()
     with torch.set_grad_enabled(grad):
-        if decoder is not None and not config.trains_sam:  # the prompt loss would cost much and teach nothing
+        if prompted:
+            parts = iterative_loss(model, embedding, targets, ids, rng, config, backward)
+        else:  # only the decoder is trained: the prompt loss would cost much and teach nothing
+            parts = LossParts(embedding.new_zeros(()), None, None)
+        if decoder is not None:
             extra = instance_decoder_loss(decoder, embedding, targets.labels, img_size, rng, config.decoder_crop)
-            return LossParts(extra, None, None, float(extra.detach()))
-        parts = iterative_loss(model, embedding, targets, ids, rng, config)
-        if decoder is None:
-            return parts
-        extra = instance_decoder_loss(decoder, embedding, targets.labels, img_size, rng, config.decoder_crop)
-    return LossParts(parts.total + extra, parts.mask, parts.iou, float(extra.detach()))
+            if backward is not None:
+                backward(extra)
+                extra = extra.detach()
+            parts = LossParts(parts.total + extra, parts.mask, parts.iou, float(extra.detach()))
+    if embedding is not encoded and embedding.grad is not None:
+        encoded.backward(embedding.grad)
+    return parts
 
 
 def prompt_loss(

@@ -306,22 +306,60 @@ class _Trainer:
             best_decoder=None if self.decoder is None else _cpu_state(self.decoder),
         )
 
-    def _step(self, views: list[View], rng: np.random.Generator) -> dict[str, float] | None:
+    def _decoder_update(self, views: list[View], rng: np.random.Generator) -> list[float]:
+        """One update of the instance decoder alone (``decoder_steps``): its losses on the views."""
+        weight = 1.0 / len(views)
+        self.optimizer.zero_grad(set_to_none=True)  # the SAM parts get no gradient, so AdamW leaves them
+        losses = []
+        for view in views:
+            parts = view_loss(
+                self.model,
+                self.train,
+                view,
+                self.cache,
+                rng,
+                self.config,
+                decoder=self.decoder,
+                backward=lambda loss: self.scaler.scale(loss * weight).backward(),
+                prompted=False,
+            )
+            if parts is not None:
+                losses.append(parts.decoder)
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.clip_sets[-1], self.config.grad_clip)  # the decoder's set
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return losses
+
+    def _step(
+        self, views: list[View], rng: np.random.Generator, decoder_views: Sequence[list[View]] = ()
+    ) -> dict[str, float] | None:
+        """One optimizer step on ``views``, then one decoder-only update per entry of ``decoder_views``."""
         decoder = self.decoder if self.config.trains_decoder else None
         if decoder is not None:
             decoder.train()  # BatchNorm of the skip path: batch statistics, running ones updated (micro-sam)
-        parts = [view_loss(self.model, self.train, v, self.cache, rng, self.config, decoder=decoder) for v in views]
+        weight = 1.0 / len(views)  # the loss is the mean over the views (the pool's all have objects)
+
+        def backward(loss: torch.Tensor) -> None:
+            self.scaler.scale(loss * weight).backward()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = [
+            view_loss(self.model, self.train, v, self.cache, rng, self.config, decoder=decoder, backward=backward)
+            for v in views
+        ]
         parts = [p for p in parts if p is not None]
         if not parts:
             return None
         loss = torch.stack([p.total for p in parts]).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         for params in self.clip_sets:
             torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        decoder_losses = [p.decoder for p in parts if p.decoder is not None]
+        for extra in decoder_views:  # at this step's learning rate
+            decoder_losses += self._decoder_update(extra, rng)
         lr = self.config.lr * self.lr_factor(self.scheduler.last_epoch)  # the base rate of this step
         self.scheduler.step()
         if decoder is not None:
@@ -330,7 +368,7 @@ class _Trainer:
             "loss": float(loss.detach()),
             "mask_loss": float(np.mean([p.mask for p in parts])) if self.config.trains_sam else None,
             "iou_loss": float(np.mean([p.iou for p in parts])) if self.config.trains_sam else None,
-            "decoder_loss": float(np.mean([p.decoder for p in parts])) if decoder is not None else None,
+            "decoder_loss": float(np.mean(decoder_losses)) if decoder is not None else None,
             "lr": lr,
         }
 
@@ -341,13 +379,18 @@ class _Trainer:
         n_steps = min(self.per_epoch, self.config.iterations - self.state.iterations)
         queue: list[int] = []
         rows = []
-        for _ in range(n_steps):
+
+        def batch() -> list[View]:
             views = []
             for _ in range(self.config.images_per_batch):
                 if not queue:
-                    queue = [self.order[i] for i in rng.permutation(len(self.order))]
+                    queue.extend(self.order[i] for i in rng.permutation(len(self.order)))
                 views.append(self.pool.draw(queue.pop(), rng))
-            row = self._step(views, rng)
+            return views
+
+        for _ in range(n_steps):
+            views = batch()
+            row = self._step(views, rng, [batch() for _ in range(self.config.decoder_steps - 1)])
             self.state.iterations += 1
             bar.update(1)
             if row is not None:
