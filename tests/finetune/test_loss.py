@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from helpers.finetune import TINY
@@ -37,14 +38,22 @@ def test_dice_loss_is_zero_for_a_perfect_mask_and_one_for_an_empty_one():
     assert float(dice_loss(torch.full_like(target, -50.0), target)) > 0.9
 
 
-def test_backward_per_pass_gives_the_gradient_of_the_summed_loss(lite_medsam, data, embeddings):
-    """view_loss backpropagates each pass (and the decoder's loss) at once: the gradient of one backward."""
+@pytest.mark.parametrize("encoder", ["frozen", "trained"])
+def test_backward_per_pass_gives_the_gradient_of_the_summed_loss(lite_medsam, data, embeddings, encoder):
+    """view_loss backpropagates each pass (and the decoder's loss) at once: the gradient of one backward.
+
+    A trained encoder gets its gradient gathered on the embedding and sent through it once.
+    """
     images = ImageSet([Sample(im, lab) for im, lab in zip(*data)])
-    cache = EmbeddingCache(lite_medsam, resolve("lite_medsam").sha256, embeddings)
-    config = replace(TINY, sub_iterations=3, objects_per_image=3)
+    trained = encoder == "trained"
+    parts = ("image_encoder", "mask_decoder", "decoder") if trained else ("mask_decoder", "decoder")
+    config = replace(TINY, sub_iterations=3, objects_per_image=3, train_parts=parts)
+    cache = None if trained else EmbeddingCache(lite_medsam, resolve("lite_medsam").sha256, embeddings)
     torch.manual_seed(0)
     decoder = InstanceDecoder(upscale=4)
     params = [*lite_medsam.mask_decoder.parameters(), *decoder.parameters()]
+    if trained:
+        params += list(lite_medsam.image_encoder.neck.parameters())
 
     def gradients(per_pass: bool) -> list[torch.Tensor]:
         for p in params:
@@ -58,7 +67,7 @@ def test_backward_per_pass_gives_the_gradient_of_the_summed_loss(lite_medsam, da
         return [p.grad.clone() for p in params]
 
     one, per_pass = gradients(False), gradients(True)
-    assert all(g.abs().sum() > 0 for g in one[:3])
+    assert all(g.abs().sum() > 0 for g in [*one[:3], *one[-3:]])
     for a, b in zip(one, per_pass):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
     for p in params:

@@ -306,9 +306,12 @@ class _Trainer:
             best_decoder=None if self.decoder is None else _cpu_state(self.decoder),
         )
 
+    def _backward(self, n_views: int) -> Callable[[torch.Tensor], None]:
+        """Backpropagates a part of one view's loss, scaled for the mean over the step's views."""
+        return lambda loss: self.scaler.scale(loss / n_views).backward()
+
     def _decoder_update(self, views: list[View], rng: np.random.Generator) -> list[float]:
         """One update of the instance decoder alone (``decoder_steps``): its losses on the views."""
-        weight = 1.0 / len(views)
         self.optimizer.zero_grad(set_to_none=True)  # the SAM parts get no gradient, so AdamW leaves them
         losses = []
         for view in views:
@@ -320,7 +323,7 @@ class _Trainer:
                 rng,
                 self.config,
                 decoder=self.decoder,
-                backward=lambda loss: self.scaler.scale(loss * weight).backward(),
+                backward=self._backward(len(views)),
                 prompted=False,
             )
             if parts is not None:
@@ -338,11 +341,7 @@ class _Trainer:
         decoder = self.decoder if self.config.trains_decoder else None
         if decoder is not None:
             decoder.train()  # BatchNorm of the skip path: batch statistics, running ones updated (micro-sam)
-        weight = 1.0 / len(views)  # the loss is the mean over the views (the pool's all have objects)
-
-        def backward(loss: torch.Tensor) -> None:
-            self.scaler.scale(loss * weight).backward()
-
+        backward = self._backward(len(views))  # the loss is the mean over the views (the pool's all have objects)
         self.optimizer.zero_grad(set_to_none=True)
         parts = [
             view_loss(self.model, self.train, v, self.cache, rng, self.config, decoder=decoder, backward=backward)
