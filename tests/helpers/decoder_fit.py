@@ -7,7 +7,7 @@ is a fixture with known content, not a model.
 
 Signature::
 
-    fit_decoder(model, image, labels, *, out=None, cache_dir=None, steps=120, crop=10, batch=1, lr=2e-3, seed=0)
+    fit_decoder(model, image, labels, *, out=None, cache_dir=None, steps=150, crop=16, batch=1, lr=2e-3, seed=0)
         -> FittedDecoder
 
 - ``model``: a loaded SAM (e.g. ``load_model("lite_medsam")``, the offline one; any architecture).
@@ -28,14 +28,12 @@ full-resolution convolutions per step); the loss compares the window's maps, res
 input's scale as ``decode_maps`` resizes them, with :func:`~tilesam.finetune.targets.instance_targets`
 of the labels in the model-input frame, with micro-sam's loss (:func:`~tilesam.finetune.targets.decoder_loss`).
 
-What it gives (lite_medsam, ``demo_image()``, defaults 120 steps on 10 x 10 crops, 2 torch threads; measured
-with the decoder that doubles late, `tilesam.models.unetr`): every object foreground (> 0.5) on at least 64 % of its
-pixels, background 0.3 %; median per-object minima 0.35 (centre distance) and 0.25 (boundary distance) against
-medians of 0.84 and 0.96 on the objects' boundaries; the loss falls from 0.70 to 0.33 (first and last 10 steps);
-AIS with centre/boundary thresholds 0.55/0.6 and min_size 10 scores mSA 0.39 on the image. Tried: 50 x 6 (the
-default for the decoder that doubled early) left one object 40 % foreground and found none; 150 x 16 gave mSA
-0.51 at twice the cost. The exact weights depend on the torch thread count, as the short, noisy fit amplifies
-rounding. Crop training does not transfer perfectly to the whole embedding because the decoder's InstanceNorm
+What it gives (lite_medsam, ``demo_image()``, defaults 150 steps on 16 x 16 crops; measured on an AMD EPYC
+machine): every object foreground (> 0.5) on at least 71 % of its pixels with 2 torch threads (85 % with 1),
+background 0.3 %; the loss falls from 0.71 to 0.20 (first and last 10 steps); 16 s with 2 threads. Tried on the
+same machine: 120 x 10 (the default until then, chosen on another CPU, where it gave at least 64 %) left one
+object 35 % foreground with 2 threads; 150 x 12 and 200 x 10 gave 58 % and 53 %. The exact weights depend on the CPU and the torch thread count, as the short,
+noisy fit amplifies rounding. Crop training does not transfer perfectly to the whole embedding because the decoder's InstanceNorm
 statistics differ between a crop and the whole image.
 """
 
@@ -161,8 +159,8 @@ def fit_decoder(
     *,
     out: str | Path | None = None,
     cache_dir: str | Path | None = None,
-    steps: int = 120,
-    crop: int = 10,
+    steps: int = 150,
+    crop: int = 16,
     batch: int = 1,
     lr: float = 2e-3,
     seed: int = 0,
