@@ -78,6 +78,7 @@ import yaml
 from _common import OUT, REPO
 
 from tilesam.data.synthetic import SyntheticSpec, make_labels, render
+from tilesam.models.spec import model_id, resolve_spec
 
 STAGES = ("embedding", "segmentation", "merging", "total")
 TILESAM_RULES = {"embedding": "embed", "segmentation": "segment", "merging": "stitch"}
@@ -234,7 +235,8 @@ def run_tilesam(args, image: Path, model: str, checkpoint: Path, method: str, wo
         data.symlink_to(image)
     config = tilesam_config(args, model, checkpoint, method)
     (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    target = f"results/segmentation/vs/{image.stem}/{checkpoint.stem}/{method}/labels.ome.zarr"
+    model_dir = model_id(resolve_spec(str(checkpoint)))  # the workflow's id of a checkpoint file: <stem>-<hash>
+    target = f"results/segmentation/vs/{image.stem}/{model_dir}/{method}/labels.ome.zarr"
     snakemake = Path(sys.executable).with_name("snakemake")
     command = [
         str(snakemake if snakemake.exists() else "snakemake"),
@@ -279,6 +281,11 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b > 0 and np.isfinite(a) and np.isfinite(b) else "-"
 
 
+def _mb(value: float) -> float:
+    """Whole megabytes, NaN (a skipped side) kept as NaN."""
+    return round(value) if np.isfinite(value) else value
+
+
 def rows_for(size: int, model: str, method: str, ms: Result, ts: Result, agree: str) -> list[dict]:
     rows = []
     for stage in STAGES:
@@ -290,7 +297,7 @@ def rows_for(size: int, model: str, method: str, ms: Result, ts: Result, agree: 
                 "speedup_wall": ratio(m.wall_s, t.wall_s),
                 "microsam_cpu_s": round(m.cpu_s, 2), "tilesam_cpu_s": round(t.cpu_s, 2),
                 "speedup_cpu": ratio(m.cpu_s, t.cpu_s),
-                "microsam_peak_mb": round(m.peak_mb), "tilesam_peak_mb": round(t.peak_mb),
+                "microsam_peak_mb": _mb(m.peak_mb), "tilesam_peak_mb": _mb(t.peak_mb),
                 "instances_microsam_tilesam": agree if stage == "total" else "",
                 "skipped": "; ".join(f"{r.tool}: {r.skipped}" for r in (ms, ts) if r.skipped),
             }
