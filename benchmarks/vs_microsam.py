@@ -39,7 +39,7 @@ all pixels, background included) of the two label images, instance counts, the m
 difference (and the embeddings') and each side's wall times. Two checkpoints:
 
 * `fitted`: a random-weight (seed 0) `vit_b` (segment_anything's builder) with an instance decoder
-  fitted on the demo image (`tests/helpers/decoder_fit.py`, `--fit-steps`), so that the maps hold
+  fitted on the demo image (`tests/helpers/decoder_fit.py`, `--fit-steps`, `--fit-crop`), so that the maps hold
   the objects;
 * `finetuned` (issue 16): tilesam's `finetune()` of that checkpoint on the same image with
   `train_parts [mask_decoder, decoder]` (`--finetune-iterations`), the checkpoint in micro-sam's
@@ -345,9 +345,11 @@ def equality_inputs(work: Path) -> tuple[Path, Path]:
     return image_path, labels_path
 
 
-def fitted_checkpoint(work: Path, architecture: str, image_path: Path, labels_path: Path, steps: int) -> Path:
+def fitted_checkpoint(
+    work: Path, architecture: str, image_path: Path, labels_path: Path, steps: int, crop: int
+) -> Path:
     """A random-weight (seed 0) SAM with a decoder fitted on the image, in micro-sam's checkpoint format."""
-    path = work / "ais_equality" / f"{architecture}_random_fitted{steps}.pt"
+    path = work / "ais_equality" / f"{architecture}_random_fitted{steps}x{crop}.pt"
     if path.exists():
         return path
     sys.path.insert(0, str(REPO / "tests"))
@@ -357,7 +359,7 @@ def fitted_checkpoint(work: Path, architecture: str, image_path: Path, labels_pa
     torch.manual_seed(0)
     sam = build_sam(architecture)
     start = time.perf_counter()
-    fit = fit_decoder(sam, tifffile.imread(image_path), tifffile.imread(labels_path), out=path, steps=steps)
+    fit = fit_decoder(sam, tifffile.imread(image_path), tifffile.imread(labels_path), out=path, steps=steps, crop=crop)
     print(f"fitted a decoder in {time.perf_counter() - start:.0f} s, loss {fit.losses[0]:.3f} -> {fit.losses[-1]:.3f}")
     return path
 
@@ -478,7 +480,7 @@ def ais_equality(args) -> int:
     work = args.work.resolve()
     params = {**AIS_PARAMS, **json.loads(args.ais_params)}
     image_path, labels_path = equality_inputs(work)
-    fitted = fitted_checkpoint(work, "vit_b", image_path, labels_path, args.fit_steps)
+    fitted = fitted_checkpoint(work, "vit_b", image_path, labels_path, args.fit_steps, args.fit_crop)
     checkpoints = {"fitted": lambda: fitted}
     if args.finetune_iterations:
         checkpoints["finetuned"] = lambda: finetuned_checkpoint(
@@ -553,6 +555,12 @@ def main() -> int:
     parser.add_argument("--ais-equality", action="store_true", help="only the untiled AIS equality check")
     parser.add_argument("--ais-params", default="{}", help="JSON overrides of the equality check's AIS parameters")
     parser.add_argument("--fit-steps", type=int, default=200, help="decoder fitting steps (equality check)")
+    parser.add_argument(
+        "--fit-crop",
+        type=int,
+        default=10,
+        help="decoder fitting crop, embedding tokens (the README's equality run: 10)",
+    )
     parser.add_argument(
         "--finetune-iterations", type=int, default=4, help="tilesam finetuning iterations (equality check; 0: skip)"
     )

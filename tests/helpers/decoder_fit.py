@@ -28,13 +28,14 @@ full-resolution convolutions per step); the loss compares the window's maps, res
 input's scale as ``decode_maps`` resizes them, with :func:`~tilesam.finetune.targets.instance_targets`
 of the labels in the model-input frame, with micro-sam's loss (:func:`~tilesam.finetune.targets.decoder_loss`).
 
-What it gives (lite_medsam, ``demo_image()``, defaults 150 steps on 16 x 16 crops; measured on an AMD EPYC
-machine): every object foreground (> 0.5) on at least 71 % of its pixels with 2 torch threads (85 % with 1),
-background 0.3 %; the loss falls from 0.71 to 0.20 (first and last 10 steps); 16 s with 2 threads. Tried on the
-same machine: 120 x 10 (the default until then, chosen on another CPU, where it gave at least 64 %) left one
-object 35 % foreground with 2 threads; 150 x 12 and 200 x 10 gave 58 % and 53 %. The exact weights depend on the CPU and the torch thread count, as the short,
-noisy fit amplifies rounding. Crop training does not transfer perfectly to the whole embedding because the decoder's InstanceNorm
-statistics differ between a crop and the whole image.
+What it gives (lite_medsam, ``demo_image()``, defaults 150 steps on 16 x 16 crops; measured on an AMD
+EPYC machine): every object foreground (> 0.5) on at least 71 % of its pixels with 2 torch threads (85 % with
+1), background 0.3 %; the loss falls from 0.71 to 0.20 (first and last 10 steps); 16 s with 2 threads.
+Tried on the same machine: 120 x 10 (the default until then, chosen on another CPU, where it gave at least
+64 %) left one object 35 % foreground with 2 threads; 150 x 12 and 200 x 10 gave 58 % and 53 %. The exact
+weights depend on the CPU and the torch thread count, as the short, noisy fit amplifies rounding. Crop
+training does not transfer perfectly to the whole embedding because the decoder's InstanceNorm statistics
+differ between a crop and the whole image.
 """
 
 from __future__ import annotations
