@@ -27,7 +27,12 @@ then find no instances and the comparison is one of cost only.
 
 AIS (`--methods ais`) needs a checkpoint with a decoder (`{"model_state", "decoder_state"}`) for
 micro-sam and a tilesam that lists `ais` among `segmentation.methods`; a case that lacks either is
-reported as skipped, with the reason.
+reported as skipped, with the reason. Both tools get the same post-processing, `AIS_PARAMS` with
+`--ais-params` on top (micro-sam: `generate(**params, tile_shape, halo)`; tilesam: `segmentation.ais`).
+The tiled AIS case of issue 15 (after `--ais-equality`, which fits the decoder):
+
+    python benchmarks/vs_microsam.py --sizes 1024 4096 --methods ais --iou \
+        --models vit_b_fitted=/tmp/vs_microsam/ais_equality/vit_b_random_fitted200x10.pt
 
 AIS equality (`--ais-equality`, issues 15 and 16): on one untiled image (tilesam's synthetic 256 x 256
 nuclei demo, 14 objects), micro-sam's own `InstanceSegmentationWithDecoder` (loaded with
@@ -171,7 +176,7 @@ def run_microsam(args, image: Path, model_type: str, checkpoint: Path, method: s
         "--tile", *map(str, args.tile), "--halo", *map(str, args.halo),
         "--points-per-side", str(args.points_per_side), "--points-per-batch", str(args.points_per_batch),
         "--threads", str(args.cores), "--out", str(out),
-        *(["--generate", json.dumps(generate)] if method == "amg" else []),
+        "--generate", json.dumps(generate if method == "amg" else ais_params(args)),
     ]  # fmt: skip
     wall = time.perf_counter()
     with out.with_suffix(".log").open("w") as log:
@@ -197,6 +202,7 @@ def tilesam_config(args, model: str, checkpoint: Path, method: str) -> dict:
             "tile_shape": list(args.tile),
             "halo": list(args.halo),
             "tiles_per_block": args.tiles_per_block,
+            **({"ais": ais_params(args)} if method == "ais" else {}),
             "amg": {
                 "points_per_side": args.points_per_side,
                 "points_per_batch": args.points_per_batch,
@@ -324,6 +330,11 @@ AIS_PARAMS = {
 """micro-sam's `generate` defaults except the seed thresholds: the fitted decoder's distance maps reach
 only about 0.56-0.67 (centre) and 0.77-0.9 (boundary) inside the objects, so the default 0.5 finds no
 seed; with these, 10 of the 14 objects (adjusted Rand index 0.92 against the truth)."""
+
+
+def ais_params(args) -> dict:
+    """The AIS post-processing both tools get: AIS_PARAMS with `--ais-params` on top."""
+    return {**AIS_PARAMS, **json.loads(args.ais_params)}
 
 
 def equality_inputs(work: Path) -> tuple[Path, Path]:
@@ -478,7 +489,7 @@ def ais_equality(args) -> int:
 
     torch.set_num_threads(args.cores)
     work = args.work.resolve()
-    params = {**AIS_PARAMS, **json.loads(args.ais_params)}
+    params = ais_params(args)
     image_path, labels_path = equality_inputs(work)
     fitted = fitted_checkpoint(work, "vit_b", image_path, labels_path, args.fit_steps, args.fit_crop)
     checkpoints = {"fitted": lambda: fitted}
@@ -553,7 +564,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--only", choices=["microsam", "tilesam"], help="run one side only")
     parser.add_argument("--ais-equality", action="store_true", help="only the untiled AIS equality check")
-    parser.add_argument("--ais-params", default="{}", help="JSON overrides of the equality check's AIS parameters")
+    parser.add_argument(
+        "--ais-params", default="{}", help="JSON overrides of AIS_PARAMS (both tools, tiled and untiled)"
+    )
     parser.add_argument("--fit-steps", type=int, default=200, help="decoder fitting steps (equality check)")
     parser.add_argument(
         "--fit-crop",
