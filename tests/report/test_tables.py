@@ -84,6 +84,8 @@ def test_figures_are_written(tmp_path):
     gt[100:140, 100:150] = 1
     for path in ("bars.png", "it.png", "empty.png"):
         assert imread(tmp_path / path).shape[0] > 100
+    empty = imread(tmp_path / "empty.png")
+    assert empty.shape[1] > 3 * empty.shape[0]  # a one-line note on what to configure, not an empty panel
     figures.qualitative(
         tmp_path / "img.ome.zarr",
         tmp_path / "gt.ome.zarr",

@@ -67,12 +67,23 @@ def msa_iterations(
 ) -> None:
     """mSA over the iterations of interactive prompting, one line per model and start prompt.
 
-    in_domain: (dataset, model) pairs whose lines are dashed and labelled in domain.
+    in_domain: (dataset, model) pairs whose lines are dashed and labelled in domain. A run without
+    iterative modes gets a figure that says so and how to ask for them, not empty axes.
     """
-    datasets = sorted(iterations["dataset"].unique()) if len(iterations) else ["(no iterative prompting)"]
+    if not len(iterations):
+        fig, ax = plt.subplots(figsize=(6.4, 1.6))
+        ax.axis("off")
+        ax.text(
+            0.5, 0.5, "No iterative prompting in this run.\nTo get these curves, add iterative_box and/or\n"
+            "iterative_point to evaluation.prompts in the config.", ha="center", va="center", fontsize=11,
+        )  # fmt: skip
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        return
+    datasets = sorted(iterations["dataset"].unique())
     fig, axes = _datasets_axes(len(datasets))
     for ax, dataset in zip(axes, datasets):
-        sub = iterations[iterations["dataset"] == dataset] if len(iterations) else iterations
+        sub = iterations[iterations["dataset"] == dataset]
         for (model, method), grp in sub.groupby(["model", "method"]):
             inside = (dataset, model) in in_domain
             label = f"{model}{IN_DOMAIN if inside else ''}, {method}"
@@ -82,8 +93,7 @@ def msa_iterations(
         ax.set_ylabel("mSA")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-        if len(sub):
-            ax.legend(fontsize=8)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
