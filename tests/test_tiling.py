@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from tilesam.config import Tiling
 from tilesam.tiling import TileGrid
 
 
@@ -45,6 +46,16 @@ def test_blocks_partition_tiles():
     ids = [t.id for b in range(grid.n_blocks(5)) for t in grid.block(b, 5)]
     assert ids == list(range(grid.n_tiles))
     assert len(grid.block(grid.n_blocks(5) - 1, 5)) == grid.n_tiles % 5 or 5
+
+
+@pytest.mark.parametrize(
+    "n_tiles, min_blocks, size",
+    [(1, 2, 1), (4, 2, 2), (5, 2, 2), (6, 4, 1), (40, 2, 16), (64, 2, 16), (4, 1, 4), (64, 1, 16)],
+)
+def test_block_size_keeps_min_blocks_jobs_for_small_images(n_tiles, min_blocks, size):
+    tiling = Tiling(tile_shape=(256, 256), halo=(32, 32), tiles_per_block=16, min_blocks=min_blocks)
+    assert tiling.block_size(n_tiles) == size
+    assert TileGrid((256, 256 * n_tiles), (256, 256), (0, 0)).n_blocks(size) >= min(min_blocks, n_tiles)
 
 
 def test_save_load(tmp_path):

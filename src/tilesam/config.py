@@ -123,6 +123,12 @@ class Tiling:
     tile_shape: tuple[int, int]
     halo: tuple[int, int]
     tiles_per_block: int
+    min_blocks: int
+
+    def block_size(self, n_tiles: int) -> int:
+        """Tiles per block of an image of n_tiles: at most tiles_per_block, and few enough that the
+        image has at least min_blocks blocks (where it has that many tiles)."""
+        return max(1, min(self.tiles_per_block, n_tiles // self.min_blocks))
 
     def __post_init__(self) -> None:
         for axis, (tile, halo) in enumerate(zip(self.tile_shape, self.halo)):

@@ -97,7 +97,7 @@ def _provenance(record: dict, model, image: str | Path, tiling: Tiling, block: i
         img_size=int(model.image_encoder.img_size),
         grid=grid.to_dict(),
         block=block,
-        tiles_per_block=tiling.tiles_per_block,
+        tiles_per_block=tiling.block_size(grid.n_tiles),
         image_signature=info.signature,
         dtype=dtype,
     )
@@ -312,14 +312,13 @@ def stitch(image: str | Path, blocks: list[str], out: str | Path, *, tiling: Til
 
     info = io.read_info(image)
     grid = TileGrid(info.shape, tiling.tile_shape, tiling.halo)
-    if len(blocks) != grid.n_blocks(tiling.tiles_per_block):
-        raise ValueError(
-            f"{image}: {len(blocks)} block stores given, the tile grid has {grid.n_blocks(tiling.tiles_per_block)}"
-        )
+    size = tiling.block_size(grid.n_tiles)
+    if len(blocks) != grid.n_blocks(size):
+        raise ValueError(f"{image}: {len(blocks)} block stores given, the tile grid has {grid.n_blocks(size)}")
     tile_shape = tiling.tile_shape
     chunks = (1,) * (len(info.shape) - 2) + tuple(min(t, s) for t, s in zip(tile_shape, info.shape[-2:]))
     labels = ome.create(out, info.shape, "uint32", chunks, attrs={"tilesam": {"image": str(image)}})
-    result = stitch_tiles(grid, tile_reader(blocks, grid, tiling.tiles_per_block), labels, params)
+    result = stitch_tiles(grid, tile_reader(blocks, grid, size), labels, params)
     ome.build_pyramid(out, labels=True, image=image)
     log.info("stitched %s: %s", image, result)
     return result
@@ -371,7 +370,7 @@ def prompt_eval(
     params = params or PromptParams()
     sam, record = load_record(model, device)
     grid, prov = _provenance(record, sam, image, tiling, 0, dtype)
-    embedding_of = block_embeddings(embeddings, tiling.tiles_per_block, asdict(prov))
+    embedding_of = block_embeddings(embeddings, prov.tiles_per_block, asdict(prov))
     gt_labels = ome.open_level0(gt)[...]
     records = evaluate_prompts(sam, gt_labels, grid, embedding_of, mode, seed=seed, feed_logits=params.feed_logits)
     made_with = json.dumps(prompt_params(mode, seed, params.feed_logits))
@@ -391,7 +390,7 @@ def _search_images(record: dict, sam, images: list[dict], tiling: Tiling, dtype:
     searched = []
     for item in images:
         tile_grid, prov = _provenance(record, sam, item["image"], tiling, 0, dtype)
-        embedding_of = block_embeddings(item["embeddings"], tiling.tiles_per_block, asdict(prov))
+        embedding_of = block_embeddings(item["embeddings"], prov.tiles_per_block, asdict(prov))
         searched.append(SearchImage(stem(item["image"]), tile_grid, embedding_of, ome.open_level0(item["gt"])[...]))
     return searched
 
@@ -531,7 +530,7 @@ def classical_segment(
     params = classical.searched(params, search) if search else params
     rule = classical.Foreground(**json.loads(Path(foreground).read_text()))
     grid = TileGrid(io.read_info(image).shape, tiling.tile_shape, tiling.halo)
-    stats = classical.segment_block(image, grid, block, tiling.tiles_per_block, out, rule, params)
+    stats = classical.segment_block(image, grid, block, tiling.block_size(grid.n_tiles), out, rule, params)
     log.info("classical block %d: %s", block, stats)
     return stats
 

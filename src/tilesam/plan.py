@@ -201,7 +201,8 @@ class Plan:
         return TileGrid(self.record(dataset, image).shape, self.tiling.tile_shape, self.tiling.halo)
 
     def n_blocks(self, dataset: str, image: str) -> int:
-        return self.grid(dataset, image).n_blocks(self.tiling.tiles_per_block)
+        grid = self.grid(dataset, image)
+        return grid.n_blocks(self.tiling.block_size(grid.n_tiles))
 
     def encoder_model(self, model: str) -> str:
         """The model whose embeddings `model` reads: a model finetuned with a frozen encoder, its base's.
