@@ -272,15 +272,38 @@ def run_tilesam(args, image: Path, model: str, checkpoint: Path, method: str, wo
     return Result("tilesam", stages, int(len(np.unique(labels[labels > 0]))), labels)
 
 
-def agreement(ours: Result, theirs: Result, with_iou: bool) -> str:
-    """Instance counts, and for real weights tilesam's scores with micro-sam's labels as reference."""
+def agreement(ours: Result, theirs: Result, with_iou: bool, tile: tuple[int, int]) -> str:
+    """Instance counts, and for real weights tilesam's scores with micro-sam's labels as reference,
+    plus where the objects that differ lie (`border_misses`)."""
     text = f"{theirs.n_instances} / {ours.n_instances}"
     if with_iou and ours.labels is not None and theirs.labels is not None:
         from tilesam.metrics import segmentation_scores
 
         scores = segmentation_scores(theirs.labels, ours.labels, relabel=False)
-        text += f" (mSA {scores.msa:.3f}, F1@0.5 {scores.f1:.3f})"
+        text += f" (mSA {scores.msa:.3f}, F1@0.5 {scores.f1:.3f}; {border_misses(theirs.labels, ours.labels, tile)})"
     return text
+
+
+def border_misses(reference: np.ndarray, labels: np.ndarray, tile: tuple[int, int], below: float = 0.9) -> str:
+    """How many reference objects have no match of IoU >= `below`, and how far the farthest of them lies
+    from a tile border (0 where it crosses one)."""
+    from skimage.measure import regionprops
+
+    areas = np.bincount(labels.ravel())
+    misses, objects = [], regionprops(reference)
+    for obj in objects:
+        inside = reference[obj.slice] == obj.label
+        ids, overlap = np.unique(labels[obj.slice][inside], return_counts=True)
+        keep = ids > 0
+        iou = overlap[keep] / (obj.area + areas[ids[keep]] - overlap[keep])
+        if iou.max(initial=0.0) < below:
+            distance = min(
+                0 if lo // t != (hi - 1) // t else min(lo % t, t - 1 - (hi - 1) % t)
+                for lo, hi, t in zip(obj.bbox[:2], obj.bbox[2:], tile)
+            )
+            misses.append(distance)
+    where = f", all within {max(misses)} px of a tile border" if misses else ""
+    return f"{len(misses)} of {len(objects)} below IoU {below}{where}"
 
 
 def ratio(a: float, b: float) -> str:
@@ -601,7 +624,7 @@ def main() -> int:
                     if args.only == "microsam"
                     else run_tilesam(args, image, name, checkpoint, method, work / "tilesam" / case)
                 )
-                rows += rows_for(size, name, method, ms, ts, agreement(ts, ms, args.iou))
+                rows += rows_for(size, name, method, ms, ts, agreement(ts, ms, args.iou, tuple(args.tile)))
                 print(markdown(rows[-len(STAGES) :]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "vs_microsam.csv").open("w", newline="") as handle:
