@@ -209,6 +209,7 @@ def tilesam_config(args, model: str, checkpoint: Path, method: str) -> dict:
             "tile_shape": list(args.tile),
             "halo": list(args.halo),
             "tiles_per_block": args.tiles_per_block,
+            "min_blocks": 2,  # one image a run: a 1024^2 image's 4 tiles in two jobs, one per core
             **({"ais": ais_params(args)} if method == "ais" else {}),
             "amg": {
                 "points_per_side": args.points_per_side,

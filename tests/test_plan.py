@@ -44,8 +44,11 @@ def test_synthetic_images_blocks_and_outputs():
     assert sorted(plan.images) == [("demo", "nuclei_large"), ("demo", "nuclei_small"), ("demo", "nuclei_stack")]
     assert plan.models_of == {"demo": ["lite_medsam"]} and plan.specs == {"lite_medsam": "lite_medsam"}
     grid = plan.grid("demo", "nuclei_large")
-    # 6 tiles, at most 8 a block, at least min_blocks (2) blocks: two jobs of 3 tiles
-    assert grid.n_tiles == 6 and plan.n_blocks("demo", "nuclei_large") == 2
+    assert grid.n_tiles == 6 and plan.n_blocks("demo", "nuclei_large") == 1  # at most 8 tiles a block
+    split = Plan.from_config(
+        full_config(segmentation={"tile_shape": [256, 256], "tiles_per_block": 8, "min_blocks": 2})
+    )
+    assert split.n_blocks("demo", "nuclei_large") == 2  # at least min_blocks: two jobs of 3 tiles
     stores = plan.block_stores("demo", "nuclei_large", "lite_medsam", "amg")
     assert stores[0] == "results/segmentation/demo/nuclei_large/lite_medsam/amg/block0.zarr"
     assert len(plan.embedding_stores("demo", "nuclei_large", "lite_medsam")) == len(stores)
