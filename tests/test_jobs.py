@@ -64,23 +64,24 @@ def test_labels_do_not_depend_on_how_the_tiles_are_grouped_into_blocks(tmp_path)
     from tilesam.data import ome
     from tilesam.data.synthetic import SyntheticSpec
     from tilesam.jobs import embed, segment, stitch
+    from tilesam.tiling import TileGrid
 
     image = import_synthetic(tmp_path, SyntheticSpec("cells", (128, 256), 8, (9.0, 16.0), seed=4), (128, 128))
     model = tmp_path / "lite_medsam.json"  # the record the fetch_model job writes for a registry model
     model.write_text(json.dumps({"name": "lite_medsam", "load": "lite_medsam", "sha256": "test"}))
     amg = AmgParams(prompt="box", points_per_side=3, pred_iou_thresh=0.5, stability_score_thresh=0.5)
-    labels = {}
+    labels, n_jobs = {}, {}
     for min_blocks in (1, 2):
         tiling = Tiling(tile_shape=(128, 128), halo=(16, 16), tiles_per_block=16, min_blocks=min_blocks)
         run = tmp_path / f"min_blocks{min_blocks}"
-        n_blocks = 2 // tiling.block_size(2)
+        grid = TileGrid((128, 256), tiling.tile_shape, tiling.halo)
         blocks = []
-        for b in range(n_blocks):
+        for b in range(grid.n_blocks(tiling.block_size(grid.n_tiles))):
             emb, seg = run / f"emb{b}.zarr", run / f"seg{b}.zarr"
             embed(image, model, b, emb, tiling=tiling, params=EmbedParams(), device="cpu")
             segment(image, model, emb, b, seg, tiling=tiling, amg=amg, dtype="float32", method="amg", device="cpu")
             blocks.append(str(seg))
         stitch(image, blocks, run / "labels.ome.zarr", tiling=tiling, params=StitchParams())
-        labels[min_blocks] = ome.open_level0(run / "labels.ome.zarr")[...]
-    assert len(np.unique(labels[1])) > 3  # instances found
+        labels[min_blocks], n_jobs[min_blocks] = ome.open_level0(run / "labels.ome.zarr")[...], len(blocks)
+    assert n_jobs == {1: 1, 2: 2} and len(np.unique(labels[1])) > 3  # two layouts; instances found
     np.testing.assert_array_equal(labels[1], labels[2])
