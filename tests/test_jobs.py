@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from tilesam.config import AisParams, AmgParams, ClassicalParams
-from tilesam.jobs import CLASSICAL_SEARCHED, SEARCHED, best_setting
+from tilesam.config import best_row as best_setting
+from tilesam.jobs import CLASSICAL_SEARCHED, SEARCHED
 from tilesam.models.unetr import InstanceDecoder
 from tilesam.runtime import load_instance_decoder, state_sha256
 

@@ -140,6 +140,17 @@ def build(cls: type[T], values: dict[str, Any] | None = None) -> T:
     return cls(**{k: _coerce(v, props[k]) for k, v in values.items() if k in names})
 
 
+def best_row(params: T, table: str | Path, keys: tuple[str, ...]) -> T:
+    """`params` with the first (best) row of a search table's `keys`, checked like any setting."""
+    import pandas as pd
+
+    found = pd.read_csv(table)
+    if missing := [k for k in keys if k not in found]:
+        raise ValueError(f"{table}: not a search table of {', '.join(keys)} (no column {', '.join(missing)})")
+    best = {k: found[k].iloc[0].item() for k in keys}
+    return build(type(params), {**{f.name: getattr(params, f.name) for f in fields(params)}, **best})
+
+
 def replace(params: T, **changes: Any) -> T:
     """`dataclasses.replace` (re-exported so callers need one import)."""
     return dataclasses.replace(params, **changes)

@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from tilesam import config as schema
 from tilesam.config import (
@@ -31,7 +31,6 @@ from tilesam.relay import Cli, In, Json, Out, Param, Resource, Wildcard
 from tilesam.runtime import write_json
 
 log = logging.getLogger("tilesam")
-T = TypeVar("T")
 
 # the parameters most jobs share, one name and one help each
 Image = Annotated[str, In(help="imported image (OME-Zarr from `tilesam import-image`)")]
@@ -42,17 +41,6 @@ Output = Annotated[str, Out()]
 Meta = Annotated[Json, Param(help="JSON fields to carry into the result (dataset, model, ...)")]
 Search = Annotated[str | None, In(help="the method's search table (CSV, best first): its best setting wins")]
 Device = str
-
-
-def best_setting(params: T, table: str | Path, keys: tuple[str, ...]) -> T:
-    """`params` with the first (best) row of a search table's `keys`, typed by the config schema."""
-    import pandas as pd
-
-    found = pd.read_csv(table)
-    if missing := [k for k in keys if k not in found]:
-        raise ValueError(f"{table}: not a search table of {', '.join(keys)} (no column {', '.join(missing)})")
-    best = {k: found[k].iloc[0].item() for k in keys}
-    return schema.build(type(params), {**{f.name: getattr(params, f.name) for f in fields(params)}, **best})
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -126,10 +114,9 @@ def embed(
     return stats
 
 
-#: the automatic methods a segment job runs: the settings of each and the columns its search tunes
+#: what a method's search tunes: the keys of its grid
 SEARCHED = {
-    "amg": ("pred_iou_thresh", "stability_score_thresh"),
-    "ais": ("center_distance_threshold", "boundary_distance_threshold", "distance_smoothing", "min_size"),
+    method: tuple(f.name for f in fields(grid)) for method, grid in (("amg", SearchGrid), ("ais", AisSearchGrid))
 }
 
 
@@ -154,7 +141,7 @@ def segment(
     from tilesam.segment.blocks import segment_block
 
     params = {"amg": amg, "ais": ais}[method]
-    params = best_setting(params, search, SEARCHED[method]) if search else params
+    params = schema.best_row(params, search, SEARCHED[method]) if search else params
     sam, record = load_record(model, device)
     grid, prov = provenance(sam, image, tiling, block, embedding.dtype)
     decoder = {}
@@ -361,7 +348,7 @@ def export(
 
 
 # --- the classical baseline -------------------------------------------------------------------
-CLASSICAL_SEARCHED = ("sigma", "h")
+CLASSICAL_SEARCHED = ("sigma", "h")  # the grid's sigma_values x h_values
 
 
 def classical_foreground(*, image: Image, out: Output, params: ClassicalParams) -> dict:
@@ -388,7 +375,7 @@ def classical_segment(
     from tilesam.data import io
     from tilesam.segment import classical
 
-    params = best_setting(params, search, CLASSICAL_SEARCHED) if search else params
+    params = schema.best_row(params, search, CLASSICAL_SEARCHED) if search else params
     rule = classical.Foreground(**json.loads(Path(threshold).read_text()))
     grid = tiling.grid(io.read_info(image).shape)
     stats = classical.segment_block(image, grid, block, tiling.block_size(grid.n_tiles), out, rule, params)
@@ -406,24 +393,13 @@ def classical_search(
     stitch: StitchParams,
 ) -> Any:
     """Grid search of the classical baseline's sigma and h."""
-    from tilesam.data import io, ome
-    from tilesam.data.datasets import stem
+    from tilesam.data import io
     from tilesam.segment import classical
 
     searched = []
     for item in images:
-        info, pixels = io.read_info(item["image"]), ome.open_level0(item["image"])
-        searched.append(
-            classical.SearchImage(
-                stem(item["image"]),
-                tiling.grid(info.shape),
-                lambda tile, pixels=pixels, channels=info.channels: io.read_window(
-                    pixels, tile.window_slices(), channels
-                ),
-                classical.image_foreground(item["image"], params.foreground),
-                ome.open_level0(item["gt"])[...],
-            )
-        )
+        tile_grid = tiling.grid(io.read_info(item["image"]).shape)
+        searched.append(classical.search_image(item["image"], item["gt"], tile_grid, params.foreground))
     table = classical.search_classical(searched, params, grid, stitch)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
