@@ -12,7 +12,7 @@ from tilesam.config import PROMPT_MODES, SEGMENTERS
 from tilesam.device import gpus_for
 from tilesam.jobs import JOBS
 from tilesam.plan import CLASSICAL, Plan, PlanError
-from tilesam.relay import shell
+from tilesam.relay import shell as job_shell  # not `shell`: the rules use Snakemake's
 
 try:
     PLAN = Plan.from_config(
@@ -42,7 +42,7 @@ wildcard_constraints:
 
 def tilesam(job):
     """The shell command of a rule that runs `tilesam <job>` (built from the job's signature)."""
-    return shell(job, JOBS[job])
+    return job_shell(job, JOBS[job])
 
 
 def sections(*names):
