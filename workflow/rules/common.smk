@@ -84,3 +84,22 @@ def image_mb(w, attempt):
 
 def image_minutes(w, attempt):
     return RES.image_minutes(w.dataset, w.image, attempt)
+
+
+def memory_limit():
+    """The most memory one job may ask for: `--resources mem_mb=`, else this machine's when jobs run here."""
+    import psutil
+
+    given = workflow.resource_settings.resources.get("mem_mb")
+    given = getattr(given, "value", given)  # Snakemake 9 wraps it in a Resource
+    if isinstance(given, (int, float)) and given > 0:
+        return given, "--resources mem_mb"
+    if workflow.local_exec:
+        return psutil.virtual_memory().total / 2**20, "this machine's memory"
+    return None, ""
+
+
+try:
+    RES.check(*memory_limit())
+except ValueError as err:
+    raise WorkflowError(f"config error in segmentation: {err}")
