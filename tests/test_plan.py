@@ -156,7 +156,7 @@ def test_a_search_dataset_without_labels_is_an_error(tmp_path):
 def test_resources_follow_the_architecture_and_the_work():
     plan = Plan.from_config(full_config(segmentation={"tiles_per_block": 4}, embeddings={"batch_size": 2}))
     lite = MODEL_MEMORY["lite_medsam_tinyvit"]
-    window_mpx = (512 + 128) ** 2 / 1e6
+    window_mpx = 512 * 640 / 1e6  # tile + halo (640 x 640) clipped to the largest image, 512 x 640
     res = plan.resources
     assert res.embed_mb("lite_medsam") == int(lite.load_mb + 2 * lite.per_tile_mb + 50 * 4 * window_mpx)
     assert res.embed_mb("lite_medsam", attempt=2) == int(
