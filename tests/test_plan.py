@@ -198,18 +198,19 @@ def test_a_file_named_like_a_registry_model_is_another_model(tmp_path):
     assert plan.specs == {"lite_medsam": "lite_medsam", own: str(mine.resolve())}
 
 
-def test_the_same_file_twice_is_one_model_said_once(tmp_path, monkeypatch, caplog):
+def test_the_same_model_twice_is_an_error_naming_both_entries(tmp_path, monkeypatch):
     best = _checkpoint(tmp_path / "run1" / "best.pt")
     monkeypatch.chdir(tmp_path)
-    cfg = full_config(models=[str(best), "run1/best.pt", "./run1/../run1/best.pt"])
-    cfg["datasets"]["more"] = {"source": "synthetic"}
-    with caplog.at_level("WARNING", logger="tilesam"):
-        plan = Plan.from_config(cfg)
-    messages = [r.getMessage() for r in caplog.records if "planned once" in r.getMessage()]
-    assert len(messages) == 2  # one line per repeated entry, not one per dataset
-    assert all(str(best.resolve()) in m and str(best) in m for m in messages)
-    assert plan.models_of == {"demo": plan.models_of["more"], "more": [plan.models_of["demo"][0]]}
-    assert len(plan.specs) == 1
+    for models, said in (
+        ([str(best), "run1/best.pt"], "'run1/best.pt' is the same model as '" + str(best) + "'"),
+        (["lite_medsam", "lite_medsam"], "'lite_medsam' is listed more than once"),
+    ):
+        cfg = full_config(models=models)
+        cfg["datasets"]["more"] = {"source": "synthetic"}
+        with pytest.raises(PlanError, match=re.escape(said)):
+            Plan.from_config(cfg)
+    plan = Plan.from_config(full_config(models=["./run1/../run1/best.pt"]))
+    assert plan.specs == {plan.models_of["demo"][0]: str(best.resolve())}
 
 
 def test_a_checkpoint_with_its_decoder_file_is_a_model(tmp_path):

@@ -8,7 +8,6 @@ before any job, and its input functions only ask the plan. Everything here is pl
 from __future__ import annotations
 
 import json
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,6 @@ from tilesam.data.datasets import DatasetError, ImageRecord, images_of
 from tilesam.models.spec import model_id, resolve_spec
 from tilesam.resources import Resources
 from tilesam.tiling import TileGrid
-
-log = logging.getLogger("tilesam")  # not warnings.warn: Snakemake hides warnings while it reads the Snakefile
 
 FINETUNED_MARK = "-ft-"  # `<base>-ft-<dataset>`: <base> finetuned on <dataset>
 CLASSICAL = "classical"  # the classical baseline's model and method name (tilesam.segment.classical.MODEL)
@@ -129,9 +126,13 @@ class Plan:
                     repeated[(entry, mid)] = None
                 else:
                     first_entry.setdefault(model_id(spec), entry)
-        for entry, mid in repeated:  # said once per entry, not per dataset
-            same = "is listed more than once" if entry == first_entry[mid] else f"is the same as {first_entry[mid]!r}"
-            log.warning("models: %r %s (%s, id %s): planned once", entry, same, specs[mid], mid)
+        for entry, mid in repeated:  # a table with one row for two entries would hide one of them
+            same = (
+                "is listed more than once"
+                if entry == first_entry[mid]
+                else f"is the same model as {first_entry[mid]!r}"
+            )
+            raise PlanError(f"config error in models: {entry!r} {same} ({specs[mid]}, id {mid}): list each model once")
         config["compare"] = _compare_by_id(config["compare"], config["models"], specs, finetuned_ids)
         plan = cls(config, images, models_of, specs, finetuned, written)
         plan._check()

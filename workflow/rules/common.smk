@@ -8,17 +8,18 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from tilesam import paths
-from tilesam.config import PROMPT_MODES, SEGMENTERS
+from tilesam.config import PROMPT_MODES, SEGMENTERS, check_file
 from tilesam.device import gpus_for
 from tilesam.jobs import JOBS
 from tilesam.plan import CLASSICAL, Plan, PlanError
 from tilesam.relay import shell as job_shell  # not `shell`: the rules use Snakemake's
 
+# the config as written: the plan checks it against the schema and fills in its defaults
 try:
-    PLAN = Plan.from_config(
-        config
-    )  # the config as written: the plan checks it and fills in defaults
-except PlanError as err:
+    for path in workflow.configfiles:
+        check_file(path)
+    PLAN = Plan.from_config(config)
+except (PlanError, ValueError) as err:
     raise WorkflowError(str(err))
 config.update(PLAN.config)
 RES = PLAN.resources
