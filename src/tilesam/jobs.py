@@ -35,6 +35,8 @@ log = logging.getLogger("tilesam")
 # the parameters most jobs share, one name and one help each
 Image = Annotated[str, In(help="imported image (OME-Zarr from `tilesam import-image`)")]
 Model = Annotated[str, In(help="model record (JSON from `tilesam models fetch --record`)")]
+Spec = Annotated[str, Param(help="the model as the config names it (resolved; a finetuned model: its checkpoint)")]
+Trust = Annotated[bool, Param(help="config trust_pickle: your own checkpoint may be fully unpickled (runs its code)")]
 Gt = Annotated[str, In(help="ground-truth labels (OME-Zarr from `tilesam import-labels`)")]
 Block = Annotated[int, Wildcard()]
 Output = Annotated[str, Out()]
@@ -94,6 +96,8 @@ def embed(
     *,
     image: Image,
     model: Model,
+    spec: Spec,
+    trust_pickle: Trust = False,
     block: Block,
     out: Output,
     tiling: Tiling,
@@ -105,12 +109,12 @@ def embed(
     from tilesam.embed import embed_block
     from tilesam.runtime import load_record, provenance
 
-    sam, record = load_record(model, device)
+    sam, record = load_record(model, spec, trust_pickle, device)
     grid, prov = provenance(sam, image, tiling, block, params.dtype)
     stats = embed_block(
         sam, prov, image, grid, out, batch_size=params.batch_size, precision=params.precision, mem_mb=mem_mb
     )
-    log.info("embedded block %d: %s (%s)", block, stats, record["name"])
+    log.info("embedded block %d: %s (%s)", block, stats, record.name)
     return stats
 
 
@@ -124,6 +128,8 @@ def segment(
     *,
     image: Image,
     model: Model,
+    spec: Spec,
+    trust_pickle: Trust = False,
     embeddings: Annotated[str, In(help="the block's embedding store")],
     block: Block,
     method: Annotated[str, Wildcard(choices=schema.SEGMENTERS)],
@@ -142,12 +148,12 @@ def segment(
 
     params = {"amg": amg, "ais": ais}[method]
     params = schema.best_row(params, search, SEARCHED[method]) if search else params
-    sam, record = load_record(model, device)
+    sam, record = load_record(model, spec, trust_pickle, device)
     grid, prov = provenance(sam, image, tiling, block, embedding.dtype)
     decoder = {}
     if method != "amg":
         decoder = dict(zip(("decoder", "decoder_id"), load_instance_decoder(record, sam.device, decoder_upscale(sam))))
-    model_id = {"model": record["name"], "model_sha256": record["sha256"]}
+    model_id = {"model": record.name, "model_sha256": record.sha256}
     stats = segment_block(
         sam, embeddings, asdict(prov), grid, out, method=method, params=params, model_id=model_id, **decoder
     )
@@ -211,6 +217,8 @@ def prompt_eval(
     *,
     image: Image,
     model: Model,
+    spec: Spec,
+    trust_pickle: Trust = False,
     gt: Gt,
     embeddings: Annotated[list[str], In(help="the image's embedding stores, in order")],
     mode: Annotated[str, Wildcard("method", choices=schema.PROMPT_MODES)],
@@ -227,7 +235,7 @@ def prompt_eval(
     from tilesam.interactive.evaluate import block_embeddings, evaluate_prompts, prompt_params
     from tilesam.runtime import load_record, provenance
 
-    sam, record = load_record(model, device)
+    sam, record = load_record(model, spec, trust_pickle, device)
     grid, prov = provenance(sam, image, tiling, 0, embedding.dtype)
     embedding_of = block_embeddings(embeddings, prov.tiles_per_block, asdict(prov))
     gt_labels = ome.open_level0(gt)[...]
@@ -242,6 +250,8 @@ def prompt_eval(
 def search(
     *,
     model: Model,
+    spec: Spec,
+    trust_pickle: Trust = False,
     method: Annotated[str, Wildcard(choices=tuple(SEARCHED))],
     images: Annotated[Json, Param(help='JSON list of {"image", "gt", "embeddings": [block stores]}')],
     out: Annotated[str, Out(help="CSV: mSA per setting, best first")],
@@ -261,7 +271,7 @@ def search(
     from tilesam.runtime import load_instance_decoder, load_record, provenance
     from tilesam.segment import search as searches
 
-    sam, record = load_record(model, device)
+    sam, record = load_record(model, spec, trust_pickle, device)
     searched = []
     for item in images:
         grid, prov = provenance(sam, item["image"], tiling, 0, embedding.dtype)

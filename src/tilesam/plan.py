@@ -17,6 +17,8 @@ from tilesam import config as schema
 from tilesam import paths
 from tilesam.data import synthetic
 from tilesam.data.datasets import DatasetError, ImageRecord, images_of
+from tilesam.models.inspect import CheckpointInspectionError, has_decoder
+from tilesam.models.inspect import card_of as _card
 from tilesam.models.spec import model_id, resolve_spec
 from tilesam.resources import Resources
 from tilesam.tiling import TileGrid
@@ -197,10 +199,20 @@ class Plan:
     # --- automatic segmentation methods per model ------------------------------------------
     def has_decoder(self, model: str) -> bool:
         """Whether a model comes with an instance-segmentation decoder (read without loading it)."""
-        if model in self.finetuned:  # not written yet: it has one if it trains one or its base has one
-            base = self.finetuned[model][0]
-            return "decoder" in self.config["finetune"]["train_parts"] or has_decoder(self.specs[base])
-        return has_decoder(self.specs[model])
+        try:
+            if model in self.finetuned:  # not written yet: it has one if it trains one or its base has one
+                base = self.finetuned[model][0]
+                return "decoder" in self.config["finetune"]["train_parts"] or has_decoder(self.specs[base])
+            return has_decoder(self.specs[model])
+        except CheckpointInspectionError as err:
+            raise PlanError(f"config error in models: {err}") from err
+
+    def record_spec(self, model: str) -> str:
+        """What a model's record must say it loads: its resolved spec (a finetuned model: its checkpoint)."""
+        if model in self.finetuned:
+            base, dataset = self.finetuned[model]
+            return paths.FINETUNED.format(dataset=dataset, base=base)
+        return self.specs[model]
 
     def methods_of(self, model: str) -> list[str]:
         """The config's methods for one model, `auto` resolved (ais with a decoder, else amg), no repeats."""
@@ -456,44 +468,6 @@ class Plan:
 def dataset_key(name: str) -> str:
     """A dataset name as cards and configs may spell it, made comparable: DSB2018 / dsb-2018 -> dsb2018."""
     return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def _card(spec: str):
-    """The registry card of a resolved spec, or None for checkpoint files (absolute paths: a '/')."""
-    if "/" in spec:
-        return None
-    from tilesam.models.registry import resolve
-
-    return resolve(spec)
-
-
-_PICKLE_HEAD = 16 * 2**20  # a legacy (non-zip) torch file's pickle, with its dict keys, comes first
-
-
-def has_decoder(spec: str) -> bool:
-    """Whether a registry model or checkpoint file comes with an instance-segmentation decoder.
-
-    Planning needs no torch: a card says so (its decoder file); a `checkpoint+decoder` pair of
-    files has one; a checkpoint file is a training checkpoint with a decoder when its pickle
-    holds the key `decoder_state` (`torch.save` writes dict keys as plain strings, in
-    `<name>/data.pkl` of the zip, or first in a legacy file).
-    """
-    if "/" not in spec:
-        return getattr(_card(spec), "decoder", None) is not None
-    from tilesam.models import fetch
-
-    separator = getattr(fetch, "DECODER_SEPARATOR", None)  # `checkpoint+decoder` specs, where supported
-    if separator and separator in spec and all(Path(p).is_file() for p in spec.split(separator, 1)):
-        return True
-    path = Path(spec)
-    import zipfile
-
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            return any(b"decoder_state" in archive.read(n) for n in pickles)
-    with open(path, "rb") as f:
-        return b"decoder_state" in f.read(_PICKLE_HEAD)
 
 
 def _resolve(entry: str, modality: str = "other", finetuned_from: str | None = None) -> str:

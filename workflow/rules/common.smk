@@ -11,6 +11,7 @@ from tilesam import paths
 from tilesam.config import PROMPT_MODES, SEGMENTERS, check_file
 from tilesam.device import gpus_for
 from tilesam.jobs import JOBS
+from tilesam.models.spec import files_of
 from tilesam.plan import CLASSICAL, Plan, PlanError
 from tilesam.relay import shell as job_shell  # not `shell`: the rules use Snakemake's
 
@@ -23,6 +24,9 @@ except (PlanError, ValueError) as err:
     raise WorkflowError(str(err))
 config.update(PLAN.config)
 RES = PLAN.resources
+TRUST = (
+    "--trust-pickle" if config["trust_pickle"] else ""
+)  # the config's, never a record's
 
 # --sdm conda: workflow/envs/tilesam.yaml installs tilesam from ${TILESAM_SOURCE}: Snakemake copies
 # env files to .snakemake/conda/ first, so only an absolute path from the environment reaches it.
