@@ -141,7 +141,9 @@ def test_models_fetch_records_the_files_and_the_users_trust(tmp_path, monkeypatc
     assert str(mine) in err and "trust_pickle: true" in err and "weights_only" not in err and not record.exists()
     assert cli.main(["models", "fetch", str(mine), "--record", str(record), "--trust-pickle"]) == 0
     entry = json.loads(record.read_text())
-    assert entry["trust_pickle"] is True and entry["path"] == str(mine.resolve()) and entry["load"] == str(mine.resolve())
+    assert (
+        entry["trust_pickle"] is True and entry["path"] == str(mine.resolve()) and entry["load"] == str(mine.resolve())
+    )
     assert entry["id"] == "record" and entry["decoder"] is None
     assert entry["architecture"] == "lite_medsam_tinyvit" and entry["checksum"].startswith("sha256:")
     assert cli.main(["models", "fetch", "lite_medsam", "--record", str(record), "--trust-pickle"]) == 0
