@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tilesam import config
-from tilesam.data import io, public_datasets, synthetic
+from tilesam.data import headers, io, public_datasets, synthetic
 from tilesam.data.public_datasets import PARTS
 
 
@@ -139,9 +139,9 @@ def images_of(
     records = []
     for name, path, labels in _restrict(dataset, _pairs(dataset, cfg, base), cfg, base, membership):
         try:
-            shape = io.probe(path, ndim, key)
+            shape = headers.probe(path, ndim, key)
             if labels is not None:
-                io.probe_labels(labels, shape, path, key)
+                headers.probe_labels(labels, shape, path, key)
         except io.InputError as err:
             raise DatasetError(f"dataset {dataset!r}: {err}") from err
         records.append(ImageRecord(dataset, name, path, labels, shape, key))
