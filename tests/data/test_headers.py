@@ -185,3 +185,18 @@ def test_a_truncated_slice_of_a_folder_volume_is_named(tmp_path):
     (tmp_path / "vol/z1.tif").write_bytes(data[: len(data) // 2])
     with pytest.raises(io.InputError, match=r"vol/z1\.tif: truncated or corrupt TIFF"):
         headers.probe(tmp_path / "vol", 3)
+
+
+@pytest.mark.parametrize("name", ["neg.tif", "neg.zarr"])
+def test_negative_labels_are_found_from_the_first_chunk_at_planning(tmp_path, name):
+    """import_labels refuses negative ids; planning finds them first, so no embed or segment job runs in vain."""
+    labels = np.zeros((50, 60), np.int16)
+    labels[3:9, 4:10] = -1
+    if name.endswith(".zarr"):
+        zarr.create_array(str(tmp_path / name), shape=labels.shape, chunks=(16, 16), dtype="i2")[:] = labels
+    else:
+        tifffile.imwrite(tmp_path / name, labels)
+    with pytest.raises(io.InputError, match=rf"{name}: labels have negative values \(-1\)"):
+        headers.probe_labels(tmp_path / name, (50, 60), tmp_path / "img.tif")
+    tifffile.imwrite(tmp_path / "ok.tif", np.abs(labels))  # signed, but no negative id
+    headers.probe_labels(tmp_path / "ok.tif", (50, 60), tmp_path / "img.tif")

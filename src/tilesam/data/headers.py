@@ -38,7 +38,11 @@ def probe(path: str | Path, ndim: int, key: str | None = None) -> tuple[int, ...
 
 
 def probe_labels(path: str | Path, image_shape: tuple[int, ...], image: str | Path, key: str | None = None) -> None:
-    """Check ground-truth labels from their header: integer dtype, the image's spatial shape, complete file."""
+    """Check ground-truth labels from their header: integer dtype, the image's spatial shape, complete file.
+
+    Labels of a signed dtype are read in their first chunk (one, bounded), so that negative ids, which
+    the import job refuses, are found before any job runs; those in later chunks still fail that job.
+    """
     check_file(path, key)
     arr = open_lazy(path, key)
     if arr.dtype.kind not in "iu":
@@ -47,6 +51,10 @@ def probe_labels(path: str | Path, image_shape: tuple[int, ...], image: str | Pa
         raise InputError(
             f"{path}: labels of shape {tuple(arr.shape)} do not match image {image} of shape {tuple(image_shape)}"
         )
+    if arr.dtype.kind == "i" and arr.size:
+        low = int(arr.blocks[(0,) * arr.ndim].min().compute())
+        if low < 0:
+            raise InputError(f"{path}: labels have negative values ({low}); ids must be >= 0, with 0 the background")
 
 
 def check_tiff(path: str | Path) -> None:
