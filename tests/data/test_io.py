@@ -116,3 +116,19 @@ def test_pyramid_and_ngff_metadata(tmp_path):
     assert [d["path"] for d in ms["datasets"]] == ["0", "1"]
     level1 = zarr.open_array(str(tmp_path / "a.ome.zarr" / "1"))[...]
     np.testing.assert_allclose(level1, arr.reshape(300, 2, 260, 2).mean(axis=(1, 3)).astype(np.uint8), atol=1)
+
+
+@pytest.mark.parametrize("pages", [3, 4])
+def test_a_short_stack_read_as_2d_is_ambiguous_unless_its_metadata_says_rgb(tmp_path, pages):
+    """3 or 4 grayscale pages with `ndim: 2` were read as RGB (a fourth section dropped): now an error."""
+    stack = _img((pages, 40, 50))
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    with pytest.raises(io.InputError, match=rf"stack\.tif: {pages} grayscale pages.*Set `ndim: 3`"):
+        headers.probe(tmp_path / "stack.tif", 2)
+    with pytest.raises(io.InputError, match="ndim: 3"):
+        io.import_image(tmp_path / "stack.tif", tmp_path / "s.ome.zarr", ndim=2, tile_shape=(32, 32))
+    assert headers.probe(tmp_path / "stack.tif", 3) == (pages, 40, 50)
+    tifffile.imwrite(tmp_path / "planar.tif", stack[:3], photometric="rgb", planarconfig="separate")
+    assert headers.probe(tmp_path / "planar.tif", 2) == (40, 50)  # RGB by its metadata
+    zarr.save_array(str(tmp_path / "c.zarr"), stack[:3])  # no pages: channels first, as before
+    assert headers.probe(tmp_path / "c.zarr", 2) == (40, 50)

@@ -219,6 +219,7 @@ def to_canonical(arr: da.Array, ndim: int, path: str | Path) -> tuple[da.Array, 
             arr = da.moveaxis(arr[..., :3], -1, 0)
             return arr, 3
         if shape[0] in (3, 4):
+            _refuse_page_stack(path, shape[0])
             return arr[:3], 3
         if shape[0] == 1:
             return arr[0], 1
@@ -226,6 +227,27 @@ def to_canonical(arr: da.Array, ndim: int, path: str | Path) -> tuple[da.Array, 
             return arr[..., 0], 1
     what = "2D image (Y,X) or RGB (Y,X,3)" if ndim == 2 else "3D volume (Z,Y,X) or RGB volume (Z,Y,X,3)"
     raise InputError(f"{path}: shape {shape} is not a {what}; check the dataset's `ndim`")
+
+
+def _refuse_page_stack(path: str | Path, n: int) -> None:
+    """A TIFF of 3 or 4 grayscale pages read as a 2D image: RGB only where its metadata says channels.
+
+    Without that, a short stack of sections would lose its fourth and be segmented as a colour image.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+        return
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page, axes = tif.pages[0], tif.series[0].axes if tif.series else ""
+        if page.samplesperpixel > 1 or str(page.photometric.name) == "RGB" or axes[:1] in ("C", "S"):
+            return
+    raise InputError(
+        f"{path}: {n} grayscale pages, read as a 2D image (the dataset's `ndim` is 2, the default): "
+        f"a volume of {n} sections or a {n}-channel image? Set `ndim: 3` for a volume; for colour, "
+        "save it as an RGB TIFF (photometric rgb)"
+    )
 
 
 def _signature(arr: zarr.Array, n_samples: int = 8) -> str:
