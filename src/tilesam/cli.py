@@ -236,7 +236,7 @@ def cmd_figure(args) -> None:
 def cmd_export(args) -> None:
     from tilesam.stitch.export import export_labels
 
-    print(export_labels(args.labels, args.out, table=args.table))
+    print(export_labels(args.labels, args.out, table=args.table, force=args.force))
 
 
 def cmd_finetune(args) -> None:
@@ -361,7 +361,8 @@ COMMANDS: dict[str, Command] = {
                        OUT)),
     "export": Command(cmd_export, "a stitched label image (OME-Zarr) -> TIFF, and its instance table as CSV",
                       (arg("labels", help="labels.ome.zarr from the stitch job"), arg("out", help="TIFF to write"),
-                       arg("--table", help="CSV of the instances (id, area, bounding box, centroid)"))),
+                       arg("--table", help="CSV of the instances (id, area, bounding box, centroid)"),
+                       arg("--force", action="store_true", help="replace an existing TIFF or CSV"))),
     "finetune": Command(cmd_finetune, "finetune a model on images with instance labels (resumable)", (
         arg("--model", required=True, help="base model: registry name, name@version or checkpoint path"),
         arg("--images", nargs="+", required=True, help="training images: globs or files (2D gray or RGB, or TIFF volumes with 3D labels: by section)"),
