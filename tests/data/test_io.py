@@ -132,3 +132,20 @@ def test_a_short_stack_read_as_2d_is_ambiguous_unless_its_metadata_says_rgb(tmp_
     assert headers.probe(tmp_path / "planar.tif", 2) == (40, 50)  # RGB by its metadata
     zarr.save_array(str(tmp_path / "c.zarr"), stack[:3])  # no pages: channels first, as before
     assert headers.probe(tmp_path / "c.zarr", 2) == (40, 50)
+
+
+def test_label_ids_above_uint32_keep_their_values(tmp_path):
+    """Ids past 2**32 - 1 were cast to uint32 at import: 1, 2**32 + 1 and 2**33 + 1 merged into one object."""
+    tifffile.imwrite(tmp_path / "img.tif", _img((30, 40)))
+    io.import_image(tmp_path / "img.tif", tmp_path / "img.ome.zarr", ndim=2, tile_shape=(16, 16))
+    labels = np.zeros((30, 40), np.uint64)
+    labels[2:8, 2:8], labels[12:18, 12:18], labels[22:28, 30:36] = 1, 2**32 + 1, 2**63 + 1
+    tifffile.imwrite(tmp_path / "big.tif", labels)
+    io.import_labels(tmp_path / "big.tif", tmp_path / "big.ome.zarr", image=tmp_path / "img.ome.zarr")
+    stored = ome.open_level0(tmp_path / "big.ome.zarr")
+    assert stored.dtype == np.uint64
+    np.testing.assert_array_equal(stored[...], labels)
+    small = (labels > 0).astype(np.int64) * 7
+    tifffile.imwrite(tmp_path / "small.tif", small)
+    io.import_labels(tmp_path / "small.tif", tmp_path / "small.ome.zarr", image=tmp_path / "img.ome.zarr")
+    assert ome.open_level0(tmp_path / "small.ome.zarr").dtype == np.uint32  # the default where ids fit

@@ -299,7 +299,8 @@ def import_labels(src: str | Path, dst: str | Path, *, image: str | Path, key: s
     """Write ground-truth labels as OME-Zarr next to their imported image.
 
     The labels must have the image's spatial shape and an integer dtype; a
-    mismatch is an error that names both files.
+    mismatch is an error that names both files. They are stored as uint32, or
+    uint64 where an id needs it.
     """
     info = read_info(image)
     arr = open_lazy(src, key)
@@ -309,12 +310,14 @@ def import_labels(src: str | Path, dst: str | Path, *, image: str | Path, key: s
         raise InputError(
             f"{src}: labels of shape {tuple(arr.shape)} do not match image {info.source} of shape {info.shape}"
         )
-    if arr.dtype.kind == "i" and bool(da.compute((arr < 0).any())[0]):
-        raise InputError(f"{src}: labels have negative values")
+    low, high = (int(v) for v in da.compute(arr.min(), arr.max())) if arr.size else (0, 0)
+    if low < 0:
+        raise InputError(f"{src}: labels have negative values ({low}); ids must be >= 0, with 0 the background")
+    dtype = np.uint32 if high < 2**32 else np.uint64  # ids keep their values: a cast would merge objects
     chunks = zarr.open_array(str(Path(image) / "0"), mode="r").chunks
     chunks = chunks[1:] if info.channels > 1 else chunks
-    out = ome.create(dst, arr.shape, np.uint32, chunks, attrs={"tilesam": {"labels_source": str(src)}})
-    da.store(arr.rechunk(chunks).astype(np.uint32), out, lock=False)
+    out = ome.create(dst, arr.shape, dtype, chunks, attrs={"tilesam": {"labels_source": str(src)}})
+    da.store(arr.rechunk(chunks).astype(dtype), out, lock=False)
     ome.build_pyramid(dst, labels=True, image=image)
 
 
