@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
 MAPPED_CHUNK_BYTES = 32 * 2**20  # dask chunks of memory-mapped inputs
+log = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -33,7 +35,8 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What import made of an input: spatial shape, dtype, channels, intensity range."""
+    """What import made of an input: spatial shape, dtype, channels, intensity range, and its warnings
+    (a constant image), which the image's labels carry on to the evaluation records and the table's notes."""
 
     source: str
     shape: tuple[int, ...]  # spatial: (Y, X) or (Z, Y, X)
@@ -41,6 +44,7 @@ class ImageInfo:
     channels: int  # 1 for grayscale, 3 for RGB
     intensity_range: tuple[float, float]
     signature: str
+    warnings: tuple[str, ...] = ()
 
     def to_attrs(self) -> dict:
         return {"tilesam": {"image": asdict(self)}}
@@ -50,6 +54,7 @@ class ImageInfo:
         d = dict(attrs["tilesam"]["image"])
         d["shape"] = tuple(d["shape"])
         d["intensity_range"] = tuple(d["intensity_range"])
+        d["warnings"] = tuple(d.get("warnings", ()))  # none recorded by earlier imports
         return cls(**d)
 
 
@@ -280,6 +285,10 @@ def import_image(
     lo, hi, n_bad = da.compute(arr.min(), arr.max(), (~da.isfinite(arr)).sum() if arr.dtype.kind == "f" else 0)
     if n_bad:
         raise InputError(f"{src}: {int(n_bad)} NaN or infinite values; fill or mask them before segmenting")
+    warnings = ()
+    if lo == hi:  # nothing to segment: every tile normalises to one grey
+        warnings = (f"constant image (every pixel {lo:g}): nothing to segment in it",)
+        log.warning("%s: %s", src, warnings[0])
     out = ome.create(dst, arr.shape, arr.dtype, chunks, channels=channels > 1)
     da.store(arr, out, lock=False)
     info = ImageInfo(
@@ -289,6 +298,7 @@ def import_image(
         channels=channels,
         intensity_range=(float(lo), float(hi)),
         signature=_signature(out),
+        warnings=warnings,
     )
     zarr.open_group(str(dst), mode="a").attrs.update(info.to_attrs())
     ome.build_pyramid(dst, labels=False, channels=channels > 1)
@@ -316,9 +326,20 @@ def import_labels(src: str | Path, dst: str | Path, *, image: str | Path, key: s
     dtype = np.uint32 if high < 2**32 else np.uint64  # ids keep their values: a cast would merge objects
     chunks = zarr.open_array(str(Path(image) / "0"), mode="r").chunks
     chunks = chunks[1:] if info.channels > 1 else chunks
-    out = ome.create(dst, arr.shape, dtype, chunks, attrs={"tilesam": {"labels_source": str(src)}})
+    attrs = {"labels_source": str(src), "notes": list(info.warnings)}
+    out = ome.create(dst, arr.shape, dtype, chunks, attrs={"tilesam": attrs})
     da.store(arr.rechunk(chunks).astype(dtype), out, lock=False)
     ome.build_pyramid(dst, labels=True, image=image)
+
+
+def labels_record(labels: str | Path) -> dict:
+    """What an evaluation record takes from its imported ground truth: the labels file and the notes for
+    the table (the image's import warnings). Labels imported before these were recorded give the file only."""
+    attrs = dict(zarr.open_group(str(labels), mode="r").attrs).get("tilesam", {})
+    record = {"labels_source": attrs.get("labels_source", str(labels))}
+    if attrs.get("notes"):
+        record["notes"] = list(attrs["notes"])
+    return record
 
 
 def read_info(path: str | Path) -> ImageInfo:
