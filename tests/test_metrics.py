@@ -230,7 +230,7 @@ def test_agrees_with_python_elf(seed):
 
 
 def test_uint64_ids_past_int64_stay_distinct_objects():
-    """relabel_gt cast uint64 to int64: ids >= 2**63 wrapped; three objects must stay three, whatever their ids."""
+    """Ground truth imported as uint64 (ids past 2**32 - 1): three objects stay three, whatever their ids."""
     gt = np.zeros((20, 20), np.uint64)
     gt[1:5, 1:5], gt[8:12, 8:12], gt[15:19, 15:19] = 1, 2**32 + 1, 2**64 - 1
     scores = segmentation_scores(gt, (gt > 0).astype(np.uint32) * np.arange(1, 21, dtype=np.uint32)[:, None])
