@@ -398,11 +398,11 @@ def test_export_onto_an_existing_file_is_refused_unless_forced(tmp_path, capsys)
 
 
 def test_label_ids_past_uint32_stay_distinct_and_the_figure_colours_them(tmp_path):
-    """Ids 1, 2**32 + 1 and 2**33 + 1 were cast to uint32 at import (3 objects scored as 1); the figure of a
+    """Ids 1, 2**32 + 1 and 2**33 + 1 were cast to uint32 at import (3 objects, two touching, scored as 2); the figure of a
     valid uint32 id near 4e9 allocated a 90 GB colour table."""
     workdir = _workdir(tmp_path)
     big = np.zeros((96, 120), np.uint64)
-    big[5:25, 5:25], big[40:60, 40:60], big[70:90, 90:110] = 1, 2**32 + 1, 2**33 + 1
+    big[5:25, 5:25], big[5:25, 25:45], big[70:90, 90:110] = 1, 2**32 + 1, 2**33 + 1  # the first two touch
     tifffile.imwrite(workdir / "data/labels/big.tif", big)
     before = _fingerprints(workdir)
     out = workdir / "results/images/d/a"
