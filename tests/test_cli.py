@@ -33,7 +33,7 @@ def test_every_stage_setting_is_a_flag_and_the_flags_win_over_the_config_json():
 
 def test_a_setting_two_classes_share_is_prefixed_by_its_section():
     parser = cli.build_parser()
-    args = parser.parse_args(["search", "--model", "m", "--method", "amg", "--images", "[]", "--out", "o"]
+    args = parser.parse_args(["search", "--model", "m", "--spec", "s", "--method", "amg", "--images", "[]", "--out", "o"]
                              + ["--amg-pred-iou-thresh", "0.7", "--amg-search-pred-iou-thresh", "0.6", "0.8", "0.1"])  # fmt: skip
     params = {p.name: p for p in parameters(JOBS["search"])}
     assert cli._settings(args, params["amg"]).pred_iou_thresh == 0.7

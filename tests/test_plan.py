@@ -255,7 +255,7 @@ def test_classical_baseline_is_scored_on_every_scored_image_and_searched_on_vali
     assert plan.classical_search_result("val") == []
     shown = plan.qualitative("test")
     assert shown["results"][-1] == "results/segmentation/test/im0/classical/classical/labels.ome.zarr"
-    assert shown["names"][-1] == "classical (classical)"
+    assert (shown["models"][-1], shown["methods"][-1]) == ("classical", "classical")
     cfg["baseline"] = {"classical": False}
     off = Plan.from_config(cfg)
     assert off.classical_evaluations() == [] and off.classical_search_dataset is None

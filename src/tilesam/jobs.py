@@ -197,7 +197,7 @@ def evaluate(
     """Scores of a label image against ground truth."""
     import zarr
 
-    from tilesam.data import ome
+    from tilesam.data import io, ome
     from tilesam.metrics import segmentation_scores
     from tilesam.segment.results import costs, params_column
 
@@ -205,7 +205,7 @@ def evaluate(
     if p.shape != g.shape:
         raise ValueError(f"{pred} has shape {p.shape} but its ground truth {gt} has {g.shape}")
     scores = segmentation_scores(g[...], p[...]).as_dict()
-    record = {**(meta or {}), "iteration": 0, **(costs(blocks) if blocks else {}), **scores}
+    record = {**(meta or {}), "iteration": 0, **(costs(blocks) if blocks else {}), **scores, **io.labels_record(gt)}
     if blocks:  # the parameters the blocks were segmented with (after any search)
         seg = zarr.open_group(str(blocks[0]), mode="r").attrs["tilesam"]["segmentation"]
         record["params"] = json.dumps(params_column(seg))
@@ -231,7 +231,7 @@ def prompt_eval(
     device: Device = "auto",
 ) -> list[dict]:
     """Prompted (interactive) evaluation of every ground-truth object from stored embeddings."""
-    from tilesam.data import ome
+    from tilesam.data import io, ome
     from tilesam.interactive.evaluate import block_embeddings, evaluate_prompts, prompt_params
     from tilesam.runtime import load_record, provenance
 
@@ -242,7 +242,7 @@ def prompt_eval(
     records = evaluate_prompts(sam, gt_labels, grid, embedding_of, mode, seed=seed, feed_logits=params.feed_logits)
     made_with = json.dumps(prompt_params(mode, seed, params.feed_logits))
     meta = {**(meta or {}), "method": mode, "device": str(sam.device), "params": made_with}
-    write_json(out, [{**meta, **r} for r in records])
+    write_json(out, [{**meta, **r, **io.labels_record(gt)} for r in records])
     log.info("%s prompts: mSA per iteration %s", mode, [round(r["msa"], 3) for r in records])
     return records
 
@@ -308,8 +308,9 @@ def benchmark(
     *,
     out_dir: Annotated[str, Param(help="where the tables and figures go")],
     compare: Annotated[Json, Param(help='JSON list of {"vanilla": model, "finetuned": model} pairs')] = None,
-    in_domain: Annotated[
-        Json, Param(help="JSON list of [dataset, model] pairs where the model was trained on the dataset")
+    in_domain: Annotated[Json, Param(help="JSON list of [dataset, model] pairs: the model was trained on it")] = None,
+    exclude_empty: Annotated[
+        Json, Param(help="JSON list of datasets whose images without objects are left out")
     ] = None,
 ) -> None:
     """Tables and figures from per-image evaluations."""
@@ -319,7 +320,7 @@ def benchmark(
     from tilesam.report.tables import write_tables
 
     in_domain = in_domain or []
-    table = write_tables(evaluations, out_dir, compare or [], in_domain)
+    table = write_tables(evaluations, out_dir, compare or [], in_domain, exclude_empty=exclude_empty or ())
     out = Path(out_dir)
     figures.msa_bars(table, out / "msa_bars.png")
     pairs = {(str(d), str(m)) for d, m in in_domain}
@@ -331,17 +332,19 @@ def figure(
     image: Image,
     gt: Annotated[str | None, In(help="ground-truth labels, if any")] = None,
     results: Annotated[list[str], In(help="stitched labels to show, one panel each")],
-    names: Annotated[list[str], Param(help="a name per result")],
+    models: Annotated[list[str], Param(help="the model of each result")],
+    methods: Annotated[list[str], Param(help="the method of each result")],
     title: Annotated[str, Param("title")] = "",
-    in_domain: Annotated[list[str], Param(help="names of results of models trained on this data")] = (),
+    in_domain: Annotated[list[str], Param(help="models trained on this data (their panels are marked)")] = (),
     out: Output,
 ):
-    """Qualitative panel: image, ground truth, results on one crop."""
+    """Qualitative panel: image, ground truth and every (model, method) result on one crop."""
     from tilesam.report import figures
 
-    if len(names) != len(results):
-        raise ValueError(f"{len(names)} names for {len(results)} results")
-    figures.qualitative(image, gt, dict(zip(names, results)), out, title=title, in_domain=set(in_domain))
+    if not len(models) == len(methods) == len(results):
+        raise ValueError(f"{len(models)} models and {len(methods)} methods for {len(results)} results")
+    shown = dict(zip(zip(models, methods), results))
+    figures.qualitative(image, gt, shown, out, title=title, in_domain=set(in_domain))
 
 
 def export(
@@ -350,11 +353,12 @@ def export(
     /,
     *,
     table: Annotated[str | None, Cli("CSV of the instances (id, area, bounding box, centroid)")] = None,
+    force: Annotated[bool, Cli("replace an existing TIFF or CSV (else refused)")] = False,
 ) -> None:
     """A stitched label image (OME-Zarr) -> TIFF, and its instance table as CSV."""
     from tilesam.stitch.export import export_labels
 
-    print(export_labels(labels, out, table=table))
+    print(export_labels(labels, out, table=table, force=force))
 
 
 # --- the classical baseline -------------------------------------------------------------------

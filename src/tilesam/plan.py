@@ -292,17 +292,17 @@ class Plan:
 
     def qualitative(self, dataset: str) -> dict[str, Any]:
         """The qualitative figure of a dataset's first scored image: every (model, method) row of its
-        table, the classical baseline last, each named `model (method)` as its panel's title."""
+        table, the classical baseline last; the models trained on the dataset are marked."""
         image = next(i for d, i in self.scored() if d == dataset)
         rows = [(m, method) for m in self.qualitative_models(dataset) for method in self.methods_of(m)]
         rows += [(CLASSICAL, CLASSICAL)] if self.classical else []
-        in_domain = set(self.in_domain_models(dataset))
         return {
             "image": paths.IMAGE.format(dataset=dataset, image=image),
             "gt": paths.LABELS.format(dataset=dataset, image=image),
             "results": [paths.STITCHED.format(dataset=dataset, image=image, model=m, method=x) for m, x in rows],
-            "names": [f"{m} ({x})" for m, x in rows],
-            "in_domain": [f"{m} ({x})" for m, x in rows if m in in_domain],
+            "models": [m for m, _ in rows],
+            "methods": [x for _, x in rows],
+            "in_domain": self.in_domain_models(dataset),
         }
 
     def all_outputs(self) -> list[str]:
