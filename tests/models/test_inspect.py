@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import struct
 import time
 import tracemalloc
 import zipfile
-import zlib
 
 import pytest
 import torch
 
+from helpers.checkpoints import write_zip_bomb
 from tilesam.models.inspect import PICKLE_LIMIT, CheckpointInspectionError, card_of, has_decoder
 from tilesam.models.spec import resolve_spec
 
@@ -33,36 +32,7 @@ def checkpoints(tmp_path):
 
 @pytest.fixture(scope="module")
 def bomb(tmp_path_factory):
-    """A zip .pth of 1.5 MB whose data.pkl inflates to 1.5 GB of zeros (no decoder key in it).
-
-    Built without compressing 1.5 GB: after a full flush deflate forgets its history, so every
-    MB of zeros compresses to the same bytes, which are written 1536 times.
-    """
-    path = tmp_path_factory.mktemp("bomb") / "bomb.pth"
-    zeros = bytes(2**20)
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    block = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
-    end = compressor.flush()
-    repeats = BOMB_SIZE // len(zeros)
-    crc = 0
-    for _ in range(repeats):
-        crc = zlib.crc32(zeros, crc)
-    name = b"archive/data.pkl"
-    packed = len(block) * repeats + len(end)
-    sizes = struct.pack("<III", crc, packed, BOMB_SIZE)
-    with path.open("wb") as f:
-        f.write(struct.pack("<IHHHHH", 0x04034B50, 20, 0, 8, 0, 0) + sizes + struct.pack("<HH", len(name), 0) + name)
-        for _ in range(repeats):
-            f.write(block)
-        f.write(end)
-        directory = f.tell()
-        f.write(struct.pack("<IHHHHHH", 0x02014B50, 20, 20, 0, 8, 0, 0) + sizes)
-        f.write(struct.pack("<HHHHHII", len(name), 0, 0, 0, 0, 0, 0) + name)
-        size = f.tell() - directory
-        f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, size, directory, 0))
-    with zipfile.ZipFile(path) as archive:  # a valid zip: the member list says what it inflates to
-        assert archive.getinfo("archive/data.pkl").file_size == BOMB_SIZE
-    return path
+    return write_zip_bomb(tmp_path_factory.mktemp("bomb") / "bomb.pth", BOMB_SIZE)
 
 
 def test_decoders_are_found_without_loading_the_model(checkpoints):

@@ -27,6 +27,7 @@ import pytest
 import tifffile
 import zarr
 
+from helpers.checkpoints import write_zip_bomb
 from helpers.decoder_fit import demo_image, fit_decoder
 from helpers.snakemake_cli import REPO, job_counts, snakemake, write_config
 from tilesam import cli
@@ -190,6 +191,13 @@ PLANNING: dict[str, tuple[Prepare, list[str]]] = {
         ),
         ["data/labels/a.png", "data/labels/a.tif", "are both labels named 'a'"],
     ),
+    "a 1.5 MB checkpoint whose pickle inflates to 1.5 GB (read whole at planning: 3.4 GB, 50 s)": (
+        lambda w: (
+            write_zip_bomb(w / "bomb.pth", 1536 * 2**20)
+            and {"models": [str(w / "bomb.pth")], "segmentation": {"methods": ["auto"]}}
+        ),
+        ["bomb.pth", "archive/data.pkl", "is this file a PyTorch checkpoint"],
+    ),
     "one labels file of another name (was paired)": (
         lambda w: (w / "data/labels/a.tif").rename(w / "data/labels/cells.tif") and {},
         ["data/images/a.tif", "has no labels named 'a'", "data/labels/cells.tif"],
@@ -261,6 +269,7 @@ def bad_run(tmp_path_factory, lite_medsam, request):
     stale = stores.open_partial(workdir / store, "embeddings", {"encoder_sha256": "vit_b-encoder", "block": 0}, 1)
     stale.create_array("embeddings", shape=(1, 4), dtype="f4", fill_value=2.5)
     stale["done"][0] = True
+    stores.unlock(workdir / store)  # the run's job (another process) takes the store's lock next
     before = _fingerprints(workdir)
     profile = str(REPO / "workflow/profiles/default")
     result = snakemake(workdir, "--profile", profile, "--keep-going", check=False)
