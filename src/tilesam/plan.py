@@ -19,53 +19,15 @@ from tilesam.data import synthetic
 from tilesam.data.datasets import DatasetError, ImageRecord, images_of
 from tilesam.models.inspect import CheckpointInspectionError, has_decoder
 from tilesam.models.inspect import card_of as _card
-from tilesam.models.spec import model_id, resolve_spec
 from tilesam.resources import Resources
+from tilesam.roster import FINETUNED_MARK, Roster, finetuned_name, split_finetuned  # noqa: F401 (the plan's names)
 from tilesam.tiling import TileGrid
 
-FINETUNED_MARK = "-ft-"  # `<base>-ft-<dataset>`: <base> finetuned on <dataset>
 CLASSICAL = "classical"  # the classical baseline's model and method name (tilesam.segment.classical.MODEL)
 
 
 class PlanError(ValueError):
     """The config asks for something that cannot be planned; the message names the key."""
-
-
-def finetuned_name(base: str, dataset: str) -> str:
-    return f"{base}{FINETUNED_MARK}{dataset}"
-
-
-def split_finetuned(spec: str, datasets: dict) -> tuple[str, str] | None:
-    """(base, dataset) of a model named `<base>-ft-<dataset>` for a dataset of the config, else None."""
-    base, sep, dataset = spec.rpartition(FINETUNED_MARK)
-    return (base, dataset) if sep and dataset in datasets else None
-
-
-def _add_model(models: list[str], specs: dict[str, str], spec: str) -> str | None:
-    """Plan a resolved spec for a dataset's model list; returns its id if it was there already."""
-    mid = model_id(spec)
-    if mid in models:
-        return mid
-    specs.setdefault(mid, spec)
-    models.append(mid)
-    return None
-
-
-def _compare_by_id(
-    pairs: list[dict], entries: list[str], specs: dict[str, str], finetuned: dict[str, str] | None = None
-) -> list[dict]:
-    """Compare pairs with model ids: a pair may name a checkpoint as the models list does (``run1/best.pt``).
-
-    The rules pass ``config["compare"]`` on to the report, which matches it against the table's ids.
-    """
-    ids = dict(finetuned or {})  # a finetuned entry -> its id (`/x/best.pt-ft-train` -> `best-3fa2c1-ft-train`)
-    for entry in entries:
-        if entry not in specs and entry not in ids and entry != "auto":
-            try:
-                ids[entry] = model_id(resolve_spec(entry))
-            except (KeyError, ValueError, FileNotFoundError):
-                pass  # a finetuned name is its own id; anything else is reported by the check
-    return [{role: ids.get(model, model) for role, model in pair.items()} for pair in pairs]
 
 
 @dataclass
@@ -109,33 +71,12 @@ class Plan:
                     images[(dataset, rec.name)] = rec
             except DatasetError as err:
                 raise PlanError(f"config error: {err}") from err
-        finetuned, specs, models_of = {}, {}, {d: [] for d in datasets}
-        finetuned_ids: dict[str, str] = {}  # config entry -> id of its finetuned model
-        first_entry: dict[str, str] = {}  # model id -> the config entry that planned it first
-        repeated: dict[tuple[str, str], None] = {}  # (entry, model id) of entries that named a planned model
-        for entry in config["models"]:
-            pair = split_finetuned(entry, datasets)
-            if pair:  # its id is `<base id>-ft-<dataset>`: a file base's id, not its path, so it is one safe name
-                base_spec = _resolve(pair[0], finetuned_from=entry)
-                base_id = model_id(base_spec)
-                specs.setdefault(base_id, base_spec)
-                finetuned_ids[entry] = finetuned_name(base_id, pair[1])
-                finetuned[finetuned_ids[entry]] = (base_id, pair[1])
-            for dataset, cfg in datasets.items():
-                spec = finetuned_ids[entry] if pair else _resolve(entry, cfg.get("modality", "other"))
-                mid = _add_model(models_of[dataset], specs, spec)
-                if mid is not None:
-                    repeated[(entry, mid)] = None
-                else:
-                    first_entry.setdefault(model_id(spec), entry)
-        for entry, mid in repeated:  # a table with one row for two entries would hide one of them
-            same = (
-                "is listed more than once"
-                if entry == first_entry[mid]
-                else f"is the same model as {first_entry[mid]!r}"
-            )
-            raise PlanError(f"config error in models: {entry!r} {same} ({specs[mid]}, id {mid}): list each model once")
-        config["compare"] = _compare_by_id(config["compare"], config["models"], specs, finetuned_ids)
+        try:
+            roster = Roster.of(config["models"], datasets)
+        except ValueError as err:
+            raise PlanError(str(err)) from err
+        models_of, specs, finetuned = roster.models_of, roster.specs, roster.finetuned
+        config["compare"] = roster.compare_by_id(config["compare"])
         plan = cls(config, images, models_of, specs, finetuned, written)
         plan._check()
         return plan
@@ -468,11 +409,3 @@ class Plan:
 def dataset_key(name: str) -> str:
     """A dataset name as cards and configs may spell it, made comparable: DSB2018 / dsb-2018 -> dsb2018."""
     return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def _resolve(entry: str, modality: str = "other", finetuned_from: str | None = None) -> str:
-    try:
-        return resolve_spec(entry, modality=modality)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        what = f"{finetuned_from!r} is finetuned from {entry!r}, which cannot be used: " if finetuned_from else ""
-        raise PlanError(f"config error in models: {what}{err}") from err
