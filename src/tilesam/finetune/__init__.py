@@ -15,7 +15,11 @@ what that part needs):
 - :mod:`.cache`: view embeddings of a frozen encoder, in memory and on disk.
 - :mod:`.loss`: training prompts, iterative corrections and the loss of a view.
 - :mod:`.validate`: single-prompt scores of the validation images (model selection).
-- :mod:`.trainer`: the optimizer, schedule, epochs, resumable state and ``finetune()``.
+- :mod:`.records`: what a run records (epochs, the state between them, the result).
+- :mod:`.instance_decoder`: the instance decoder a run starts from.
+- :mod:`.loop`: the optimizer, schedule, epochs of steps and decoder-only updates.
+- :mod:`.checkpoint`: the resumable state file, the run's fingerprint, saving weights.
+- :mod:`.trainer`: ``finetune()``, a whole run from base model and data to a registered model.
 - :mod:`.card`: the model card, loss log and plot, and registering a finetuned model.
 
 How training works, and why (micro-sam's recipe, sized for a CPU):
