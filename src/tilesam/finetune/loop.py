@@ -76,6 +76,8 @@ class Trainer:
         progress: bool,
         decoder: InstanceDecoder | None = None,
     ) -> None:
+        if config.auto_keys:
+            raise ValueError(f"settings {config.auto_keys} are auto: resolve them with FinetuneConfig.for_device")
         self.model, self.config, self.train, self.val, self.cache = model, config, train, val, cache
         self.decoder = decoder  # trained when config.trains_decoder, else carried through to the output
         self.device = model_device(model)

@@ -88,8 +88,10 @@ def finetune(
     ``trust_pickle``: a base checkpoint file of the user's own that holds Python objects besides
     tensors may be fully unpickled, which runs code from it (config ``trust_pickle``); without it
     such a file is refused with a message naming it. Registry models never need it.
+    Settings left to the device (``auto``) are resolved for ``device`` first: the card records those.
     """
-    config = config or FinetuneConfig()
+    device = resolve_device(device)
+    config = (config or FinetuneConfig()).for_device(device)
     out = Path(out)
     train, val = train_val_samples(images, labels, val_images, val_labels, val_fraction)
     base_id = base_identity(base, trust_pickle=trust_pickle)
@@ -102,7 +104,7 @@ def finetune(
         return _result_from_card(out, card, resumed_from=len(card["epochs"]) - 1)
 
     torch.manual_seed(config.seed)
-    model = load_model(base, device=resolve_device(device), trust_pickle=trust_pickle)
+    model = load_model(base, device=device, trust_pickle=trust_pickle)
     decoder, decoder_origin = start_decoder(base, config, model, trust_pickle=trust_pickle)
     cache = EmbeddingCache(model, base_id.sha256, embedding_cache) if config.encoder_frozen else None
     trainer = Trainer(model, config, ImageSet(train), ImageSet(val) if val else None, cache, progress, decoder)
