@@ -131,10 +131,10 @@ def test_a_cards_amg_defaults_apply_to_its_finetuned_models_too(monkeypatch, tmp
 def test_a_finetuned_model_has_a_decoder_when_finetuning_trains_one_or_its_base_has_one(monkeypatch, tmp_path):
     cfg = full_config(models=["lite_medsam", "lite_medsam-ft-train"], segmentation={"methods": ["auto"]})
     cfg["datasets"]["train"] = labelled_images(tmp_path, 2)
-    assert Plan.from_config(cfg).methods_of("lite_medsam-ft-train") == ["amg"]  # the default trains no decoder
-    cfg["finetune"]["train_parts"] = ["mask_decoder", "decoder"]
-    plan = Plan.from_config(cfg)
+    plan = Plan.from_config(cfg)  # the default trains a decoder
     assert plan.methods_of("lite_medsam-ft-train") == ["ais"] and plan.methods_of("lite_medsam") == ["amg"]
+    cfg["finetune"]["train_parts"] = ["mask_decoder", "prompt_encoder"]
+    assert Plan.from_config(cfg).methods_of("lite_medsam-ft-train") == ["amg"]
     cfg["finetune"]["train_parts"] = ["mask_decoder"]  # a base with a decoder passes it on untrained
     monkeypatch.setattr(plan_module, "has_decoder", lambda spec: spec == "lite_medsam")
     assert Plan.from_config(cfg).methods_of("lite_medsam-ft-train") == ["ais"]
@@ -147,6 +147,7 @@ def test_a_finetuned_model_of_a_checkpoint_file_is_planned_under_its_base_files_
     cfg["segmentation"]["methods"] = ["auto"]
     cfg["compare"] = [{"vanilla": without, "finetuned": f"{without}-ft-train"}]
     cfg["datasets"]["train"] = labelled_images(tmp_path / "train", 2)
+    cfg["finetune"]["train_parts"] = ["mask_decoder", "prompt_encoder"]  # no decoder trained: the base's decides
     plan = Plan.from_config(cfg)
     plain, dec = f"{mid(without)}-ft-train", f"{mid(with_decoder)}-ft-train"
     assert plan.finetuned == {plain: (mid(without), "train"), dec: (mid(with_decoder), "train")}

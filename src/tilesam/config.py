@@ -349,7 +349,15 @@ TRAINABLE_PARTS: tuple[str, ...] = enum("finetune", "train_parts")
 @dataclass(frozen=True)
 @from_schema("finetune", workflow_keys=("val_dataset", "val_fraction"))
 class FinetuneConfig:
-    """Everything that decides the finetuned weights (it is part of the resume fingerprint)."""
+    """Everything that decides the finetuned weights (it is part of the resume fingerprint).
+
+    A setting may be ``auto`` where its schema key offers it (``x-auto``: its value per kind of
+    device, cpu or gpu): the budget of a run sized to where it runs, from one source. `for_device`
+    resolves them; a run trains only on resolved settings, which its card records.
+    """
+
+    AUTO = "auto"
+    DEVICE_KINDS = ("cpu", "gpu")
 
     iterations: int
     iterations_per_epoch: int | None  # None: one pass over the training images
@@ -361,7 +369,7 @@ class FinetuneConfig:
     train_parts: tuple[str, ...]
     lr: float
     decoder_lr_factor: float  # the instance decoder's learning rate / lr
-    decoder_crop: int | None  # embedding tokens per side of the decoder's training window; None: all
+    decoder_crop: int | str | None  # embedding tokens per side of the decoder's training window; None: all
     decoder_steps: int  # instance-decoder updates per training step (the extra ones train it alone)
     prompt_encoder_lr_factor: float  # its embeddings are single vectors: may need bigger steps
     weight_decay: float
@@ -377,6 +385,12 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_parts", tuple(self.train_parts))
+        if not self.trains_decoder:  # no instance decoder, no updates of it: one step is one update of the rest
+            object.__setattr__(self, "decoder_steps", 1)
+        if self.auto_keys:
+            for kind in self.DEVICE_KINDS:  # each kind of device's settings must be valid
+                self.for_device(kind)
+            return
         unknown = set(self.train_parts) - set(TRAINABLE_PARTS)
         if unknown or not self.train_parts:
             raise ValueError(f"train_parts must be a non-empty subset of {TRAINABLE_PARTS}, got {self.train_parts}")
@@ -399,13 +413,29 @@ class FinetuneConfig:
             raise ValueError(f"box_probability must be in [0, 1], got {self.box_probability}")
         if self.decoder_crop is not None and self.decoder_crop < 1:
             raise ValueError(f"decoder_crop must be at least 1 embedding token, got {self.decoder_crop}")
-        if self.decoder_steps > 1 and not (self.trains_decoder and self.encoder_frozen):
+        if self.decoder_steps > 1 and not self.encoder_frozen:
             raise ValueError(
-                "decoder_steps > 1 needs train_parts with `decoder` and without `image_encoder` (the extra "
-                f"updates train the decoder alone on cached embeddings), got {list(self.train_parts)}"
+                "decoder_steps > 1 needs train_parts without `image_encoder` (the extra updates train the decoder "
+                f"alone on cached embeddings), got {list(self.train_parts)}: set decoder_steps: 1"
             )
         if self.crop_size is not None and self.crop_size < 16:
             raise ValueError(f"crop_size must be at least 16 pixels, got {self.crop_size}")
+
+    @property
+    def auto_keys(self) -> tuple[str, ...]:
+        """The settings left to the device (``auto``); an ``auto`` its key does not offer is an error."""
+        props = section(*self.__schema_path__)["properties"]
+        keys = tuple(f.name for f in fields(self) if isinstance(getattr(self, f.name), str))
+        for key in keys:
+            if getattr(self, key) != self.AUTO or "x-auto" not in props[key]:
+                raise ValueError(f"finetune.{key}: {getattr(self, key)!r} is not a value of it")
+        return keys
+
+    def for_device(self, device: str) -> FinetuneConfig:
+        """These settings on ``device`` (cpu, cuda, cuda:1, mps): each ``auto`` its schema value for cpu or gpu."""
+        kind = "cpu" if str(device).partition(":")[0] == "cpu" else "gpu"
+        props = section(*self.__schema_path__)["properties"]
+        return dataclasses.replace(self, **{k: props[k]["x-auto"][kind] for k in self.auto_keys})
 
     @property
     def encoder_frozen(self) -> bool:

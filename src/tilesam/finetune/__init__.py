@@ -15,11 +15,19 @@ what that part needs):
 - :mod:`.cache`: view embeddings of a frozen encoder, in memory and on disk.
 - :mod:`.loss`: training prompts, iterative corrections and the loss of a view.
 - :mod:`.validate`: single-prompt scores of the validation images (model selection).
-- :mod:`.trainer`: the optimizer, schedule, epochs, resumable state and ``finetune()``.
+- :mod:`.records`: what a run records (epochs, the state between them, the result).
+- :mod:`.instance_decoder`: the instance decoder a run starts from.
+- :mod:`.loop`: the optimizer, schedule, epochs of steps and decoder-only updates.
+- :mod:`.checkpoint`: the resumable state file, the run's fingerprint, saving weights.
+- :mod:`.trainer`: ``finetune()``, a whole run from base model and data to a registered model.
 - :mod:`.card`: the model card, loss log and plot, and registering a finetuned model.
 
 How training works, and why (micro-sam's recipe, sized for a CPU):
 
+- The schema's defaults train the SAM parts and the instance decoder (so a model named
+  ``<base>-ft-<dataset>`` with no settings gets AIS) in a budget for 2 CPU cores, about 30 minutes
+  for about 30 DSB2018-sized images; a setting whose default is ``auto`` (``decoder_crop``) takes its
+  schema value for the device the run is on (``FinetuneConfig.for_device``), and the card records it.
 - A *view* is one training image, or a crop of it (``crop_size``), under one of the 8 dihedral
   transforms (flips and 90-degree rotations). Everything for a view happens in the model's input
   frame: the image resized as SamPredictor resizes it, the labels resized with nearest neighbours,

@@ -13,15 +13,14 @@ from typing import TYPE_CHECKING, Any
 from tilesam.config import FinetuneConfig
 from tilesam.download import ChecksumError, file_sha256
 from tilesam.finetune.data import FinetuneError, Sample
+from tilesam.finetune.records import EpochRecord, TrainingState
 from tilesam.finetune.validate import EVAL_MODES
 from tilesam.models import ModelCard, model_info, register
 from tilesam.models.fetch import decoder_path, local_checkpoint, model_path
 from tilesam.models.registry import DecoderRef
 
-if TYPE_CHECKING:  # types only: the trainer writes cards, so importing it here would be circular
+if TYPE_CHECKING:
     from segment_anything.modeling import Sam
-
-    from tilesam.finetune.trainer import EpochRecord, TrainingState
 
 CARD_VERSION = "v1"
 
