@@ -106,9 +106,9 @@ def test_names_come_from_the_schema():
 
 def test_finetune_config_rejects_unknown_parts_and_bad_values():
     with pytest.raises(ValueError, match="train_parts"):
-        config.FinetuneConfig(train_parts=("encoder",))
+        config.build(config.FinetuneConfig, {"train_parts": ["encoder"]})
     with pytest.raises(ValueError, match="augment_variants"):
-        config.FinetuneConfig(augment_variants=9)
+        config.FinetuneConfig.from_dict({"augment_variants": 9})
     assert config.FinetuneConfig(train_parts=["mask_decoder"]).encoder_frozen
     assert not config.FinetuneConfig(train_parts=("image_encoder", "mask_decoder")).encoder_frozen
 

@@ -165,3 +165,12 @@ def test_a_finetuned_model_of_a_missing_file_is_an_error_naming_the_file(tmp_pat
         PlanError, match=f"finetuned from '{tmp_path}/gone.pt'.*no such checkpoint file {tmp_path}/gone.pt"
     ):
         Plan.from_config(cfg)
+
+
+def test_the_rules_filling_in_the_config_leaves_the_cards_settings_in_force():
+    """common.smk does `config.update(PLAN.config)`: the plan keeps its own copy of the config as written."""
+    written = {"datasets": {"demo": {"source": "synthetic"}}, "models": ["lite_medsam"], "offline": True}
+    plan = Plan.from_config(written)
+    written.update(plan.config)
+    assert plan.settings("lite_medsam", "amg")["prompt"] == "box"  # LiteMedSAM's card: a box grid
+    assert plan.segment_config("lite_medsam")["segmentation"]["amg"]["prompt"] == "box"

@@ -7,6 +7,7 @@ before any job, and its input functions only ask the plan. Everything here is pl
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ class Plan:
             raise PlanError(str(err)) from err
         models_of, specs, finetuned = roster.models_of, roster.specs, roster.finetuned
         config["compare"] = roster.compare_by_id(config["compare"])
-        plan = cls(config, images, models_of, specs, finetuned, written)
+        plan = cls(config, images, models_of, specs, finetuned, copy.deepcopy(written))  # the rules fill in `config`
         plan._check()
         return plan
 

@@ -48,7 +48,7 @@ def test_schema_offers_the_decoder_and_its_crop():
     assert config.trains_decoder and config.encoder_frozen and config.decoder_crop == "auto"
     assert config.for_device("cpu").decoder_crop == 16 and config.for_device("cuda").decoder_crop is None
     with pytest.raises(ValueError, match="decoder_crop"):
-        FinetuneConfig(decoder_crop=0)
+        FinetuneConfig.from_dict({"decoder_crop": 0})  # the schema checks it
 
 
 def test_a_fresh_decoder_is_seeded_and_leaves_the_global_random_state_alone(data, lite_medsam):

@@ -40,7 +40,7 @@ def test_auto_where_a_key_does_not_offer_it_is_an_error_naming_the_key():
     with pytest.raises(ValueError, match="finetune.decoder_crop: 'big'"):
         FinetuneConfig(decoder_crop="big")
     with pytest.raises(ValueError, match="train_parts"):  # the resolved settings are checked for every device
-        FinetuneConfig(train_parts=("encoder",))
+        FinetuneConfig.from_dict({"train_parts": ["encoder"]})
 
 
 def test_a_config_that_only_names_a_finetuned_model_plans_ais_for_it(tmp_path):
