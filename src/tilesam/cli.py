@@ -253,6 +253,16 @@ def cmd_finetune(args) -> None:
     )  # fmt: skip
 
 
+def cmd_init(args) -> None:
+    from tilesam import init
+
+    done = init.init(
+        args.images, args.labels, modality=args.modality, out=args.out, model=args.model, ndim=args.ndim,
+        name=args.name, force=args.force,
+    )  # fmt: skip
+    print(f"wrote {done.config}; check it, then run:\n  {done.command}")
+
+
 # --- the table of subcommands ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Arg:
@@ -300,6 +310,16 @@ MODEL_JOB = (schema.Tiling, schema.EmbedParams)
 
 # fmt: off
 COMMANDS: dict[str, Command] = {
+    "init": Command(cmd_init, "write a commented config for your images (ndim, channels, model, tiles from the files)",
+                    (arg("images", nargs="+", help="glob of the images, quoted: 'data/raw/*.tif'"),
+                     arg("--labels", nargs="+", help="glob of their ground truth (same file names), quoted"),
+                     arg("--modality", default="other", choices=schema.enum("datasets", "*", "modality"),
+                         help="picks the recommended model (`tilesam models recommend`)"),
+                     arg("--model", help="a model instead of the recommended one (lite_medsam: offline)"),
+                     arg("--ndim", type=int, choices=(2, 3), help="2D images or volumes, where the files cannot tell"),
+                     arg("--name", help="the dataset's name (default: its folder's)"),
+                     arg("--out", default="config/config.yaml"),
+                     arg("--force", action="store_true", help="replace an existing --out"))),
     "synthetic": Command(cmd_synthetic, "write one synthetic demo image and its labels",
                          (arg("name"), arg("image"), arg("labels"))),
     "import-image": Command(cmd_import_image, "any input -> OME-Zarr chunked to the tile grid",
