@@ -92,6 +92,10 @@ def test_volumes_and_rgb_images(tmp_path, monkeypatch):
     cfg = _config(volumes.text)
     assert cfg["datasets"]["em"]["ndim"] == 3 and cfg["models"] == ["vit_b_em_organelles"]
     assert volumes.command == "snakemake --cores 4 --configfile em.yaml"
+    assert "# Check: snakemake --cores 4 --configfile em.yaml -n    Run: snakemake --cores 4 --configfile em.yaml" in (
+        volumes.text
+    )
+    assert 'images: "em/images/*.tif"  # relative to where snakemake runs' in volumes.text
     rgb = init.init("he/images/*.tif", "he/labels/*.tif", out="he.yaml")
     assert _config(rgb.text)["datasets"]["he"]["ndim"] == 2 and "3 channels" in rgb.text
 
@@ -153,5 +157,6 @@ def test_dsb2018(shared_dir, tmp_path):
     assert cfg["datasets"]["dsb2018"]["ndim"] == 2 and cfg["models"] == ["vit_b_lm"]
     assert "45 2D images, 256 x 256 to 520 x 696 pixels, 1 or 3 channels." in done.text
     assert cfg["segmentation"]["tile_shape"] == [528, 704]  # 524 x 696 rounded up: every image one tile
+    assert f'images: "{data}/images/*.tif"\n' in done.text  # absolute: no note on where it is relative to
     jobs = job_counts(snakemake(tmp_path, "-n").stdout)
     assert jobs["embed"] == jobs["segment"] == 45

@@ -193,7 +193,7 @@ def _extent(summary: DataSummary) -> str:
     return f"{n} {kind}, {size} pixels, {channels} channel{'s' if summary.channels != (1,) else ''}"
 
 
-def render(summary: DataSummary, *, name: str, modality: str, model: str, image_size: int) -> str:
+def render(summary: DataSummary, *, name: str, modality: str, model: str, image_size: int, command: str) -> str:
     """The config, commented: what was found, what was chosen and why, what to change."""
     tile, halo, tile_note = tiling(summary, image_size)
     recommended = _recommend(modality)
@@ -201,10 +201,12 @@ def render(summary: DataSummary, *, name: str, modality: str, model: str, image_
     lines = [
         f"# tilesam config written by `tilesam init` for {summary.images}",
         f"# {_extent(summary)}.",
-        "# Every key and its default: docs/configuration.md. Run from this folder: snakemake --cores 4",
+        "# Every key and its default: docs/configuration.md.",
+        f"# Check: {command} -n    Run: {command}",
         "datasets:",
         f"  {name}:",
-        f"    images: {_q(summary.images)}  # relative to the folder snakemake runs in",
+        f"    images: {_q(summary.images)}"
+        + ("" if Path(summary.images).is_absolute() else "  # relative to where snakemake runs"),
     ]
     if summary.labels:
         lines.append(
@@ -283,12 +285,12 @@ def init(
         )
     name = name or dataset_name(images)
     model = model or _recommend(modality)
-    text = render(summary, name=name, modality=modality, model=model, image_size=_image_size(model))
+    default = Path("config/config.yaml")
+    command = "snakemake --cores 4" + ("" if out.resolve() == default.resolve() else f" --configfile {out}")
+    text = render(summary, name=name, modality=modality, model=model, image_size=_image_size(model), command=command)
     check(text, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    default = Path("config/config.yaml")
-    command = "snakemake --cores 4" + ("" if out.resolve() == default.resolve() else f" --configfile {out}")
     return InitResult(out, text, command)
 
 

@@ -35,6 +35,8 @@ module tilesam:
 use rule * from tilesam
 """
 
+#: the workflow's entry: workflow/Snakefile where the catalog expects it, else the root Snakefile
+SNAKEFILE = next(p for p in (REPO / "workflow/Snakefile", REPO / "Snakefile") if p.is_file())
 SPEC = synthetic.SyntheticSpec("cells", (96, 96), 4, (8.0, 12.0), seed=4)
 CONFIG = {
     "datasets": {"mine": {"images": "data/images/*.tif", "labels": "data/labels/*.tif"}},
@@ -48,7 +50,7 @@ CONFIG = {
 def deploy(dest: Path) -> Path:
     """An empty folder set up as snakedeploy does: workflow/Snakefile, config/ copied, then the user's own config."""
     (dest / "workflow").mkdir(parents=True)
-    (dest / "workflow/Snakefile").write_text(DEPLOYED_SNAKEFILE.format(repo=REPO, snakefile=REPO / "Snakefile"))
+    (dest / "workflow/Snakefile").write_text(DEPLOYED_SNAKEFILE.format(repo=REPO, snakefile=SNAKEFILE))
     shutil.copytree(REPO / "config", dest / "config")
     synthetic.write_demo(SPEC, dest / "data/images/cells.tif", dest / "data/labels/cells.tif")
     write_config(dest, CONFIG)
@@ -77,6 +79,11 @@ def test_a_deployed_folder_runs(tmp_path):
         and table.n_objects[0] == synthetic.make_labels(SPEC).max()
     )
     assert (workdir / "results/benchmark/qualitative_mine.png").stat().st_size > 0
+    # the report finds the module's captions (paths relative to its rule files, not to this folder)
+    report = run_cli(["--report", "report.html"], cwd=workdir)
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (workdir / "report.html").read_text()
+    assert "results/benchmark/table.csv" in html and "averaged over images" in html  # workflow/report/table.rst
 
 
 def test_catalog_files():
