@@ -1,8 +1,6 @@
 # tilesam: Segment Anything over large microscopy images and volumes, tiled,
 # stitched and benchmarked. Rules are thin: each calls `tilesam <command>`.
-import copy
-
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -14,10 +12,9 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-# the config as written (validation fills in the schema's defaults): model cards' own defaults
-# apply to the keys a user did not set
-USER_CONFIG = copy.deepcopy(config)
-validate(config, "workflow/schemas/config.schema.yaml")
+# common.smk plans the config as written: tilesam.plan checks it against
+# workflow/schemas/config.schema.yaml and fills in its defaults (a model card's own settings
+# apply to the keys the config does not set).
 
 
 include: "workflow/rules/common.smk"

@@ -11,6 +11,8 @@ import tifffile
 
 from tilesam import cli, config
 from tilesam.data import ome
+from tilesam.jobs import JOBS
+from tilesam.relay import Json, parameters, shell
 
 
 def test_every_stage_setting_is_a_flag_and_the_flags_win_over_the_config_json():
@@ -19,12 +21,69 @@ def test_every_stage_setting_is_a_flag_and_the_flags_win_over_the_config_json():
         ["embed", "--image", "i", "--model", "m", "--block", "0", "--out", "o", "--halo", "8", "8"]
         + ["--config", json.dumps({"segmentation": {"tile_shape": [128, 128], "halo": [16, 16]}})]
     )
-    assert cli._settings(args, config.Tiling) == config.Tiling(tile_shape=(128, 128), halo=(8, 8))
-    assert cli._settings(args, config.EmbedParams) == config.EmbedParams()
+    params = {p.name: p for p in parameters(JOBS["embed"])}
+    assert cli._settings(args, params["tiling"]) == config.Tiling(tile_shape=(128, 128), halo=(8, 8))
+    assert cli._settings(args, params["params"]) == config.EmbedParams()
     args = parser.parse_args(["finetune", "--model", "m", "--images", "a", "--labels", "b", "--out", "o"])
-    assert cli._settings(args, config.FinetuneConfig) == config.FinetuneConfig()
+    params = {p.name: p for p in parameters(JOBS["finetune"])}
+    assert cli._settings(args, params["params"]) == config.FinetuneConfig()
     flags = {a.dest.partition(":")[2] for a in parser._subparsers._group_actions[0].choices["finetune"]._actions}
     assert {f for f in config.FinetuneConfig.__annotations__} <= flags
+
+
+def test_a_setting_two_classes_share_is_prefixed_by_its_section():
+    parser = cli.build_parser()
+    args = parser.parse_args(["search", "--model", "m", "--method", "amg", "--images", "[]", "--out", "o"]
+                             + ["--amg-pred-iou-thresh", "0.7", "--amg-search-pred-iou-thresh", "0.6", "0.8", "0.1"])  # fmt: skip
+    params = {p.name: p for p in parameters(JOBS["search"])}
+    assert cli._settings(args, params["amg"]).pred_iou_thresh == 0.7
+    assert cli._settings(args, params["amg_grid"]).pred_iou_thresh == (0.6, 0.8, 0.1)
+
+
+class _Rule:
+    """A rule's attributes as Snakemake formats them into a shell command: each a sample of its job's type."""
+
+    def __init__(self, job):
+        self.params = {(p.role.field or p.name) if p.role else p.name: p for p in parameters(job)}
+
+    def __getattr__(self, name):
+        fixed = {"config": "'{}'", "device": "cpu"}
+        return _Fixed(fixed[name]) if name in fixed else _Value(self.params.get(name))
+
+    def __format__(self, spec):
+        return "1"  # {threads}
+
+
+class _Fixed(str):
+    def __format__(self, spec):
+        return str(self)
+
+
+class _Value:
+    def __init__(self, param):
+        self.param = param
+
+    def __format__(self, spec):
+        p = self.param
+        if p is None:
+            return ""
+        if p.role and p.role.choices:
+            return str(p.role.choices[0])
+        return {int: "0", float: "0.5", Json: "[]", bool: p.flag}.get(p.kind, "x")
+
+
+def test_every_rules_shell_command_parses_as_its_job():
+    """The rules' commands are built from the same signatures as the command line: each parses back."""
+    import shlex
+
+    for name, job in JOBS.items():
+        if all(p.role and p.role.source == "cli" for p in parameters(job)):
+            continue  # a person's command (export), no rule's
+        rule = _Rule(job)
+        fields = dict.fromkeys(("input", "output", "params", "wildcards", "resources", "threads", "log"), rule)
+        words = shlex.split(shell(name, job).format(**fields))
+        args = cli.build_parser().parse_args(words[1 : words.index("2>")])
+        assert args.command == name
 
 
 def test_a_bad_setting_is_one_clear_line(capsys):
@@ -46,11 +105,11 @@ def test_export_writes_the_tif_and_the_instance_table(tmp_path, capsys):
     assert len(pd.read_csv(table)) == 2
 
 
-@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+@pytest.mark.parametrize("command", sorted(JOBS))
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, "--help"])
-    assert exit_.value.code == 0 and cli.COMMANDS[command].help.split()[0] in capsys.readouterr().out
+    assert exit_.value.code == 0 and JOBS[command].__doc__.split()[0] in capsys.readouterr().out
 
 
 def test_models_list_shows_the_decoder_column_and_recommend_follows_micro_sam(capsys):

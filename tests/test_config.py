@@ -120,12 +120,9 @@ def test_a_halo_larger_than_the_tile_is_an_error_with_the_reason():
 
 
 def test_ais_params_reject_out_of_range_values_naming_the_key():
-    with pytest.raises(ValueError, match="segmentation.ais.center_distance_threshold"):
-        config.AisParams(center_distance_threshold=1.5)
-    with pytest.raises(ValueError, match="segmentation.ais.min_size"):
-        config.AisParams(min_size=-1)
-    with pytest.raises(ValueError, match="segmentation.ais.tiles_per_batch"):
-        config.AisParams(tiles_per_batch=0)
+    for key, bad in (("center_distance_threshold", 1.5), ("min_size", -1), ("tiles_per_batch", 0)):
+        with pytest.raises(ValueError, match=f"config error in segmentation.ais.{key}"):  # the schema checks it
+            config.build(config.AisParams, {key: bad})
     params = config.build(config.AisParams, {"min_size": 100.0, "distance_smoothing": 2})
     assert params.min_size == 100 and isinstance(params.min_size, int) and params.distance_smoothing == 2.0
     assert "tiles_per_batch" not in params.postprocessing() and params.postprocessing()["min_size"] == 100

@@ -1,5 +1,5 @@
-"""tilesam.jobs, what the CLI jobs share; its AIS parts: the decoder that comes with a model record,
-its identity, the searched setting."""
+"""tilesam.jobs and tilesam.runtime, what the model jobs share: the decoder that comes with a model
+record, its identity, the searched setting, and labels that do not depend on the block layout."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from tilesam.config import AisParams
-from tilesam.jobs import load_instance_decoder, searched_ais, state_sha256
+from tilesam.config import AisParams, AmgParams, ClassicalParams
+from tilesam.config import best_row as best_setting
+from tilesam.jobs import CLASSICAL_SEARCHED, SEARCHED
 from tilesam.models.unetr import InstanceDecoder
+from tilesam.runtime import load_instance_decoder, state_sha256
 
 
 def test_a_decoder_states_digest_follows_its_values():
@@ -49,18 +51,29 @@ def test_the_searched_setting_is_the_tables_first_row(tmp_path):
         }
     )
     table.to_csv(tmp_path / "ais.csv", index=False)
-    params = searched_ais(AisParams(foreground_threshold=0.4, tiles_per_batch=2), tmp_path / "ais.csv")
+    params = best_setting(AisParams(foreground_threshold=0.4, tiles_per_batch=2), tmp_path / "ais.csv", SEARCHED["ais"])
     assert params == AisParams(0.4, 0.6, 0.4, 1.0, 1.2, 100, 2)
     assert isinstance(params.min_size, int)
     table.drop(columns="min_size").to_csv(tmp_path / "amg.csv", index=False)
-    with pytest.raises(ValueError, match="amg.csv: not an AIS search table"):
-        searched_ais(AisParams(), tmp_path / "amg.csv")
+    with pytest.raises(ValueError, match=r"amg.csv: not a search table of .* \(no column min_size\)"):
+        best_setting(AisParams(), tmp_path / "amg.csv", SEARCHED["ais"])
+    amg = pd.DataFrame({"pred_iou_thresh": [0.7, 0.9], "stability_score_thresh": [0.8, 0.6], "mSA": [0.3, 0.2]})
+    amg.to_csv(tmp_path / "amg.csv", index=False)
+    assert best_setting(AmgParams(points_per_side=4), tmp_path / "amg.csv", SEARCHED["amg"]) == AmgParams(
+        points_per_side=4, pred_iou_thresh=0.7, stability_score_thresh=0.8
+    )
+    pd.DataFrame({"sigma": [2, 1], "h": [1.5, 2.0], "mSA": [0.5, 0.4]}).to_csv(tmp_path / "c.csv", index=False)
+    classical = best_setting(ClassicalParams(), tmp_path / "c.csv", CLASSICAL_SEARCHED)
+    assert classical.sigma == 2.0 and isinstance(classical.sigma, float) and classical.h == 1.5
+    pd.DataFrame({"sigma": [-1.0], "h": [1.0]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="baseline.params.sigma"):  # a table is checked like a config
+        best_setting(ClassicalParams(), tmp_path / "bad.csv", CLASSICAL_SEARCHED)
 
 
 def test_labels_do_not_depend_on_how_the_tiles_are_grouped_into_blocks(tmp_path):
     """The embed -> segment -> stitch jobs on 2 tiles as 1 block and as 2 (min_blocks 1 and 2)."""
     from helpers.embedded import import_synthetic
-    from tilesam.config import AmgParams, EmbedParams, StitchParams, Tiling
+    from tilesam.config import EmbedParams, StitchParams, Tiling
     from tilesam.data import ome
     from tilesam.data.synthetic import SyntheticSpec
     from tilesam.jobs import embed, segment, stitch
@@ -78,10 +91,11 @@ def test_labels_do_not_depend_on_how_the_tiles_are_grouped_into_blocks(tmp_path)
         blocks = []
         for b in range(grid.n_blocks(tiling.block_size(grid.n_tiles))):
             emb, seg = run / f"emb{b}.zarr", run / f"seg{b}.zarr"
-            embed(image, model, b, emb, tiling=tiling, params=EmbedParams(), device="cpu")
-            segment(image, model, emb, b, seg, tiling=tiling, amg=amg, dtype="float32", method="amg", device="cpu")
+            embed(image=image, model=model, block=b, out=emb, tiling=tiling, params=EmbedParams(), device="cpu")
+            segment(image=image, model=model, embeddings=emb, block=b, method="amg", out=seg, tiling=tiling,
+                    embedding=EmbedParams(), amg=amg, ais=AisParams(), device="cpu")  # fmt: skip
             blocks.append(str(seg))
-        stitch(image, blocks, run / "labels.ome.zarr", tiling=tiling, params=StitchParams())
+        stitch(image=image, blocks=blocks, out=run / "labels.ome.zarr", tiling=tiling, params=StitchParams())
         labels[min_blocks], n_jobs[min_blocks] = ome.open_level0(run / "labels.ome.zarr")[...], len(blocks)
     assert n_jobs == {1: 1, 2: 2} and len(np.unique(labels[1])) > 3  # two layouts; instances found
     np.testing.assert_array_equal(labels[1], labels[2])

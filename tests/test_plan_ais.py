@@ -61,24 +61,28 @@ def test_a_cards_ais_defaults_apply_unless_the_user_set_the_key(monkeypatch):
     monkeypatch.setattr(plan_module, "_card", lambda spec: card)
     monkeypatch.setattr(plan_module, "has_decoder", lambda spec: True)
     defaults = schema.defaults("segmentation", "ais")
-    user = {"datasets": {"demo": {"source": "synthetic"}}, "segmentation": {"ais": {"min_size": 0}}}
-    cfg = full_config(segmentation={"methods": ["ais"], "ais": {**defaults, "min_size": 0}})
-    settings = Plan.from_config(cfg, user_config=user).ais_settings("lite_medsam")
+    written = {"datasets": {"demo": {"source": "synthetic"}}, "models": ["lite_medsam"], "offline": True}
+    cfg = {**written, "segmentation": {"methods": ["ais"], "ais": {"min_size": 0}}}
+    settings = Plan.from_config(cfg).settings("lite_medsam", "ais")
     assert settings == {**defaults, "center_distance_threshold": 0.4, "min_size": 0}
-    # nothing set by the user: the card's defaults; no user config known: the config as given
-    settings = Plan.from_config(cfg, user_config={"segmentation": {}}).ais_settings("lite_medsam")
+    # nothing written: the card's defaults; every key written (as a filled-in config): the config's
+    settings = Plan.from_config(written).settings("lite_medsam", "ais")
     assert settings["center_distance_threshold"] == 0.4 and settings["min_size"] == 100
-    assert Plan.from_config(cfg).ais_settings("lite_medsam")["center_distance_threshold"] == 0.5
+    assert Plan.from_config(full_config()).settings("lite_medsam", "ais")["center_distance_threshold"] == 0.4
+    filled = full_config(segmentation={"ais": defaults})
+    assert Plan.from_config(filled).settings("lite_medsam", "ais")["center_distance_threshold"] == 0.5
     # what the segment job is given
-    segment = Plan.from_config(cfg, user_config={}).segment_config("lite_medsam")
-    assert set(segment) == {"segmentation", "embeddings"} and segment["segmentation"]["ais"]["min_size"] == 100
+    segment = Plan.from_config(written).segment_config("lite_medsam")
+    assert (
+        set(segment) == {"segmentation", "embeddings", "stitch"} and segment["segmentation"]["ais"]["min_size"] == 100
+    )
     assert schema.build(schema.AisParams, segment["segmentation"]["ais"]).center_distance_threshold == 0.4
 
 
 def test_a_cards_unknown_ais_key_is_an_error(monkeypatch):
     monkeypatch.setattr(plan_module, "_card", lambda spec: SimpleNamespace(ais={"centre": 0.4}))
     with pytest.raises(PlanError, match="unknown ais defaults"):
-        Plan.from_config(full_config()).ais_settings("lite_medsam")
+        Plan.from_config(full_config()).settings("lite_medsam", "ais")
 
 
 def test_ais_search_is_tuning_and_feeds_only_ais(decoder_checkpoint):
@@ -102,24 +106,26 @@ def test_ais_segment_memory_follows_the_decoder_batch(decoder_checkpoint):
     one = Plan.from_config({**cfg, "segmentation": {**cfg["segmentation"], "ais": {"tiles_per_batch": 1}}})
     four = Plan.from_config({**cfg, "segmentation": {**cfg["segmentation"], "ais": {"tiles_per_batch": 4}}})
     dec = mid(with_decoder)
-    assert four.mem_mb_segment(dec, method="ais") - one.mem_mb_segment(dec, method="ais") == 3 * 2000
-    assert abs(one.mem_mb_segment(dec, attempt=2, method="ais") - 2 * one.mem_mb_segment(dec, method="ais")) <= 1
+    one, four = one.resources, four.resources
+    assert four.segment_mb(dec, "ais") - one.segment_mb(dec, "ais") == 3 * 2000
+    assert abs(one.segment_mb(dec, "ais", attempt=2) - 2 * one.segment_mb(dec, "ais")) <= 1
 
 
 def test_a_cards_amg_defaults_apply_to_its_finetuned_models_too(monkeypatch, tmp_path):
     """A box-only model's card asks for a box grid; the config's own AMG keys still win."""
     card = SimpleNamespace(decoder=None, amg={"prompt": "box", "points_per_side": 64})
     monkeypatch.setattr(plan_module, "_card", lambda spec: card)
-    cfg = full_config(models=["lite_medsam", "lite_medsam-ft-train"])
-    cfg["segmentation"]["amg"]["points_per_side"] = 4
-    cfg["datasets"]["train"] = labelled_images(tmp_path, 2)
-    plan = Plan.from_config(cfg, user_config={"segmentation": {"amg": {"points_per_side": 4}}})
+    cfg = {"models": ["lite_medsam", "lite_medsam-ft-train"], "offline": True}
+    cfg["datasets"] = {"demo": {"source": "synthetic"}, "train": labelled_images(tmp_path, 2)}
+    plan = Plan.from_config({**cfg, "segmentation": {"amg": {"points_per_side": 4}}})
     for model in ("lite_medsam", "lite_medsam-ft-train"):
         amg = plan.segment_config(model)["segmentation"]["amg"]
         assert amg["prompt"] == "box" and amg["points_per_side"] == 4
-    unset = Plan.from_config(cfg, user_config={})
+    unset = Plan.from_config(cfg)
     assert unset.segment_config("lite_medsam")["segmentation"]["amg"]["points_per_side"] == 64
-    assert unset.runtime_segment(model="lite_medsam") > plan.runtime_segment(model="lite_medsam")  # 64 x 64 vs 4 x 4
+    assert unset.resources.segment_minutes("lite_medsam") > plan.resources.segment_minutes(
+        "lite_medsam"
+    )  # 64 x 64 vs 4 x 4
 
 
 def test_a_finetuned_model_has_a_decoder_when_finetuning_trains_one_or_its_base_has_one(monkeypatch, tmp_path):

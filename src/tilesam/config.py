@@ -9,6 +9,7 @@ data class, coercing numbers as the schema types them (so `1` and `1.0` are one 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, fields
 from functools import cache
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from tilesam.tiling import TileGrid
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")  # the workflow's schema (a link to it in a checkout)
 T = TypeVar("T")
@@ -94,14 +97,58 @@ def _coerce(value: Any, prop: dict[str, Any]) -> Any:
     return value
 
 
+def _validator(node: dict[str, Any], fill: bool):
+    """A JSON-schema validator of `node` (a section of the schema) that fills in defaults if asked."""
+    from jsonschema import Draft202012Validator, validators
+
+    def set_defaults(validator, properties, instance, node):
+        if fill and isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, node)
+
+    cls = validators.extend(Draft202012Validator, {"properties": set_defaults}) if fill else Draft202012Validator
+    return cls({**node, "$defs": schema().get("$defs", {})})
+
+
+def _check(node: dict[str, Any], values: Any, where: str, fill: bool = False) -> None:
+    """Raise one clear ValueError for the first way `values` breaks the schema `node`."""
+    error = next(iter(sorted(_validator(node, fill).iter_errors(values), key=lambda e: list(e.path))), None)
+    if error is not None:
+        key = ".".join([where, *map(str, error.absolute_path)]).strip(".")
+        raise ValueError(f"config error in {key or 'the config'}: {error.message}")
+
+
+def complete(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config as written, checked against the schema and with its defaults filled in."""
+    filled = copy.deepcopy(config)
+    _check(schema(), filled, "", fill=True)
+    return filled
+
+
 def build(cls: type[T], values: dict[str, Any] | None = None) -> T:
-    """The data class from a config section (or part of one); the section's workflow keys are skipped."""
-    props = section(*cls.__schema_path__)["properties"]
+    """The data class from a config section (or part of one), checked by the schema; the section's
+    workflow keys are skipped. The schema is the one check of every setting's range and type."""
+    node = section(*cls.__schema_path__)
+    props = node["properties"]
     names = {f.name for f in fields(cls)}
-    values = values or {}
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in (values or {}).items()}
     if unknown := set(values) - set(props):
         raise ValueError(f"unknown {'.'.join(cls.__schema_path__)} settings: {sorted(unknown)}")
+    _check({**node, "required": []}, values, ".".join(cls.__schema_path__))
     return cls(**{k: _coerce(v, props[k]) for k, v in values.items() if k in names})
+
+
+def best_row(params: T, table: str | Path, keys: tuple[str, ...]) -> T:
+    """`params` with the first (best) row of a search table's `keys`, checked like any setting."""
+    import pandas as pd
+
+    found = pd.read_csv(table)
+    if missing := [k for k in keys if k not in found]:
+        raise ValueError(f"{table}: not a search table of {', '.join(keys)} (no column {', '.join(missing)})")
+    best = {k: found[k].iloc[0].item() for k in keys}
+    return build(type(params), {**{f.name: getattr(params, f.name) for f in fields(params)}, **best})
 
 
 def replace(params: T, **changes: Any) -> T:
@@ -125,10 +172,23 @@ class Tiling:
     tiles_per_block: int
     min_blocks: int
 
+    def grid(self, shape: tuple[int, ...]) -> TileGrid:
+        """The tile grid of an image of this (spatial) shape."""
+        return TileGrid(tuple(shape), self.tile_shape, self.halo)
+
     def block_size(self, n_tiles: int) -> int:
         """Tiles per block of an image of n_tiles: at most tiles_per_block, and few enough that the
         image has at least min_blocks blocks (where it has that many tiles)."""
         return max(1, min(self.tiles_per_block, n_tiles // self.min_blocks))
+
+    def n_blocks(self, shape: tuple[int, ...]) -> int:
+        """Block jobs of an image of this shape."""
+        grid = self.grid(shape)
+        return grid.n_blocks(self.block_size(grid.n_tiles))
+
+    def chunks(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Zarr chunks of an image or label image of this shape: one tile of one section."""
+        return (1,) * (len(shape) - 2) + tuple(min(t, s) for t, s in zip(self.tile_shape, shape[-2:]))
 
     def __post_init__(self) -> None:
         for axis, (tile, halo) in enumerate(zip(self.tile_shape, self.halo)):
@@ -149,14 +209,6 @@ class EmbedParams:
     dtype: str
     precision: str
     batch_size: int | str  # a positive number or "auto" (tilesam.embed.auto_batch_size)
-
-    def __post_init__(self) -> None:
-        size = self.batch_size
-        if isinstance(size, str) and size.strip().isdigit():  # a command-line flag gives a string
-            size = int(size)
-        if size != "auto" and not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
-            raise ValueError(f"embeddings.batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
-        object.__setattr__(self, "batch_size", size)
 
 
 @dataclass
@@ -184,12 +236,6 @@ class AmgParams:
     box_sizes: tuple[float, ...]  # box sides as fractions of the window's longer side
 
     def __post_init__(self) -> None:
-        if self.points_per_side < 1 or self.points_per_batch < 1:
-            raise ValueError("points_per_side and points_per_batch must be positive")
-        if self.min_mask_region_area < 0:
-            raise ValueError("min_mask_region_area must be >= 0")
-        if self.prompt not in enum("segmentation", "amg", "prompt"):
-            raise ValueError(f"unknown AMG prompt {self.prompt!r}; use point or box")
         self.box_sizes = tuple(self.box_sizes)  # JSON gives a list
 
 
@@ -209,16 +255,6 @@ class AisParams:
     distance_smoothing: float
     min_size: int
     tiles_per_batch: int
-
-    def __post_init__(self) -> None:
-        for name in ("center_distance_threshold", "boundary_distance_threshold", "foreground_threshold"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"segmentation.ais.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("foreground_smoothing", "distance_smoothing", "min_size"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"segmentation.ais.{name} must be >= 0, got {getattr(self, name)}")
-        if self.tiles_per_batch < 1:
-            raise ValueError(f"segmentation.ais.tiles_per_batch must be at least 1, got {self.tiles_per_batch}")
 
     def postprocessing(self) -> dict[str, float | int]:
         """The settings that decide the labels (everything but the batch size): provenance and tables."""
@@ -275,12 +311,6 @@ class ClassicalParams:
     h: float  # h-maxima height of the distance transform (pixels)
     min_size: int  # objects of fewer pixels are dropped
     foreground: str  # auto | bright | dark
-
-    def __post_init__(self) -> None:
-        if self.sigma < 0 or self.h <= 0 or self.min_size < 0:
-            raise ValueError(f"classical baseline: need sigma >= 0, h > 0, min_size >= 0; got {self}")
-        if self.foreground not in enum("baseline", "params", "foreground"):
-            raise ValueError(f"classical baseline: unknown foreground {self.foreground!r}")
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tilesam import config as schema
+from tilesam import paths
 from tilesam.data import synthetic
 from tilesam.data.datasets import DatasetError, ImageRecord, images_of
-from tilesam.models.spec import model_id, resolve_spec, weights_file
+from tilesam.models.spec import model_id, resolve_spec
+from tilesam.resources import Resources
 from tilesam.tiling import TileGrid
 
 log = logging.getLogger("tilesam")  # not warnings.warn: Snakemake hides warnings while it reads the Snakefile
@@ -31,31 +32,6 @@ class PlanError(ValueError):
     """The config asks for something that cannot be planned; the message names the key."""
 
 
-@dataclass(frozen=True)
-class ModelMemory:
-    """Host memory (MB) to load a model and run it, and encoder activations per tile in a batch.
-
-    Measured on CPU (benchmarks/encoder_speed.py): vit_b peaks at 3.8 GB with one tile per
-    batch and 11.2 GB with four (about 2.5 GB a tile), LiteMedSAM (256 px input) at about 2 GB;
-    the others follow their size.
-    """
-
-    load_mb: int
-    per_tile_mb: int
-
-
-MODEL_MEMORY = {
-    "vit_h": ModelMemory(8000, 2500),
-    "vit_l": ModelMemory(6000, 2500),
-    "vit_b": ModelMemory(4000, 2500),
-    "vit_t": ModelMemory(4000, 300),
-    "lite_medsam_tinyvit": ModelMemory(4000, 300),
-}
-# A checkpoint file's architecture is not read at planning time (that needs torch): its size
-# tells it (vit_h ~2.5 GB, vit_l ~1.2 GB, vit_b ~375 MB, TinyViT ~40 MB).
-_SIZE_ARCHITECTURE = ((2_000_000_000, "vit_h"), (1_000_000_000, "vit_l"), (200_000_000, "vit_b"), (0, "vit_t"))
-
-
 def finetuned_name(base: str, dataset: str) -> str:
     return f"{base}{FINETUNED_MARK}{dataset}"
 
@@ -64,17 +40,6 @@ def split_finetuned(spec: str, datasets: dict) -> tuple[str, str] | None:
     """(base, dataset) of a model named `<base>-ft-<dataset>` for a dataset of the config, else None."""
     base, sep, dataset = spec.rpartition(FINETUNED_MARK)
     return (base, dataset) if sep and dataset in datasets else None
-
-
-def architecture_of(spec: str) -> str:
-    """A resolved spec's architecture: the registry's card, or guessed from a checkpoint's size."""
-    weights = weights_file(spec)
-    if weights is not None and weights.is_file():
-        size = weights.stat().st_size
-        return next(arch for floor, arch in _SIZE_ARCHITECTURE if size >= floor)
-    from tilesam.models.registry import resolve
-
-    return resolve(spec).architecture
 
 
 def _add_model(models: list[str], specs: dict[str, str], spec: str) -> str | None:
@@ -113,31 +78,35 @@ class Plan:
     models_of: dict[str, list[str]]  # dataset -> model ids
     specs: dict[str, str]  # model id -> resolved spec (registry name or checkpoint path)
     finetuned: dict[str, tuple[str, str]]  # model id -> (base id, training dataset)
-    user_config: dict[str, Any] | None = None  # the config before validation filled in defaults
+    written: dict[str, Any] = field(default_factory=dict)  # the config as written (defaults not filled in)
     tiling: schema.Tiling = field(init=False)
-    amg: schema.AmgParams = field(init=False)
+    resources: Resources = field(init=False)
 
     def __post_init__(self) -> None:
         try:
             self.tiling = schema.build(schema.Tiling, self.config["segmentation"])
         except ValueError as err:  # e.g. a halo larger than the tile: said before any job runs
             raise PlanError(f"config error: {err}") from err
-        self.amg = schema.build(schema.AmgParams, self.config["segmentation"]["amg"])
+        self.resources = Resources(self)
 
     # --- building -------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: dict[str, Any], base: str | Path = ".", user_config: dict | None = None) -> Plan:
-        """Plan a validated config (defaults filled in). Public datasets are fetched here.
+    def from_config(cls, written: dict[str, Any], base: str | Path = ".") -> Plan:
+        """Plan a config as written: checked by the schema, its defaults filled in (`plan.config`).
 
-        `user_config` is the config as written, before validation filled in the schema's
-        defaults: a model card's AIS defaults apply to the keys it does not set. Without it,
-        every `segmentation.ais` key counts as set.
+        A model card's own settings apply to the keys the config does not set. Public datasets
+        are fetched here.
         """
+        try:
+            config = schema.complete(written)
+        except ValueError as err:
+            raise PlanError(str(err)) from err
         datasets = config["datasets"]
         images = {}
         for dataset, cfg in datasets.items():
             try:
-                for rec in images_of(dataset, cfg, base, offline=config["offline"] or None):
+                found = images_of(dataset, cfg, base, paths.SYNTHETIC_DIR, offline=config["offline"] or None)
+                for rec in found:
                     images[(dataset, rec.name)] = rec
             except DatasetError as err:
                 raise PlanError(f"config error: {err}") from err
@@ -164,7 +133,7 @@ class Plan:
             same = "is listed more than once" if entry == first_entry[mid] else f"is the same as {first_entry[mid]!r}"
             log.warning("models: %r %s (%s, id %s): planned once", entry, same, specs[mid], mid)
         config["compare"] = _compare_by_id(config["compare"], config["models"], specs, finetuned_ids)
-        plan = cls(config, images, models_of, specs, finetuned, user_config)
+        plan = cls(config, images, models_of, specs, finetuned, written)
         plan._check()
         return plan
 
@@ -198,11 +167,10 @@ class Plan:
         return self.record(dataset, image).labels is not None
 
     def grid(self, dataset: str, image: str) -> TileGrid:
-        return TileGrid(self.record(dataset, image).shape, self.tiling.tile_shape, self.tiling.halo)
+        return self.tiling.grid(self.record(dataset, image).shape)
 
     def n_blocks(self, dataset: str, image: str) -> int:
-        grid = self.grid(dataset, image)
-        return grid.n_blocks(self.tiling.block_size(grid.n_tiles))
+        return self.tiling.n_blocks(self.record(dataset, image).shape)
 
     def encoder_model(self, model: str) -> str:
         """The model whose embeddings `model` reads: a model finetuned with a frozen encoder, its base's.
@@ -216,14 +184,13 @@ class Plan:
 
     def embedding_stores(self, dataset: str, image: str, model: str) -> list[str]:
         owner = self.encoder_model(model)
-        return [
-            f"results/embeddings/{dataset}/{image}/{owner}/block{b}.zarr" for b in range(self.n_blocks(dataset, image))
-        ]
+        blocks = range(self.n_blocks(dataset, image))
+        return [paths.EMBEDDINGS.format(dataset=dataset, image=image, model=owner, block=b) for b in blocks]
 
     def block_stores(self, dataset: str, image: str, model: str, method: str) -> list[str]:
+        blocks = range(self.n_blocks(dataset, image))
         return [
-            f"results/segmentation/{dataset}/{image}/{model}/{method}/block{b}.zarr"
-            for b in range(self.n_blocks(dataset, image))
+            paths.SEGMENTS.format(dataset=dataset, image=image, model=model, method=method, block=b) for b in blocks
         ]
 
     # --- automatic segmentation methods per model ------------------------------------------
@@ -253,26 +220,20 @@ class Plan:
                 )
 
     def settings(self, model: str, method: str) -> dict[str, Any]:
-        """`segmentation.<method>` (amg or ais) for one model: the schema's defaults, then the model
-        card's own defaults for the method (a finetuned model: its base's), then the keys the
-        config sets. Without the config as written (`user_config`), every key counts as set.
-        """
-        section = {**schema.defaults("segmentation", method), **self.config["segmentation"].get(method, {})}
+        """`segmentation.<method>` for one model, in layers: the schema's defaults, the model card's own
+        for the method (a finetuned model: its base's), the keys the config as written sets."""
+        section = schema.defaults("segmentation", method)
         base = self.finetuned.get(model, (model, None))[0]
         own = getattr(_card(self.specs.get(base, base)), method, None) or {}
         if unknown := set(own) - set(section):
             raise PlanError(f"model card of {base!r}: unknown {method} defaults {sorted(unknown)}")
-        user = (self.user_config or {}).get("segmentation", {}).get(method)
-        set_by_user = set(section) if self.user_config is None else set(user or {})
-        return {**section, **{k: v for k, v in own.items() if k not in set_by_user}}
-
-    def ais_settings(self, model: str) -> dict[str, Any]:
-        return self.settings(model, "ais")
+        written = self.written.get("segmentation", {}).get(method) or {}
+        return {**section, **own, **written}
 
     def segment_config(self, model: str) -> dict[str, Any]:
-        """The config sections a model's segment jobs get (`--config`), AMG and AIS settings resolved for it."""
+        """The config sections a model's segment and search jobs get (`--config`), its methods' settings resolved."""
         segmentation = {**self.config["segmentation"], **{m: self.settings(model, m) for m in schema.SEGMENTERS}}
-        return {"segmentation": segmentation, "embeddings": self.config["embeddings"]}
+        return {"segmentation": segmentation, "embeddings": self.config["embeddings"], "stitch": self.config["stitch"]}
 
     # --- which datasets are scored ----------------------------------------------------------
     @property
@@ -304,7 +265,7 @@ class Plan:
     # --- outputs ----------------------------------------------------------------------------
     def evaluations(self) -> list[str]:
         return [
-            f"results/evaluation/{d}/{i}/{m}/{method}.json"
+            paths.EVALUATION.format(dataset=d, image=i, model=m, method=method)
             for d, i in self.scored()
             for m in self.models_of[d]
             for method in self.methods_of(m) + self.prompt_modes(d)
@@ -316,21 +277,24 @@ class Plan:
         chosen = [m for m in dict.fromkeys(paired) if m in self.models_of[dataset]]
         return chosen or self.models_of[dataset]
 
-    def qualitative_inputs(self, dataset: str) -> dict[str, Any]:
+    def qualitative(self, dataset: str) -> dict[str, Any]:
+        """The qualitative figure of a dataset's first scored image: every (model, method) row of its
+        table, the classical baseline last, each named `model (method)` as its panel's title."""
         image = next(i for d, i in self.scored() if d == dataset)
-        base = f"{dataset}/{image}"
+        rows = [(m, method) for m in self.qualitative_models(dataset) for method in self.methods_of(m)]
+        rows += [(CLASSICAL, CLASSICAL)] if self.classical else []
+        in_domain = set(self.in_domain_models(dataset))
         return {
-            "image": f"results/images/{base}.ome.zarr",
-            "gt": f"results/labels/{base}.ome.zarr",
-            "results": [
-                f"results/segmentation/{base}/{m}/{self.methods_of(m)[0]}/labels.ome.zarr"
-                for m in self.qualitative_models(dataset)
-            ],
+            "image": paths.IMAGE.format(dataset=dataset, image=image),
+            "gt": paths.LABELS.format(dataset=dataset, image=image),
+            "results": [paths.STITCHED.format(dataset=dataset, image=image, model=m, method=x) for m, x in rows],
+            "names": [f"{m} ({x})" for m, x in rows],
+            "in_domain": [f"{m} ({x})" for m, x in rows if m in in_domain],
         }
 
     def all_outputs(self) -> list[str]:
         stitched = [
-            f"results/segmentation/{d}/{i}/{m}/{method}/labels.ome.zarr"
+            paths.STITCHED.format(dataset=d, image=i, model=m, method=method)
             for (d, i) in sorted(self.images)
             if not self.is_tuning(d)
             for m in self.models_of[d]
@@ -341,9 +305,9 @@ class Plan:
         labelled = sorted({d for d, _ in self.scored()})
         return [
             *stitched,
-            "results/benchmark/table.csv",
-            "results/benchmark/table.md",
-            *(f"results/benchmark/qualitative_{d}.png" for d in labelled),
+            paths.TABLE,
+            paths.TABLE_MD,
+            *(paths.QUALITATIVE.format(dataset=d) for d in labelled),
         ]
 
     # --- the parameter searches (AMG thresholds, AIS post-processing) -------------------------
@@ -351,7 +315,7 @@ class Plan:
         """The method's validation search table, which sets its parameters on every other dataset."""
         if method not in self.search_datasets or self.is_tuning(dataset):
             return []
-        return [f"results/benchmark/{method}_search/{model}.csv"]
+        return [paths.SEARCH.format(method=method, model=model)]
 
     def search_images(self, model: str, method: str = "amg") -> list[dict[str, Any]]:
         """Per validation image of the method's search: its image, ground truth and embedding stores."""
@@ -360,8 +324,8 @@ class Plan:
             return []
         return [
             {
-                "image": f"results/images/{dataset}/{r.name}.ome.zarr",
-                "gt": f"results/labels/{dataset}/{r.name}.ome.zarr",
+                "image": paths.IMAGE.format(dataset=dataset, image=r.name),
+                "gt": paths.LABELS.format(dataset=dataset, image=r.name),
                 "embeddings": self.embedding_stores(dataset, r.name, model),
             }
             for r in self.records(dataset)
@@ -404,13 +368,15 @@ class Plan:
         """The baseline's evaluation of every scored image (model and method `classical`)."""
         if not self.classical:
             return []
-        return [f"results/evaluation/{d}/{i}/{CLASSICAL}/{CLASSICAL}.json" for d, i in self.scored()]
+        return [
+            paths.EVALUATION.format(dataset=d, image=i, model=CLASSICAL, method=CLASSICAL) for d, i in self.scored()
+        ]
 
     def classical_search_result(self, dataset: str) -> list[str]:
         """The baseline's search table, which sets sigma and h of every scored dataset."""
         if self.classical_search_dataset is None or self.is_tuning(dataset):
             return []
-        return ["results/benchmark/classical_search.csv"]
+        return [paths.CLASSICAL_SEARCH]
 
     def classical_search_images(self) -> list[dict[str, str]]:
         """Per validation image of the baseline's search: the imported image and ground truth."""
@@ -419,18 +385,11 @@ class Plan:
             return []
         return [
             {
-                "image": f"results/images/{dataset}/{r.name}.ome.zarr",
-                "gt": f"results/labels/{dataset}/{r.name}.ome.zarr",
+                "image": paths.IMAGE.format(dataset=dataset, image=r.name),
+                "gt": paths.LABELS.format(dataset=dataset, image=r.name),
             }
             for r in self.records(dataset)
         ]
-
-    def classical_qualitative(self, dataset: str) -> list[str]:
-        """The baseline's labels of the image the qualitative figure shows (none when it is off)."""
-        if not self.classical:
-            return []
-        image = next(i for d, i in self.scored() if d == dataset)
-        return [f"results/segmentation/{dataset}/{image}/{CLASSICAL}/{CLASSICAL}/labels.ome.zarr"]
 
     # --- in_domain: models scored on data they were trained on -------------------------------
     def dataset_identity(self, dataset: str) -> str:
@@ -489,76 +448,8 @@ class Plan:
             "labels": [r.labels for r in train],
             "val_images": [r.image for r in val],
             "val_labels": [r.labels for r in val],
-            "model": f"resources/models/{base}.json",
+            "model": paths.MODEL_RECORD.format(model=base),
         }
-
-    # --- resources: memory (MB) and wall time (minutes), doubled per retry -----------------------
-    def memory(self, model: str) -> ModelMemory:
-        base = self.finetuned.get(model, (model, None))[0]
-        return MODEL_MEMORY[architecture_of(self.specs[base])]
-
-    def _window_mpx(self) -> float:
-        """Megapixels of one tile plus its halo: what the encoder sees per tile."""
-        (ty, tx), (hy, hx) = self.tiling.tile_shape, self.tiling.halo
-        return (ty + 2 * hy) * (tx + 2 * hx) / 1e6
-
-    def image_mpx(self, dataset: str, image: str) -> float:
-        return math.prod(self.record(dataset, image).shape) / 1e6
-
-    def mem_mb_embed(self, model: str, attempt: int = 1) -> int:
-        """Model + a batch of encoder activations + the windows of the block being read."""
-        memory = self.memory(model)
-        block_mpx = self.tiling.tiles_per_block * self._window_mpx()
-        batch = self.config["embeddings"]["batch_size"]
-        batch = 1 if batch == "auto" else int(batch)  # auto: 1 on a CPU; a GPU batch lives in GPU memory
-        return int((memory.load_mb + memory.per_tile_mb * batch + 50 * block_mpx) * attempt)
-
-    def runtime_embed(self, attempt: int = 1) -> int:
-        """Start-up plus 2 minutes per tile (a GPU needs far less, a CPU about that)."""
-        return int((10 + 2 * self.tiling.tiles_per_block) * attempt)
-
-    def mem_mb_segment(self, model: str, attempt: int = 1, method: str = "amg") -> int:
-        """AMG: model + one batch of candidate masks at window resolution + the kept masks.
-
-        AIS: model + decoder + its activations per tile of a batch (the decoder's last layers run at
-        1024 x 1024 with 64 channels: ~2 GB a tile; a one-tile LiteMedSAM job peaked at 3.4 GB on CPU)
-        + the maps and watershed of one window.
-        """
-        if method == "ais":
-            batch = self.ais_settings(model)["tiles_per_batch"]
-            return int((self.memory(model).load_mb + 500 + 2000 * batch + 200 * self._window_mpx()) * attempt)
-        amg = schema.build(schema.AmgParams, self.settings(model, "amg"))
-        masks_mb = 20 * amg.points_per_batch * self._window_mpx()
-        return int((self.memory(model).load_mb + masks_mb + 1000 * self._window_mpx()) * attempt)
-
-    def runtime_segment(self, attempt: int = 1, model: str | None = None) -> int:
-        """Start-up plus 2 minutes per tile at 32 x 32 points; the point grid sets the cost (AIS costs less)."""
-        amg = schema.build(schema.AmgParams, self.settings(model, "amg")) if model else self.amg
-        points = (amg.points_per_side / 32) ** 2
-        return int((10 + 2 * self.tiling.tiles_per_block * max(points, 0.25)) * attempt)
-
-    def mem_mb_prompts(self, dataset: str, image: str, model: str, attempt: int = 1) -> int:
-        """Model + the image's labels once per iteration (8 of them when iterative) + scoring."""
-        return int((self.memory(model).load_mb + 60 * self.image_mpx(dataset, image)) * attempt)
-
-    def mem_mb_image(self, dataset: str, image: str, attempt: int = 1) -> int:
-        """Jobs that hold a whole image (import, stitch, evaluate): 32 bytes a pixel."""
-        return int((2000 + 32 * self.image_mpx(dataset, image)) * attempt)
-
-    def runtime_image(self, dataset: str, image: str, attempt: int = 1) -> int:
-        """10 minutes plus one per 10 megapixels."""
-        return int((10 + self.image_mpx(dataset, image) / 10) * attempt)
-
-    def mem_mb_finetune(self, base: str, n_images: int, attempt: int = 1) -> int:
-        """Model, optimizer state and activations, plus 4 MB per cached image embedding."""
-        variants = self.config["finetune"]["augment_variants"]
-        return int((2 * self.memory(base).load_mb + 4 * variants * n_images) * attempt)
-
-    def runtime_finetune(self, attempt: int = 1) -> int:
-        """CPU-sized: about half a second per object and prompting pass."""
-        ft = self.config["finetune"]
-        passes = ft["objects_per_image"] * ft["sub_iterations"]
-        return int((30 + ft["iterations"] * passes * 0.6 / 60) * attempt)
 
 
 def dataset_key(name: str) -> str:

@@ -114,7 +114,7 @@ def test_stitched_segmentation_is_valid_and_points_at_its_image(tmp_path, case):
             root.create_array(f"t{i}", data=read(tile))
         blocks.append(str(tmp_path / f"blocks/b{b}.zarr"))
     out = tmp_path / "results/segmentation/d/a/model/amg/labels.ome.zarr"
-    jobs.stitch(image, blocks, out, tiling=tiling, params=StitchParams(workers=1))
+    jobs.stitch(image=image, blocks=blocks, out=out, tiling=tiling, params=StitchParams(workers=1))
     _assert_source_resolves(out, image)
     assert ome.open_level0(out).shape == info.shape
 

@@ -324,10 +324,12 @@ def test_masks_to_labels_on_real_masks(lite_case):
 
 
 def test_params_reject_nonsense():
-    with pytest.raises(ValueError):
-        AmgParams(points_per_side=0)
-    with pytest.raises(ValueError):
-        AmgParams(min_mask_region_area=-1)
-    with pytest.raises(ValueError, match="unknown AMG prompt 'lasso'"):
-        AmgParams(prompt="lasso")
+    from tilesam.config import build
+
+    with pytest.raises(ValueError, match="points_per_side"):
+        build(AmgParams, {"points_per_side": 0})
+    with pytest.raises(ValueError, match="min_mask_region_area"):
+        build(AmgParams, {"min_mask_region_area": -1})
+    with pytest.raises(ValueError, match="segmentation.amg.prompt: 'lasso' is not one of"):
+        build(AmgParams, {"prompt": "lasso"})
     assert AmgParams(prompt="box", box_sizes=[0.1]).box_sizes == (0.1,)  # as JSON gives it

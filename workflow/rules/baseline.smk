@@ -7,20 +7,20 @@ ruleorder: classical_segment > segment
 rule classical_foreground:
     """The whole image's Otsu threshold and foreground side (one histogram pass over its chunks)."""
     input:
-        "results/images/{dataset}/{image}.ome.zarr",
+        image=paths.IMAGE,
     output:
-        "results/segmentation/{dataset}/{image}/classical/foreground.json",
+        paths.FOREGROUND,
     log:
         "logs/classical_foreground/{dataset}/{image}.log",
     conda:
         "../envs/tilesam.yaml"
     resources:
-        mem_mb=mem_mb_image,
-        runtime=runtime_image,
+        mem_mb=image_mb,
+        runtime=image_minutes,
     params:
         config=sections("baseline"),
     shell:
-        "tilesam classical-foreground --image {input:q} --config {params.config:q} --out {output:q} 2> {log:q}"
+        tilesam("classical-foreground")
 
 
 rule classical_search:
@@ -33,7 +33,7 @@ rule classical_search:
         ],
     output:
         report(
-            "results/benchmark/classical_search.csv",
+            paths.CLASSICAL_SEARCH,
             caption="../report/classical_search.rst",
             category="Benchmark",
         ),
@@ -44,24 +44,24 @@ rule classical_search:
     conda:
         "../envs/tilesam.yaml"
     resources:
-        mem_mb=lambda w, attempt: int(4000 * attempt),
-        runtime=lambda w, attempt: int(60 * attempt),
+        mem_mb=lambda w, attempt: RES.classical_search_mb(attempt),
+        runtime=lambda w, attempt: RES.classical_search_minutes(attempt),
     params:
         images=lambda w: json.dumps(PLAN.classical_search_images()),
         config=sections("segmentation", "stitch", "baseline"),
     shell:
-        "tilesam classical-search --images {params.images:q} --config {params.config:q} --out {output:q} 2> {log:q}"
+        tilesam("classical-search")
 
 
 rule classical_segment:
     """The classical baseline on one block of tiles (tile + halo each), for the stitcher."""
     input:
-        image="results/images/{dataset}/{image}.ome.zarr",
-        threshold="results/segmentation/{dataset}/{image}/classical/foreground.json",
+        image=paths.IMAGE,
+        threshold=paths.FOREGROUND,
         search=lambda w: PLAN.classical_search_result(w.dataset),
     output:
         directory(
-            "results/segmentation/{dataset}/{image}/classical/classical/block{block}.zarr"
+            paths.SEGMENTS.replace("{model}/{method}", f"{CLASSICAL}/{CLASSICAL}")
         ),
     log:
         "logs/classical_segment/{dataset}/{image}/block{block}.log",
@@ -70,11 +70,9 @@ rule classical_segment:
     conda:
         "../envs/tilesam.yaml"
     resources:
-        mem_mb=lambda w, attempt: int(1500 * attempt),
-        runtime=lambda w, attempt: PLAN.runtime_image(w.dataset, w.image, attempt),
+        mem_mb=lambda w, attempt: RES.classical_block_mb(attempt),
+        runtime=image_minutes,
     params:
         config=sections("segmentation", "baseline"),
-        search=lambda w, input: ["--search", input.search] if input.search else [],
     shell:
-        "tilesam classical-segment --image {input.image:q} --threshold {input.threshold:q} "
-        "--block {wildcards.block} {params.search:q} --config {params.config:q} --out {output:q} 2> {log:q}"
+        tilesam("classical-segment")

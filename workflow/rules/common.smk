@@ -1,20 +1,27 @@
-# Wiring only: the plan (tilesam.plan) decides which images, models, blocks and outputs exist
-# and what each job needs; the input functions here ask it. Built when the workflow starts,
-# so a bad config fails before any job.
+# Wiring only: the plan (tilesam.plan) decides which images, models, blocks and outputs exist and
+# what each job needs; the input functions here ask it. Built when the workflow starts, so a bad
+# config fails before any job. Paths come from tilesam.paths, commands from tilesam.jobs.
 import json
 import os
 import sys
 
 from snakemake.exceptions import WorkflowError
 
+from tilesam import paths
 from tilesam.config import PROMPT_MODES, SEGMENTERS
 from tilesam.device import gpus_for
+from tilesam.jobs import JOBS
 from tilesam.plan import CLASSICAL, Plan, PlanError
+from tilesam.relay import shell as job_shell  # not `shell`: the rules use Snakemake's
 
 try:
-    PLAN = Plan.from_config(config, user_config=USER_CONFIG)
+    PLAN = Plan.from_config(
+        config
+    )  # the config as written: the plan checks it and fills in defaults
 except PlanError as err:
     raise WorkflowError(str(err))
+config.update(PLAN.config)
+RES = PLAN.resources
 
 # --sdm conda: workflow/envs/tilesam.yaml installs tilesam from ${TILESAM_SOURCE}: Snakemake copies
 # env files to .snakemake/conda/ first, so only an absolute path from the environment reaches it.
@@ -31,6 +38,11 @@ wildcard_constraints:
     model="[^/]+",
     method="[^/]+",
     block=r"\d+",
+
+
+def tilesam(job):
+    """The shell command of a rule that runs `tilesam <job>` (built from the job's signature)."""
+    return job_shell(job, JOBS[job])
 
 
 def sections(*names):
@@ -66,9 +78,9 @@ def embedding_stores(w):
     return PLAN.embedding_stores(w.dataset, w.image, w.model)
 
 
-def mem_mb_image(w, attempt):
-    return PLAN.mem_mb_image(w.dataset, w.image, attempt)
+def image_mb(w, attempt):
+    return RES.image_mb(w.dataset, w.image, attempt)
 
 
-def runtime_image(w, attempt):
-    return PLAN.runtime_image(w.dataset, w.image, attempt)
+def image_minutes(w, attempt):
+    return RES.image_minutes(w.dataset, w.image, attempt)

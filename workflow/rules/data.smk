@@ -1,14 +1,14 @@
 rule make_synthetic:
     """tilesam's own demo image with exact ground truth (deterministic)."""
     output:
-        image="results/synthetic/{dataset}/images/{image}.tif",
-        labels="results/synthetic/{dataset}/labels/{image}.tif",
+        image=paths.SYNTHETIC_IMAGE,
+        labels=paths.SYNTHETIC_LABELS,
     log:
         "logs/make_synthetic/{dataset}/{image}.log",
     conda:
         "../envs/tilesam.yaml"
     shell:
-        "tilesam synthetic {wildcards.image:q} {output.image:q} {output.labels:q} 2> {log:q}"
+        tilesam("synthetic")
 
 
 rule import_image:
@@ -16,7 +16,7 @@ rule import_image:
     input:
         lambda w: record(w).image,
     output:
-        directory("results/images/{dataset}/{image}.ome.zarr"),
+        directory(paths.IMAGE),
     log:
         "logs/import_image/{dataset}/{image}.log",
     benchmark:
@@ -24,32 +24,31 @@ rule import_image:
     conda:
         "../envs/tilesam.yaml"
     resources:
-        mem_mb=mem_mb_image,
-        runtime=runtime_image,
+        mem_mb=image_mb,
+        runtime=image_minutes,
     params:
         ndim=lambda w: record(w).ndim,
-        key=lambda w: ["--key", record(w).key] if record(w).key else [],
+        key=lambda w: record(w).key or "",
         config=sections("segmentation"),
     shell:
-        "tilesam import-image {input:q} {output:q} --ndim {params.ndim} {params.key:q} "
-        "--config {params.config:q} 2> {log:q}"
+        tilesam("import-image")
 
 
 rule import_labels:
     """Ground truth -> OME-Zarr; an error if it does not match its image."""
     input:
         labels=lambda w: record(w).labels,
-        image="results/images/{dataset}/{image}.ome.zarr",
+        image=paths.IMAGE,
     output:
-        directory("results/labels/{dataset}/{image}.ome.zarr"),
+        directory(paths.LABELS),
     log:
         "logs/import_labels/{dataset}/{image}.log",
     conda:
         "../envs/tilesam.yaml"
     resources:
-        mem_mb=mem_mb_image,
-        runtime=runtime_image,
+        mem_mb=image_mb,
+        runtime=image_minutes,
     params:
-        key=lambda w: ["--key", record(w).key] if record(w).key else [],
+        key=lambda w: record(w).key or "",
     shell:
-        "tilesam import-labels {input.labels:q} {output:q} --image {input.image:q} {params.key:q} 2> {log:q}"
+        tilesam("import-labels")

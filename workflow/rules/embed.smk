@@ -1,12 +1,10 @@
 rule embed:
     """Image-encoder embeddings of one block of tiles (resumes an interrupted block)."""
     input:
-        image="results/images/{dataset}/{image}.ome.zarr",
-        model="resources/models/{model}.json",
+        image=paths.IMAGE,
+        model=paths.MODEL_RECORD,
     output:
-        embeddings_output(
-            "results/embeddings/{dataset}/{image}/{model}/block{block}.zarr"
-        ),
+        embeddings_output(paths.EMBEDDINGS),
     log:
         "logs/embed/{dataset}/{image}/{model}/block{block}.log",
     benchmark:
@@ -18,12 +16,10 @@ rule embed:
     threads: model_threads()
     resources:
         gpu=GPUS,
-        mem_mb=lambda w, attempt: PLAN.mem_mb_embed(w.model, attempt),
-        runtime=lambda w, attempt: PLAN.runtime_embed(attempt),
+        mem_mb=lambda w, attempt: RES.embed_mb(w.model, attempt),
+        runtime=lambda w, attempt: RES.embed_minutes(attempt),
     params:
         config=sections("segmentation", "embeddings"),
         device=config["device"],
     shell:
-        "tilesam embed --image {input.image:q} --model {input.model:q} --block {wildcards.block} "
-        "--config {params.config:q} --device {params.device:q} --threads {threads} --mem-mb {resources.mem_mb} "
-        "--out {output:q} 2> {log:q}"
+        tilesam("embed")

@@ -10,8 +10,8 @@ rule finetune:
     input:
         unpack(lambda w: PLAN.finetune_inputs(w.dataset, w.base)),
     output:
-        checkpoint="results/finetuned/{dataset}/{base}.pth",
-        card="results/finetuned/{dataset}/{base}.json",
+        checkpoint=paths.FINETUNED,
+        card=paths.FINETUNED_CARD,
     log:
         "logs/finetune/{dataset}/{base}.log",
     benchmark:
@@ -23,34 +23,30 @@ rule finetune:
     threads: model_threads()
     resources:
         gpu=GPUS,
-        mem_mb=lambda w, input, attempt: PLAN.mem_mb_finetune(
+        mem_mb=lambda w, input, attempt: RES.finetune_mb(
             w.base, len(input.images) + len(input.val_images), attempt
         ),
-        runtime=lambda w, attempt: PLAN.runtime_finetune(attempt),
+        runtime=lambda w, attempt: RES.finetune_minutes(attempt),
     params:
         spec=lambda w: PLAN.specs[w.base],
         name="{base}-ft-{dataset}",
-        val=lambda w, input: (
-            ["--val-images", *input.val_images, "--val-labels", *input.val_labels]
-            if input.val_images
-            else []
-        ),
+        val_fraction=config["finetune"]["val_fraction"],
         config=sections("finetune"),
         device=config["device"],
-        trust="--trust-pickle" if config["trust_pickle"] else "",
+        no_progress="--no-progress",
+        trust_pickle="--trust-pickle" if config["trust_pickle"] else "",
     shell:
-        "tilesam finetune --model {params.spec:q} --images {input.images:q} "
-        "--labels {input.labels:q} {params.val:q} --out {output.checkpoint:q} --name {params.name:q} "
-        "--dataset {wildcards.dataset:q} --config {params.config:q} --device {params.device:q} "
-        "--threads {threads} --no-progress {params.trust} 2> {log:q}"
+        tilesam("finetune")
 
 
 rule finetuned_model:
     """The record of a finetuned model, after checking its checkpoint against its card."""
     input:
-        card=lambda w: "results/finetuned/{1}/{0}.json".format(*PLAN.finetuned[w.model]),
+        card=lambda w: paths.FINETUNED_CARD.format(
+            base=PLAN.finetuned[w.model][0], dataset=PLAN.finetuned[w.model][1]
+        ),
     output:
-        "resources/models/{model}.json",
+        paths.MODEL_RECORD,
     log:
         "logs/finetuned_model/{model}.log",
     wildcard_constraints:

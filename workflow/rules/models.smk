@@ -5,7 +5,7 @@ rule fetch_model:
     `trust_pickle` for the user's own files, so every job that loads the model follows it.
     """
     output:
-        "resources/models/{model}.json",
+        paths.MODEL_RECORD,
     log:
         "logs/fetch_model/{model}.log",
     localrule: True

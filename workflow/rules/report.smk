@@ -4,26 +4,26 @@ rule benchmark_table:
         PLAN.evaluations() + PLAN.classical_evaluations(),
     output:
         table=report(
-            "results/benchmark/table.csv",
+            paths.TABLE,
             caption="../report/table.rst",
             category="Benchmark",
         ),
-        markdown="results/benchmark/table.md",
-        per_image="results/benchmark/per_image.csv",
-        iterations="results/benchmark/iterations.csv",
+        markdown=paths.TABLE_MD,
+        per_image=f"{paths.BENCHMARK}/per_image.csv",
+        iterations=f"{paths.BENCHMARK}/iterations.csv",
         comparison=report(
-            "results/benchmark/comparison.csv",
+            f"{paths.BENCHMARK}/comparison.csv",
             caption="../report/comparison.rst",
             category="Benchmark",
         ),
-        comparison_md="results/benchmark/comparison.md",
+        comparison_md=f"{paths.BENCHMARK}/comparison.md",
         bars=report(
-            "results/benchmark/msa_bars.png",
+            f"{paths.BENCHMARK}/msa_bars.png",
             caption="../report/msa_bars.rst",
             category="Figures",
         ),
         curves=report(
-            "results/benchmark/msa_iterations.png",
+            f"{paths.BENCHMARK}/msa_iterations.png",
             caption="../report/msa_iterations.rst",
             category="Figures",
         ),
@@ -32,21 +32,26 @@ rule benchmark_table:
     conda:
         "../envs/tilesam.yaml"
     params:
+        out_dir=paths.BENCHMARK,
         compare=json.dumps(config["compare"]),
         in_domain=json.dumps(PLAN.in_domain()),
     shell:
-        "tilesam benchmark {input:q} --out-dir results/benchmark --compare {params.compare:q} "
-        "--in-domain {params.in_domain:q} 2> {log:q}"
+        tilesam("benchmark")
 
 
 rule qualitative_figure:
-    """Image, ground truth and each model's automatic segmentation on the same crop."""
+    """Image, ground truth and every (model, method) row's automatic segmentation on the same crop."""
     input:
-        unpack(lambda w: PLAN.qualitative_inputs(w.dataset)),
-        baseline=lambda w: PLAN.classical_qualitative(w.dataset),
+        unpack(
+            lambda w: {
+                k: v
+                for k, v in PLAN.qualitative(w.dataset).items()
+                if k in ("image", "gt", "results")
+            }
+        ),
     output:
         report(
-            "results/benchmark/qualitative_{dataset}.png",
+            paths.QUALITATIVE,
             caption="../report/qualitative.rst",
             category="Figures",
         ),
@@ -55,9 +60,8 @@ rule qualitative_figure:
     conda:
         "../envs/tilesam.yaml"
     params:
-        names=lambda w: PLAN.qualitative_models(w.dataset),
-        baseline=lambda w, input: [CLASSICAL] if input.baseline else [],
-        in_domain=lambda w: PLAN.in_domain_models(w.dataset),
+        names=lambda w: PLAN.qualitative(w.dataset)["names"],
+        in_domain=lambda w: PLAN.qualitative(w.dataset)["in_domain"],
+        title=lambda w: w.dataset,
     shell:
-        "tilesam figure --image {input.image:q} --gt {input.gt:q} --results {input.results:q} {input.baseline:q} "
-        "--names {params.names:q} {params.baseline:q} --in-domain {params.in_domain:q} --title {wildcards.dataset:q} --out {output:q} 2> {log:q}"
+        tilesam("figure")

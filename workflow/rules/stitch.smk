@@ -1,12 +1,10 @@
 rule stitch:
     """Per-tile labels of all blocks -> one consistent label image (OME-Zarr labels)."""
     input:
-        image="results/images/{dataset}/{image}.ome.zarr",
+        image=paths.IMAGE,
         blocks=block_stores,
     output:
-        directory(
-            "results/segmentation/{dataset}/{image}/{model}/{method}/labels.ome.zarr"
-        ),
+        directory(paths.STITCHED),
     log:
         "logs/stitch/{dataset}/{image}/{model}/{method}.log",
     benchmark:
@@ -14,10 +12,9 @@ rule stitch:
     conda:
         "../envs/tilesam.yaml"
     resources:
-        mem_mb=mem_mb_image,
-        runtime=runtime_image,
+        mem_mb=image_mb,
+        runtime=image_minutes,
     params:
         config=sections("segmentation", "stitch"),
     shell:
-        "tilesam stitch --image {input.image:q} --blocks {input.blocks:q} "
-        "--config {params.config:q} --out {output:q} 2> {log:q}"
+        tilesam("stitch")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +184,19 @@ class SearchImage:
     gt: np.ndarray
 
 
+def search_image(image: str | Path, gt: str | Path, grid: TileGrid, side: str) -> SearchImage:
+    """A validation image of the search: its windows read on demand, its ground truth in memory."""
+    from tilesam.data import io, ome
+    from tilesam.data.datasets import stem
+
+    info, pixels = io.read_info(image), ome.open_level0(image)
+
+    def window_of(tile: Tile) -> np.ndarray:
+        return io.read_window(pixels, tile.window_slices(), info.channels)
+
+    return SearchImage(stem(image), grid, window_of, image_foreground(image, side), ome.open_level0(gt)[...])
+
+
 def _settings(grid: ClassicalGrid) -> Iterator[tuple[float, list[float]]]:
     for sigma in sorted(set(grid.sigma_values)):
         yield sigma, sorted(set(grid.h_values))
@@ -216,9 +229,3 @@ def search_classical(
     table = pd.DataFrame(rows).groupby(["sigma", "h"], as_index=False)["mSA"].mean()
     order = np.lexsort((table["h"].to_numpy(), table["sigma"].to_numpy(), -table["mSA"].to_numpy()))
     return table.iloc[order].reset_index(drop=True)
-
-
-def searched(params: ClassicalParams, search_csv: str | Path) -> ClassicalParams:
-    """`params` with the best sigma and h of the validation search (its CSV is best first)."""
-    best = pd.read_csv(search_csv).iloc[0]
-    return replace(params, sigma=float(best["sigma"]), h=float(best["h"]))

@@ -1,0 +1,146 @@
+"""What each job asks its executor for: memory (MB) and wall time (minutes), doubled per retry.
+
+One home for every rule's requests, so that a block size, a model or a method that changes a
+job's cost changes its request with it. The numbers are measured on CPU (benchmarks/encoder_speed.py
+and the jobs' Snakemake benchmark files); a GPU job needs less host memory and far less time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tilesam import config as schema
+from tilesam.models.spec import weights_file
+
+if TYPE_CHECKING:
+    from tilesam.plan import Plan
+
+
+@dataclass(frozen=True)
+class ModelMemory:
+    """Host memory (MB) to load a model and run it, and encoder activations per tile in a batch.
+
+    Measured on CPU (benchmarks/encoder_speed.py): vit_b peaks at 3.8 GB with one tile per
+    batch and 11.2 GB with four (about 2.5 GB a tile), LiteMedSAM (256 px input) at about 2 GB;
+    the others follow their size.
+    """
+
+    load_mb: int
+    per_tile_mb: int
+
+
+MODEL_MEMORY = {
+    "vit_h": ModelMemory(8000, 2500),
+    "vit_l": ModelMemory(6000, 2500),
+    "vit_b": ModelMemory(4000, 2500),
+    "vit_t": ModelMemory(4000, 300),
+    "lite_medsam_tinyvit": ModelMemory(4000, 300),
+}
+# A checkpoint file's architecture is not read at planning time (that needs torch): its size
+# tells it (vit_h ~2.5 GB, vit_l ~1.2 GB, vit_b ~375 MB, TinyViT ~40 MB).
+_SIZE_ARCHITECTURE = ((2_000_000_000, "vit_h"), (1_000_000_000, "vit_l"), (200_000_000, "vit_b"), (0, "vit_t"))
+SEARCH_MB, SEARCH_MINUTES = 6000, 120  # a parameter search holds its validation images' embeddings
+CLASSICAL_BLOCK_MB = 1500  # the classical baseline: one window's smoothing and watershed
+CLASSICAL_SEARCH_MB, CLASSICAL_SEARCH_MINUTES = 4000, 60
+
+
+def architecture_of(spec: str) -> str:
+    """A resolved spec's architecture: the registry's card, or guessed from a checkpoint's size."""
+    weights = weights_file(spec)
+    if weights is not None and weights.is_file():
+        size = weights.stat().st_size
+        return next(arch for floor, arch in _SIZE_ARCHITECTURE if size >= floor)
+    from tilesam.models.registry import resolve
+
+    return resolve(spec).architecture
+
+
+class Resources:
+    """The requests of every rule's job, from a plan (`PLAN.resources` in the rules)."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    def memory(self, model: str) -> ModelMemory:
+        base = self.plan.finetuned.get(model, (model, None))[0]
+        return MODEL_MEMORY[architecture_of(self.plan.specs[base])]
+
+    def _window_mpx(self) -> float:
+        """Megapixels of one tile plus its halo: what the encoder sees per tile."""
+        (ty, tx), (hy, hx) = self.plan.tiling.tile_shape, self.plan.tiling.halo
+        return (ty + 2 * hy) * (tx + 2 * hx) / 1e6
+
+    def image_mpx(self, dataset: str, image: str) -> float:
+        return math.prod(self.plan.record(dataset, image).shape) / 1e6
+
+    def embed_mb(self, model: str, attempt: int = 1) -> int:
+        """Model + a batch of encoder activations + the windows of the block being read."""
+        memory = self.memory(model)
+        block_mpx = self.plan.tiling.tiles_per_block * self._window_mpx()
+        batch = self.plan.config["embeddings"]["batch_size"]
+        batch = 1 if batch == "auto" else int(batch)  # auto: 1 on a CPU; a GPU batch lives in GPU memory
+        return int((memory.load_mb + memory.per_tile_mb * batch + 50 * block_mpx) * attempt)
+
+    def embed_minutes(self, attempt: int = 1) -> int:
+        """Start-up plus 2 minutes per tile (a GPU needs far less, a CPU about that)."""
+        return int((10 + 2 * self.plan.tiling.tiles_per_block) * attempt)
+
+    def segment_mb(self, model: str, method: str, attempt: int = 1) -> int:
+        """AMG: model + one batch of candidate masks at window resolution + the kept masks.
+
+        AIS: model + decoder + its activations per tile of a batch (the decoder's last layers run at
+        1024 x 1024 with 64 channels: ~2 GB a tile; a one-tile LiteMedSAM job peaked at 3.4 GB on CPU)
+        + the maps and watershed of one window.
+        """
+        if method == "ais":
+            batch = self.plan.settings(model, "ais")["tiles_per_batch"]
+            return int((self.memory(model).load_mb + 500 + 2000 * batch + 200 * self._window_mpx()) * attempt)
+        amg = schema.build(schema.AmgParams, self.plan.settings(model, "amg"))
+        masks_mb = 20 * amg.points_per_batch * self._window_mpx()
+        return int((self.memory(model).load_mb + masks_mb + 1000 * self._window_mpx()) * attempt)
+
+    def segment_minutes(self, model: str, attempt: int = 1) -> int:
+        """Start-up plus 2 minutes per tile at 32 x 32 points; the point grid sets the cost (AIS costs less)."""
+        amg = schema.build(schema.AmgParams, self.plan.settings(model, "amg"))
+        points = (amg.points_per_side / 32) ** 2
+        return int((10 + 2 * self.plan.tiling.tiles_per_block * max(points, 0.25)) * attempt)
+
+    def prompts_mb(self, dataset: str, image: str, model: str, attempt: int = 1) -> int:
+        """Model + the image's labels once per iteration (8 of them when iterative) + scoring."""
+        return int((self.memory(model).load_mb + 60 * self.image_mpx(dataset, image)) * attempt)
+
+    def image_mb(self, dataset: str, image: str, attempt: int = 1) -> int:
+        """Jobs that hold a whole image (import, stitch, evaluate): 32 bytes a pixel."""
+        return int((2000 + 32 * self.image_mpx(dataset, image)) * attempt)
+
+    def image_minutes(self, dataset: str, image: str, attempt: int = 1) -> int:
+        """10 minutes plus one per 10 megapixels."""
+        return int((10 + self.image_mpx(dataset, image) / 10) * attempt)
+
+    def search_mb(self, attempt: int = 1) -> int:
+        return SEARCH_MB * attempt
+
+    def search_minutes(self, attempt: int = 1) -> int:
+        return SEARCH_MINUTES * attempt
+
+    def classical_block_mb(self, attempt: int = 1) -> int:
+        return CLASSICAL_BLOCK_MB * attempt
+
+    def classical_search_mb(self, attempt: int = 1) -> int:
+        return CLASSICAL_SEARCH_MB * attempt
+
+    def classical_search_minutes(self, attempt: int = 1) -> int:
+        return CLASSICAL_SEARCH_MINUTES * attempt
+
+    def finetune_mb(self, base: str, n_images: int, attempt: int = 1) -> int:
+        """Model, optimizer state and activations, plus 4 MB per cached image embedding."""
+        variants = self.plan.config["finetune"]["augment_variants"]
+        return int((2 * self.memory(base).load_mb + 4 * variants * n_images) * attempt)
+
+    def finetune_minutes(self, attempt: int = 1) -> int:
+        """CPU-sized: about half a second per object and prompting pass."""
+        ft = self.plan.config["finetune"]
+        passes = ft["objects_per_image"] * ft["sub_iterations"]
+        return int((30 + ft["iterations"] * passes * 0.6 / 60) * attempt)
