@@ -18,7 +18,7 @@ from tilesam.relay import Json, parameters, shell
 def test_every_stage_setting_is_a_flag_and_the_flags_win_over_the_config_json():
     parser = cli.build_parser()
     args = parser.parse_args(
-        ["embed", "--image", "i", "--model", "m", "--block", "0", "--out", "o", "--halo", "8", "8"]
+        ["embed", "--image", "i", "--model", "m", "--spec", "s", "--block", "0", "--out", "o", "--halo", "8", "8"]
         + ["--config", json.dumps({"segmentation": {"tile_shape": [128, 128], "halo": [16, 16]}})]
     )
     params = {p.name: p for p in parameters(JOBS["embed"])}
@@ -33,7 +33,7 @@ def test_every_stage_setting_is_a_flag_and_the_flags_win_over_the_config_json():
 
 def test_a_setting_two_classes_share_is_prefixed_by_its_section():
     parser = cli.build_parser()
-    args = parser.parse_args(["search", "--model", "m", "--method", "amg", "--images", "[]", "--out", "o"]
+    args = parser.parse_args(["search", "--model", "m", "--spec", "s", "--method", "amg", "--images", "[]", "--out", "o"]
                              + ["--amg-pred-iou-thresh", "0.7", "--amg-search-pred-iou-thresh", "0.6", "0.8", "0.1"])  # fmt: skip
     params = {p.name: p for p in parameters(JOBS["search"])}
     assert cli._settings(args, params["amg"]).pred_iou_thresh == 0.7
@@ -141,7 +141,9 @@ def test_models_fetch_records_the_files_and_the_users_trust(tmp_path, monkeypatc
     assert str(mine) in err and "trust_pickle: true" in err and "weights_only" not in err and not record.exists()
     assert cli.main(["models", "fetch", str(mine), "--record", str(record), "--trust-pickle"]) == 0
     entry = json.loads(record.read_text())
-    assert entry["trust_pickle"] is True and entry["path"] == str(mine.resolve()) and entry["load"] == str(mine)
+    assert (
+        entry["trust_pickle"] is True and entry["path"] == str(mine.resolve()) and entry["load"] == str(mine.resolve())
+    )
     assert entry["id"] == "record" and entry["decoder"] is None
     assert entry["architecture"] == "lite_medsam_tinyvit" and entry["checksum"].startswith("sha256:")
     assert cli.main(["models", "fetch", "lite_medsam", "--record", str(record), "--trust-pickle"]) == 0

@@ -127,3 +127,14 @@ def test_ais_params_reject_out_of_range_values_naming_the_key():
     assert params.min_size == 100 and isinstance(params.min_size, int) and params.distance_smoothing == 2.0
     assert "tiles_per_batch" not in params.postprocessing() and params.postprocessing()["min_size"] == 100
     assert config.SEGMENTERS == ("amg", "ais") and config.AUTO_METHOD in config.METHODS
+
+
+def test_a_key_given_twice_in_a_config_file_is_an_error_naming_the_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "datasets:\n  a: {images: 'x/*.tif'}\n  b: {images: 'y/*.tif'}\n  a: {images: 'z/*.tif'}\nmodels: [vit_b]\n"
+    )
+    with pytest.raises(ValueError, match=r"config.yaml: line 4: 'a' is given twice"):
+        config.check_file(path)
+    path.write_text("datasets:\n  a: {images: 'x/*.tif'}\nmodels: [vit_b, vit_b_lm]\n")
+    config.check_file(path)

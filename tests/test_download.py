@@ -19,8 +19,10 @@ from tilesam.download import (
     OfflineError,
     cache_dir,
     fetch_verified,
+    file_hash,
     file_sha256,
     hashed_in_process,
+    rehash,
     verify_fresh,
 )
 
@@ -193,3 +195,37 @@ def test_verify_fresh_ignores_the_remembered_record(tmp_path, cache):
         verify_fresh(path, GOOD_SHA, what="test model")  # ... the fresh hash is not
     path.write_bytes(GOOD)
     assert verify_fresh(path, GOOD_XXH, what="test model") == path
+
+
+def test_a_hash_this_process_made_is_reused_until_the_file_is_touched(tmp_path, cache, monkeypatch):
+    """A load right after a check costs no second hash; any write (new ctime) makes it hash again."""
+    import os
+
+    path = tmp_path / "model.pth"
+    path.write_bytes(GOOD)
+    assert file_hash(path, "xxh128", remember=False) == GOOD_XXH[7:]
+    calls = []
+    real = pooch.file_hash
+    monkeypatch.setattr(pooch, "file_hash", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert file_hash(path, "xxh128") == GOOD_XXH[7:] and calls == []
+    stat = path.stat()
+    path.write_bytes(GOOD.upper())  # same size, mtime put back: only the ctime tells
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_hash(path, "xxh128") == xxhash.xxh3_128_hexdigest(GOOD.upper()) and calls == [1]
+
+
+def test_rehash_never_takes_a_remembered_value_and_remembers_its_own(tmp_path, cache, monkeypatch):
+    import os
+
+    from tilesam import download
+
+    path = tmp_path / "model.pth"
+    path.write_bytes(GOOD)
+    assert file_sha256(path) == GOOD_SHA  # remembered by size and mtime
+    stat = path.stat()
+    path.write_bytes(GOOD.upper())
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    swapped = hashlib.sha256(GOOD.upper()).hexdigest()
+    assert rehash(path) == swapped
+    monkeypatch.setattr(download, "_IN_PROCESS", {})  # another process: only the cache's record is left
+    assert file_sha256(path) == swapped  # what rehash remembered, not the stale record

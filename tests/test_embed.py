@@ -248,6 +248,6 @@ def test_embed_command_passes_memory_and_threads(monkeypatch):
     seen = {}
     monkeypatch.setitem(jobs.JOBS, "embed", functools.wraps(jobs.embed)(lambda **kw: seen.update(kw)))
     monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.update(threads=n))
-    argv = ["embed", "--image", "i", "--model", "m", "--block", "0", "--out", "o", "--threads", "3"]
+    argv = ["embed", "--image", "i", "--model", "m", "--spec", "s", "--block", "0", "--out", "o", "--threads", "3"]
     assert cli.main([*argv, "--mem-mb", "6000", "--batch-size", "auto"]) == 0
     assert seen["mem_mb"] == 6000 and seen["threads"] == 3 and seen["params"].batch_size == "auto"

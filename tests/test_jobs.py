@@ -3,8 +3,6 @@ record, its identity, the searched setting, and labels that do not depend on the
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +11,7 @@ import torch
 from tilesam.config import AisParams, AmgParams, ClassicalParams
 from tilesam.config import best_row as best_setting
 from tilesam.jobs import CLASSICAL_SEARCHED, SEARCHED
+from tilesam.models.record import make_record
 from tilesam.models.unetr import InstanceDecoder
 from tilesam.runtime import load_instance_decoder, state_sha256
 
@@ -31,13 +30,13 @@ def test_the_decoder_comes_with_a_training_checkpoint_and_its_absence_is_an_erro
     both, plain = tmp_path / "both.pt", tmp_path / "plain.pt"
     torch.save({"model_state": lite_medsam.state_dict(), "decoder_state": decoder.state_dict()}, both)
     torch.save(lite_medsam.state_dict(), plain)
-    loaded, identity = load_instance_decoder({"name": "both", "load": str(both)}, "cpu")
+    loaded, identity = load_instance_decoder(make_record(str(both), "both"), "cpu")
     assert identity == {"sha256": state_sha256(decoder.state_dict())}
     embedding = torch.randn(1, 256, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(embedding), decoder.eval()(embedding))
     with pytest.raises(ValueError, match=f"model plain \\({plain}\\) has no instance-segmentation decoder"):
-        load_instance_decoder({"name": "plain", "load": str(plain)}, "cpu")
+        load_instance_decoder(make_record(str(plain), "plain"), "cpu")
 
 
 def test_the_searched_setting_is_the_tables_first_row(tmp_path):
@@ -81,7 +80,7 @@ def test_labels_do_not_depend_on_how_the_tiles_are_grouped_into_blocks(tmp_path)
 
     image = import_synthetic(tmp_path, SyntheticSpec("cells", (128, 256), 8, (9.0, 16.0), seed=4), (128, 128))
     model = tmp_path / "lite_medsam.json"  # the record the fetch_model job writes for a registry model
-    model.write_text(json.dumps({"name": "lite_medsam", "load": "lite_medsam", "sha256": "test"}))
+    make_record("lite_medsam", "lite_medsam").write(model)
     amg = AmgParams(prompt="box", points_per_side=3, pred_iou_thresh=0.5, stability_score_thresh=0.5)
     labels, n_jobs = {}, {}
     for min_blocks in (1, 2):
@@ -91,9 +90,10 @@ def test_labels_do_not_depend_on_how_the_tiles_are_grouped_into_blocks(tmp_path)
         blocks = []
         for b in range(grid.n_blocks(tiling.block_size(grid.n_tiles))):
             emb, seg = run / f"emb{b}.zarr", run / f"seg{b}.zarr"
-            embed(image=image, model=model, block=b, out=emb, tiling=tiling, params=EmbedParams(), device="cpu")
-            segment(image=image, model=model, embeddings=emb, block=b, method="amg", out=seg, tiling=tiling,
-                    embedding=EmbedParams(), amg=amg, ais=AisParams(), device="cpu")  # fmt: skip
+            spec = {"spec": "lite_medsam", "model": model, "image": image, "block": b, "device": "cpu"}
+            embed(**spec, out=emb, tiling=tiling, params=EmbedParams())
+            segment(**spec, embeddings=emb, method="amg", out=seg, tiling=tiling,
+                    embedding=EmbedParams(), amg=amg, ais=AisParams())  # fmt: skip
             blocks.append(str(seg))
         stitch(image=image, blocks=blocks, out=run / "labels.ome.zarr", tiling=tiling, params=StitchParams())
         labels[min_blocks], n_jobs[min_blocks] = ome.open_level0(run / "labels.ome.zarr")[...], len(blocks)

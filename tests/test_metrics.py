@@ -227,3 +227,15 @@ def test_agrees_with_python_elf(seed):
     np.testing.assert_allclose([s.sa[t] for t in THRESHOLDS], accuracies, atol=1e-6)
     at50 = elf_eval.matching(pred, gt, threshold=0.5)
     assert (s.precision, s.recall, s.f1) == pytest.approx((at50["precision"], at50["recall"], at50["f1"]), abs=1e-6)
+
+
+def test_uint64_ids_past_int64_stay_distinct_objects():
+    """Ground truth imported as uint64 (ids past 2**32 - 1): three objects stay three, whatever their ids."""
+    gt = np.zeros((20, 20), np.uint64)
+    gt[1:5, 1:5], gt[8:12, 8:12], gt[15:19, 15:19] = 1, 2**32 + 1, 2**64 - 1
+    scores = segmentation_scores(gt, (gt > 0).astype(np.uint32) * np.arange(1, 21, dtype=np.uint32)[:, None])
+    assert scores.n_true == 3
+    assert relabel_gt(gt).max() == 3 and (relabel_gt(gt) == 0).sum() == (gt == 0).sum()
+    assert segmentation_scores(gt, gt).msa == 1.0
+    full = np.full((4, 4), 2**64 - 1, np.uint64)  # no background at all: one object, not background
+    assert relabel_gt(full).max() == 1

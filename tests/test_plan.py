@@ -156,7 +156,7 @@ def test_a_search_dataset_without_labels_is_an_error(tmp_path):
 def test_resources_follow_the_architecture_and_the_work():
     plan = Plan.from_config(full_config(segmentation={"tiles_per_block": 4}, embeddings={"batch_size": 2}))
     lite = MODEL_MEMORY["lite_medsam_tinyvit"]
-    window_mpx = (512 + 128) ** 2 / 1e6
+    window_mpx = 512 * 640 / 1e6  # tile + halo (640 x 640) clipped to the largest image, 512 x 640
     res = plan.resources
     assert res.embed_mb("lite_medsam") == int(lite.load_mb + 2 * lite.per_tile_mb + 50 * 4 * window_mpx)
     assert res.embed_mb("lite_medsam", attempt=2) == int(
@@ -198,18 +198,19 @@ def test_a_file_named_like_a_registry_model_is_another_model(tmp_path):
     assert plan.specs == {"lite_medsam": "lite_medsam", own: str(mine.resolve())}
 
 
-def test_the_same_file_twice_is_one_model_said_once(tmp_path, monkeypatch, caplog):
+def test_the_same_model_twice_is_an_error_naming_both_entries(tmp_path, monkeypatch):
     best = _checkpoint(tmp_path / "run1" / "best.pt")
     monkeypatch.chdir(tmp_path)
-    cfg = full_config(models=[str(best), "run1/best.pt", "./run1/../run1/best.pt"])
-    cfg["datasets"]["more"] = {"source": "synthetic"}
-    with caplog.at_level("WARNING", logger="tilesam"):
-        plan = Plan.from_config(cfg)
-    messages = [r.getMessage() for r in caplog.records if "planned once" in r.getMessage()]
-    assert len(messages) == 2  # one line per repeated entry, not one per dataset
-    assert all(str(best.resolve()) in m and str(best) in m for m in messages)
-    assert plan.models_of == {"demo": plan.models_of["more"], "more": [plan.models_of["demo"][0]]}
-    assert len(plan.specs) == 1
+    for models, said in (
+        ([str(best), "run1/best.pt"], "'run1/best.pt' is the same model as '" + str(best) + "'"),
+        (["lite_medsam", "lite_medsam"], "'lite_medsam' is listed more than once"),
+    ):
+        cfg = full_config(models=models)
+        cfg["datasets"]["more"] = {"source": "synthetic"}
+        with pytest.raises(PlanError, match=re.escape(said)):
+            Plan.from_config(cfg)
+    plan = Plan.from_config(full_config(models=["./run1/../run1/best.pt"]))
+    assert plan.specs == {plan.models_of["demo"][0]: str(best.resolve())}
 
 
 def test_a_checkpoint_with_its_decoder_file_is_a_model(tmp_path):
@@ -254,7 +255,7 @@ def test_classical_baseline_is_scored_on_every_scored_image_and_searched_on_vali
     assert plan.classical_search_result("val") == []
     shown = plan.qualitative("test")
     assert shown["results"][-1] == "results/segmentation/test/im0/classical/classical/labels.ome.zarr"
-    assert shown["names"][-1] == "classical (classical)"
+    assert (shown["models"][-1], shown["methods"][-1]) == ("classical", "classical")
     cfg["baseline"] = {"classical": False}
     off = Plan.from_config(cfg)
     assert off.classical_evaluations() == [] and off.classical_search_dataset is None

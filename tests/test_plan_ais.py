@@ -136,7 +136,7 @@ def test_a_finetuned_model_has_a_decoder_when_finetuning_trains_one_or_its_base_
     plan = Plan.from_config(cfg)
     assert plan.methods_of("lite_medsam-ft-train") == ["ais"] and plan.methods_of("lite_medsam") == ["amg"]
     cfg["finetune"]["train_parts"] = ["mask_decoder"]  # a base with a decoder passes it on untrained
-    monkeypatch.setattr(plan_module, "_card", lambda spec: SimpleNamespace(decoder=object(), ais=None, amg=None))
+    monkeypatch.setattr(plan_module, "has_decoder", lambda spec: spec == "lite_medsam")
     assert Plan.from_config(cfg).methods_of("lite_medsam-ft-train") == ["ais"]
 
 

@@ -143,7 +143,7 @@ def cmd_models(args) -> None:
             files = fetch_model(name, record=args.record, offline=args.offline, sha256=args.sha256, trust_pickle=trust)
             print(f"{name}: {files.weights}" + (f" (decoder {files.decoder})" if files.decoder else ""))
     elif args.action == "record":
-        record_finetuned(args.card, args.out)
+        record_finetuned(args.card, args.out, trust_pickle=args.trust_pickle)
 
 
 def cmd_datasets(args) -> None:
@@ -187,6 +187,7 @@ def _models_parser(sub) -> None:
     q = actions.add_parser("record", help="the workflow's record of a finetuned model, from its card")
     q.add_argument("--card", required=True, help="model card JSON written by `tilesam finetune`")
     q.add_argument("--out", required=True)
+    q.add_argument("--trust-pickle", action="store_true", help="config trust_pickle (the base was your own file)")
     q = actions.add_parser("recommend", help="the model to use for a modality (micro-sam's rule of thumb)")
     q.add_argument("--modality", required=True, choices=models.RECOMMEND_MODALITIES)
 

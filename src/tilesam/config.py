@@ -120,6 +120,27 @@ def _check(node: dict[str, Any], values: Any, where: str, fill: bool = False) ->
         raise ValueError(f"config error in {key or 'the config'}: {error.message}")
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ValueError(f"line {key_node.start_mark.line + 1}: {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def check_file(path: str | Path) -> None:
+    """A config file gives every key once (a second `datasets: a:` would silently replace the first)."""
+    try:
+        yaml.load(Path(path).read_text(), Loader=_UniqueKeys)  # noqa: S506 (a safe loader)
+    except (ValueError, yaml.YAMLError) as err:
+        raise ValueError(f"config error in {path}: {err}") from err
+
+
 def complete(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of a config as written, checked against the schema and with its defaults filled in."""
     filled = copy.deepcopy(config)

@@ -47,6 +47,7 @@ __all__ = [
     "hashed_in_process",
     "is_offline",
     "parse_hash",
+    "rehash",
     "verify_fresh",
 ]
 
@@ -141,13 +142,17 @@ def _remember(path: Path, stat: os.stat_result, alg: str, digest: str) -> None:
 
 
 def file_hash(path: str | os.PathLike, algorithm: str = "sha256", *, remember: bool = True) -> str:
-    """A file's checksum (hex); with ``remember``, reuse the last result while size and mtime are unchanged.
+    """A file's checksum (hex); with ``remember``, reuse the last result while the file is unchanged.
 
-    The hash itself is pooch's (:func:`pooch.file_hash`), the same code that checks micro-sam's
-    xxh128 checksums. Every hash computed here is also kept in memory for :func:`hashed_in_process`.
+    Reused with ``remember``: a hash this process computed while size, mtime, ctime and inode are the
+    same (:func:`hashed_in_process`: a load right after a check costs nothing), else the cache's
+    record while size and mtime are. ``remember=False`` always hashes. The hash itself is pooch's
+    (:func:`pooch.file_hash`), the same code that checks micro-sam's xxh128 checksums.
     """
     path = Path(path)
     stat = path.stat()
+    if remember and (known := _in_process(path, stat, algorithm)) is not None:
+        return known
     if remember and (saved := _remembered(path, stat, algorithm)) is not None:
         return saved
     digest = pooch.file_hash(str(path), alg=algorithm)
@@ -156,6 +161,25 @@ def file_hash(path: str | os.PathLike, algorithm: str = "sha256", *, remember: b
     if remember:
         _remember(path, stat, algorithm, digest)
     return digest
+
+
+def rehash(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """A file's checksum hashed now (never a remembered one), then remembered for :func:`file_hash`.
+
+    For checksums written into records: a remembered value could belong to a file swapped at the
+    same size and mtime.
+    """
+    path = Path(path)
+    stat = path.stat()
+    digest = file_hash(path, algorithm, remember=False)
+    if _identity(path.stat()) == _identity(stat):
+        _remember(path, stat, algorithm, digest)
+    return digest
+
+
+def _in_process(path: Path, stat: os.stat_result, algorithm: str) -> str | None:
+    entry = _IN_PROCESS.get(str(path.resolve()))
+    return entry[1].get(algorithm) if entry is not None and entry[0] == _identity(stat) else None
 
 
 def _note(path: Path, stat: os.stat_result, algorithm: str, digest: str) -> None:

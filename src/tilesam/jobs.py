@@ -35,6 +35,8 @@ log = logging.getLogger("tilesam")
 # the parameters most jobs share, one name and one help each
 Image = Annotated[str, In(help="imported image (OME-Zarr from `tilesam import-image`)")]
 Model = Annotated[str, In(help="model record (JSON from `tilesam models fetch --record`)")]
+Spec = Annotated[str, Param(help="the model as the config names it (resolved; a finetuned model: its checkpoint)")]
+Trust = Annotated[bool, Param(help="config trust_pickle: your own checkpoint may be fully unpickled (runs its code)")]
 Gt = Annotated[str, In(help="ground-truth labels (OME-Zarr from `tilesam import-labels`)")]
 Block = Annotated[int, Wildcard()]
 Output = Annotated[str, Out()]
@@ -94,6 +96,8 @@ def embed(
     *,
     image: Image,
     model: Model,
+    spec: Spec,
+    trust_pickle: Trust = False,
     block: Block,
     out: Output,
     tiling: Tiling,
@@ -105,12 +109,12 @@ def embed(
     from tilesam.embed import embed_block
     from tilesam.runtime import load_record, provenance
 
-    sam, record = load_record(model, device)
+    sam, record = load_record(model, spec, trust_pickle, device)
     grid, prov = provenance(sam, image, tiling, block, params.dtype)
     stats = embed_block(
         sam, prov, image, grid, out, batch_size=params.batch_size, precision=params.precision, mem_mb=mem_mb
     )
-    log.info("embedded block %d: %s (%s)", block, stats, record["name"])
+    log.info("embedded block %d: %s (%s)", block, stats, record.name)
     return stats
 
 
@@ -124,6 +128,8 @@ def segment(
     *,
     image: Image,
     model: Model,
+    spec: Spec,
+    trust_pickle: Trust = False,
     embeddings: Annotated[str, In(help="the block's embedding store")],
     block: Block,
     method: Annotated[str, Wildcard(choices=schema.SEGMENTERS)],
@@ -142,12 +148,12 @@ def segment(
 
     params = {"amg": amg, "ais": ais}[method]
     params = schema.best_row(params, search, SEARCHED[method]) if search else params
-    sam, record = load_record(model, device)
+    sam, record = load_record(model, spec, trust_pickle, device)
     grid, prov = provenance(sam, image, tiling, block, embedding.dtype)
     decoder = {}
     if method != "amg":
         decoder = dict(zip(("decoder", "decoder_id"), load_instance_decoder(record, sam.device, decoder_upscale(sam))))
-    model_id = {"model": record["name"], "model_sha256": record["sha256"]}
+    model_id = {"model": record.name, "model_sha256": record.sha256}
     stats = segment_block(
         sam, embeddings, asdict(prov), grid, out, method=method, params=params, model_id=model_id, **decoder
     )
@@ -191,7 +197,7 @@ def evaluate(
     """Scores of a label image against ground truth."""
     import zarr
 
-    from tilesam.data import ome
+    from tilesam.data import io, ome
     from tilesam.metrics import segmentation_scores
     from tilesam.segment.results import costs, params_column
 
@@ -199,7 +205,7 @@ def evaluate(
     if p.shape != g.shape:
         raise ValueError(f"{pred} has shape {p.shape} but its ground truth {gt} has {g.shape}")
     scores = segmentation_scores(g[...], p[...]).as_dict()
-    record = {**(meta or {}), "iteration": 0, **(costs(blocks) if blocks else {}), **scores}
+    record = {**(meta or {}), "iteration": 0, **(costs(blocks) if blocks else {}), **scores, **io.labels_record(gt)}
     if blocks:  # the parameters the blocks were segmented with (after any search)
         seg = zarr.open_group(str(blocks[0]), mode="r").attrs["tilesam"]["segmentation"]
         record["params"] = json.dumps(params_column(seg))
@@ -211,6 +217,8 @@ def prompt_eval(
     *,
     image: Image,
     model: Model,
+    spec: Spec,
+    trust_pickle: Trust = False,
     gt: Gt,
     embeddings: Annotated[list[str], In(help="the image's embedding stores, in order")],
     mode: Annotated[str, Wildcard("method", choices=schema.PROMPT_MODES)],
@@ -223,18 +231,18 @@ def prompt_eval(
     device: Device = "auto",
 ) -> list[dict]:
     """Prompted (interactive) evaluation of every ground-truth object from stored embeddings."""
-    from tilesam.data import ome
+    from tilesam.data import io, ome
     from tilesam.interactive.evaluate import block_embeddings, evaluate_prompts, prompt_params
     from tilesam.runtime import load_record, provenance
 
-    sam, record = load_record(model, device)
+    sam, record = load_record(model, spec, trust_pickle, device)
     grid, prov = provenance(sam, image, tiling, 0, embedding.dtype)
     embedding_of = block_embeddings(embeddings, prov.tiles_per_block, asdict(prov))
     gt_labels = ome.open_level0(gt)[...]
     records = evaluate_prompts(sam, gt_labels, grid, embedding_of, mode, seed=seed, feed_logits=params.feed_logits)
     made_with = json.dumps(prompt_params(mode, seed, params.feed_logits))
     meta = {**(meta or {}), "method": mode, "device": str(sam.device), "params": made_with}
-    write_json(out, [{**meta, **r} for r in records])
+    write_json(out, [{**meta, **r, **io.labels_record(gt)} for r in records])
     log.info("%s prompts: mSA per iteration %s", mode, [round(r["msa"], 3) for r in records])
     return records
 
@@ -242,6 +250,8 @@ def prompt_eval(
 def search(
     *,
     model: Model,
+    spec: Spec,
+    trust_pickle: Trust = False,
     method: Annotated[str, Wildcard(choices=tuple(SEARCHED))],
     images: Annotated[Json, Param(help='JSON list of {"image", "gt", "embeddings": [block stores]}')],
     out: Annotated[str, Out(help="CSV: mSA per setting, best first")],
@@ -261,7 +271,7 @@ def search(
     from tilesam.runtime import load_instance_decoder, load_record, provenance
     from tilesam.segment import search as searches
 
-    sam, record = load_record(model, device)
+    sam, record = load_record(model, spec, trust_pickle, device)
     searched = []
     for item in images:
         grid, prov = provenance(sam, item["image"], tiling, 0, embedding.dtype)
@@ -298,8 +308,9 @@ def benchmark(
     *,
     out_dir: Annotated[str, Param(help="where the tables and figures go")],
     compare: Annotated[Json, Param(help='JSON list of {"vanilla": model, "finetuned": model} pairs')] = None,
-    in_domain: Annotated[
-        Json, Param(help="JSON list of [dataset, model] pairs where the model was trained on the dataset")
+    in_domain: Annotated[Json, Param(help="JSON list of [dataset, model] pairs: the model was trained on it")] = None,
+    exclude_empty: Annotated[
+        Json, Param(help="JSON list of datasets whose images without objects are left out")
     ] = None,
 ) -> None:
     """Tables and figures from per-image evaluations."""
@@ -309,7 +320,7 @@ def benchmark(
     from tilesam.report.tables import write_tables
 
     in_domain = in_domain or []
-    table = write_tables(evaluations, out_dir, compare or [], in_domain)
+    table = write_tables(evaluations, out_dir, compare or [], in_domain, exclude_empty=exclude_empty or ())
     out = Path(out_dir)
     figures.msa_bars(table, out / "msa_bars.png")
     pairs = {(str(d), str(m)) for d, m in in_domain}
@@ -321,17 +332,19 @@ def figure(
     image: Image,
     gt: Annotated[str | None, In(help="ground-truth labels, if any")] = None,
     results: Annotated[list[str], In(help="stitched labels to show, one panel each")],
-    names: Annotated[list[str], Param(help="a name per result")],
+    models: Annotated[list[str], Param(help="the model of each result")],
+    methods: Annotated[list[str], Param(help="the method of each result")],
     title: Annotated[str, Param("title")] = "",
-    in_domain: Annotated[list[str], Param(help="names of results of models trained on this data")] = (),
+    in_domain: Annotated[list[str], Param(help="models trained on this data (their panels are marked)")] = (),
     out: Output,
 ):
-    """Qualitative panel: image, ground truth, results on one crop."""
+    """Qualitative panel: image, ground truth and every (model, method) result on one crop."""
     from tilesam.report import figures
 
-    if len(names) != len(results):
-        raise ValueError(f"{len(names)} names for {len(results)} results")
-    figures.qualitative(image, gt, dict(zip(names, results)), out, title=title, in_domain=set(in_domain))
+    if not len(models) == len(methods) == len(results):
+        raise ValueError(f"{len(models)} models and {len(methods)} methods for {len(results)} results")
+    shown = dict(zip(zip(models, methods), results))
+    figures.qualitative(image, gt, shown, out, title=title, in_domain=set(in_domain))
 
 
 def export(
@@ -340,11 +353,12 @@ def export(
     /,
     *,
     table: Annotated[str | None, Cli("CSV of the instances (id, area, bounding box, centroid)")] = None,
+    force: Annotated[bool, Cli("replace an existing TIFF or CSV (else refused)")] = False,
 ) -> None:
     """A stitched label image (OME-Zarr) -> TIFF, and its instance table as CSV."""
     from tilesam.stitch.export import export_labels
 
-    print(export_labels(labels, out, table=table))
+    print(export_labels(labels, out, table=table, force=force))
 
 
 # --- the classical baseline -------------------------------------------------------------------

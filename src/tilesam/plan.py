@@ -8,7 +8,6 @@ before any job, and its input functions only ask the plan. Everything here is pl
 from __future__ import annotations
 
 import json
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,55 +17,17 @@ from tilesam import config as schema
 from tilesam import paths
 from tilesam.data import synthetic
 from tilesam.data.datasets import DatasetError, ImageRecord, images_of
-from tilesam.models.spec import model_id, resolve_spec
+from tilesam.models.inspect import CheckpointInspectionError, has_decoder
+from tilesam.models.inspect import card_of as _card
 from tilesam.resources import Resources
+from tilesam.roster import FINETUNED_MARK, Roster, finetuned_name, split_finetuned  # noqa: F401 (the plan's names)
 from tilesam.tiling import TileGrid
 
-log = logging.getLogger("tilesam")  # not warnings.warn: Snakemake hides warnings while it reads the Snakefile
-
-FINETUNED_MARK = "-ft-"  # `<base>-ft-<dataset>`: <base> finetuned on <dataset>
 CLASSICAL = "classical"  # the classical baseline's model and method name (tilesam.segment.classical.MODEL)
 
 
 class PlanError(ValueError):
     """The config asks for something that cannot be planned; the message names the key."""
-
-
-def finetuned_name(base: str, dataset: str) -> str:
-    return f"{base}{FINETUNED_MARK}{dataset}"
-
-
-def split_finetuned(spec: str, datasets: dict) -> tuple[str, str] | None:
-    """(base, dataset) of a model named `<base>-ft-<dataset>` for a dataset of the config, else None."""
-    base, sep, dataset = spec.rpartition(FINETUNED_MARK)
-    return (base, dataset) if sep and dataset in datasets else None
-
-
-def _add_model(models: list[str], specs: dict[str, str], spec: str) -> str | None:
-    """Plan a resolved spec for a dataset's model list; returns its id if it was there already."""
-    mid = model_id(spec)
-    if mid in models:
-        return mid
-    specs.setdefault(mid, spec)
-    models.append(mid)
-    return None
-
-
-def _compare_by_id(
-    pairs: list[dict], entries: list[str], specs: dict[str, str], finetuned: dict[str, str] | None = None
-) -> list[dict]:
-    """Compare pairs with model ids: a pair may name a checkpoint as the models list does (``run1/best.pt``).
-
-    The rules pass ``config["compare"]`` on to the report, which matches it against the table's ids.
-    """
-    ids = dict(finetuned or {})  # a finetuned entry -> its id (`/x/best.pt-ft-train` -> `best-3fa2c1-ft-train`)
-    for entry in entries:
-        if entry not in specs and entry not in ids and entry != "auto":
-            try:
-                ids[entry] = model_id(resolve_spec(entry))
-            except (KeyError, ValueError, FileNotFoundError):
-                pass  # a finetuned name is its own id; anything else is reported by the check
-    return [{role: ids.get(model, model) for role, model in pair.items()} for pair in pairs]
 
 
 @dataclass
@@ -110,29 +71,12 @@ class Plan:
                     images[(dataset, rec.name)] = rec
             except DatasetError as err:
                 raise PlanError(f"config error: {err}") from err
-        finetuned, specs, models_of = {}, {}, {d: [] for d in datasets}
-        finetuned_ids: dict[str, str] = {}  # config entry -> id of its finetuned model
-        first_entry: dict[str, str] = {}  # model id -> the config entry that planned it first
-        repeated: dict[tuple[str, str], None] = {}  # (entry, model id) of entries that named a planned model
-        for entry in config["models"]:
-            pair = split_finetuned(entry, datasets)
-            if pair:  # its id is `<base id>-ft-<dataset>`: a file base's id, not its path, so it is one safe name
-                base_spec = _resolve(pair[0], finetuned_from=entry)
-                base_id = model_id(base_spec)
-                specs.setdefault(base_id, base_spec)
-                finetuned_ids[entry] = finetuned_name(base_id, pair[1])
-                finetuned[finetuned_ids[entry]] = (base_id, pair[1])
-            for dataset, cfg in datasets.items():
-                spec = finetuned_ids[entry] if pair else _resolve(entry, cfg.get("modality", "other"))
-                mid = _add_model(models_of[dataset], specs, spec)
-                if mid is not None:
-                    repeated[(entry, mid)] = None
-                else:
-                    first_entry.setdefault(model_id(spec), entry)
-        for entry, mid in repeated:  # said once per entry, not per dataset
-            same = "is listed more than once" if entry == first_entry[mid] else f"is the same as {first_entry[mid]!r}"
-            log.warning("models: %r %s (%s, id %s): planned once", entry, same, specs[mid], mid)
-        config["compare"] = _compare_by_id(config["compare"], config["models"], specs, finetuned_ids)
+        try:
+            roster = Roster.of(config["models"], datasets)
+        except ValueError as err:
+            raise PlanError(str(err)) from err
+        models_of, specs, finetuned = roster.models_of, roster.specs, roster.finetuned
+        config["compare"] = roster.compare_by_id(config["compare"])
         plan = cls(config, images, models_of, specs, finetuned, written)
         plan._check()
         return plan
@@ -196,10 +140,20 @@ class Plan:
     # --- automatic segmentation methods per model ------------------------------------------
     def has_decoder(self, model: str) -> bool:
         """Whether a model comes with an instance-segmentation decoder (read without loading it)."""
-        if model in self.finetuned:  # not written yet: it has one if it trains one or its base has one
-            base = self.finetuned[model][0]
-            return "decoder" in self.config["finetune"]["train_parts"] or has_decoder(self.specs[base])
-        return has_decoder(self.specs[model])
+        try:
+            if model in self.finetuned:  # not written yet: it has one if it trains one or its base has one
+                base = self.finetuned[model][0]
+                return "decoder" in self.config["finetune"]["train_parts"] or has_decoder(self.specs[base])
+            return has_decoder(self.specs[model])
+        except CheckpointInspectionError as err:
+            raise PlanError(f"config error in models: {err}") from err
+
+    def record_spec(self, model: str) -> str:
+        """What a model's record must say it loads: its resolved spec (a finetuned model: its checkpoint)."""
+        if model in self.finetuned:
+            base, dataset = self.finetuned[model]
+            return paths.FINETUNED.format(dataset=dataset, base=base)
+        return self.specs[model]
 
     def methods_of(self, model: str) -> list[str]:
         """The config's methods for one model, `auto` resolved (ais with a decoder, else amg), no repeats."""
@@ -279,17 +233,17 @@ class Plan:
 
     def qualitative(self, dataset: str) -> dict[str, Any]:
         """The qualitative figure of a dataset's first scored image: every (model, method) row of its
-        table, the classical baseline last, each named `model (method)` as its panel's title."""
+        table, the classical baseline last; the models trained on the dataset are marked."""
         image = next(i for d, i in self.scored() if d == dataset)
         rows = [(m, method) for m in self.qualitative_models(dataset) for method in self.methods_of(m)]
         rows += [(CLASSICAL, CLASSICAL)] if self.classical else []
-        in_domain = set(self.in_domain_models(dataset))
         return {
             "image": paths.IMAGE.format(dataset=dataset, image=image),
             "gt": paths.LABELS.format(dataset=dataset, image=image),
             "results": [paths.STITCHED.format(dataset=dataset, image=image, model=m, method=x) for m, x in rows],
-            "names": [f"{m} ({x})" for m, x in rows],
-            "in_domain": [f"{m} ({x})" for m, x in rows if m in in_domain],
+            "models": [m for m, _ in rows],
+            "methods": [x for _, x in rows],
+            "in_domain": self.in_domain_models(dataset),
         }
 
     def all_outputs(self) -> list[str]:
@@ -455,49 +409,3 @@ class Plan:
 def dataset_key(name: str) -> str:
     """A dataset name as cards and configs may spell it, made comparable: DSB2018 / dsb-2018 -> dsb2018."""
     return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def _card(spec: str):
-    """The registry card of a resolved spec, or None for checkpoint files (absolute paths: a '/')."""
-    if "/" in spec:
-        return None
-    from tilesam.models.registry import resolve
-
-    return resolve(spec)
-
-
-_PICKLE_HEAD = 16 * 2**20  # a legacy (non-zip) torch file's pickle, with its dict keys, comes first
-
-
-def has_decoder(spec: str) -> bool:
-    """Whether a registry model or checkpoint file comes with an instance-segmentation decoder.
-
-    Planning needs no torch: a card says so (its decoder file); a `checkpoint+decoder` pair of
-    files has one; a checkpoint file is a training checkpoint with a decoder when its pickle
-    holds the key `decoder_state` (`torch.save` writes dict keys as plain strings, in
-    `<name>/data.pkl` of the zip, or first in a legacy file).
-    """
-    if "/" not in spec:
-        return getattr(_card(spec), "decoder", None) is not None
-    from tilesam.models import fetch
-
-    separator = getattr(fetch, "DECODER_SEPARATOR", None)  # `checkpoint+decoder` specs, where supported
-    if separator and separator in spec and all(Path(p).is_file() for p in spec.split(separator, 1)):
-        return True
-    path = Path(spec)
-    import zipfile
-
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            return any(b"decoder_state" in archive.read(n) for n in pickles)
-    with open(path, "rb") as f:
-        return b"decoder_state" in f.read(_PICKLE_HEAD)
-
-
-def _resolve(entry: str, modality: str = "other", finetuned_from: str | None = None) -> str:
-    try:
-        return resolve_spec(entry, modality=modality)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        what = f"{finetuned_from!r} is finetuned from {entry!r}, which cannot be used: " if finetuned_from else ""
-        raise PlanError(f"config error in models: {what}{err}") from err

@@ -68,9 +68,15 @@ class Resources:
         return MODEL_MEMORY[architecture_of(self.plan.specs[base])]
 
     def _window_mpx(self) -> float:
-        """Megapixels of one tile plus its halo: what the encoder sees per tile."""
+        """Megapixels of the largest window (tile plus halo, clipped to the image) of any planned image."""
         (ty, tx), (hy, hx) = self.plan.tiling.tile_shape, self.plan.tiling.halo
-        return (ty + 2 * hy) * (tx + 2 * hx) / 1e6
+        largest = max((r.shape[-2:] for r in self.plan.images.values()), key=math.prod, default=(ty, tx))
+        return min(ty + 2 * hy, largest[0]) * min(tx + 2 * hx, largest[1]) / 1e6
+
+    def _block_tiles(self) -> int:
+        """Tiles of the largest block of any planned image."""
+        tiling = self.plan.tiling
+        return max((tiling.block_size(tiling.grid(r.shape).n_tiles) for r in self.plan.images.values()), default=1)
 
     def image_mpx(self, dataset: str, image: str) -> float:
         return math.prod(self.plan.record(dataset, image).shape) / 1e6
@@ -78,14 +84,14 @@ class Resources:
     def embed_mb(self, model: str, attempt: int = 1) -> int:
         """Model + a batch of encoder activations + the windows of the block being read."""
         memory = self.memory(model)
-        block_mpx = self.plan.tiling.tiles_per_block * self._window_mpx()
+        block_mpx = self._block_tiles() * self._window_mpx()
         batch = self.plan.config["embeddings"]["batch_size"]
         batch = 1 if batch == "auto" else int(batch)  # auto: 1 on a CPU; a GPU batch lives in GPU memory
         return int((memory.load_mb + memory.per_tile_mb * batch + 50 * block_mpx) * attempt)
 
     def embed_minutes(self, attempt: int = 1) -> int:
         """Start-up plus 2 minutes per tile (a GPU needs far less, a CPU about that)."""
-        return int((10 + 2 * self.plan.tiling.tiles_per_block) * attempt)
+        return int((10 + 2 * self._block_tiles()) * attempt)
 
     def segment_mb(self, model: str, method: str, attempt: int = 1) -> int:
         """AMG: model + one batch of candidate masks at window resolution + the kept masks.
@@ -105,7 +111,7 @@ class Resources:
         """Start-up plus 2 minutes per tile at 32 x 32 points; the point grid sets the cost (AIS costs less)."""
         amg = schema.build(schema.AmgParams, self.plan.settings(model, "amg"))
         points = (amg.points_per_side / 32) ** 2
-        return int((10 + 2 * self.plan.tiling.tiles_per_block * max(points, 0.25)) * attempt)
+        return int((10 + 2 * self._block_tiles() * max(points, 0.25)) * attempt)
 
     def prompts_mb(self, dataset: str, image: str, model: str, attempt: int = 1) -> int:
         """Model + the image's labels once per iteration (8 of them when iterative) + scoring."""
@@ -144,3 +150,29 @@ class Resources:
         ft = self.plan.config["finetune"]
         passes = ft["objects_per_image"] * ft["sub_iterations"]
         return int((30 + ft["iterations"] * passes * 0.6 / 60) * attempt)
+
+    def requests_mb(self) -> dict[str, int]:
+        """The first-attempt memory request of every kind of planned job, named for a message."""
+        plan, out = self.plan, {}
+        models = sorted({m for ms in plan.models_of.values() for m in ms})
+        for model in models:
+            out[f"embed ({model})"] = self.embed_mb(model)
+            for method in plan.methods_of(model):
+                out[f"segment ({model}, {method})"] = self.segment_mb(model, method)
+        for dataset, image in sorted(plan.images):
+            out[f"import/stitch/evaluate of {dataset}/{image}"] = self.image_mb(dataset, image)
+            for model in plan.models_of.get(dataset, []) if plan.prompt_modes(dataset) else []:
+                out[f"prompt-eval of {dataset}/{image} ({model})"] = self.prompts_mb(dataset, image, model)
+        return out
+
+    def check(self, limit_mb: float | None, where: str) -> None:
+        """Every request fits `limit_mb` (the machine's memory, `--resources mem_mb` or a profile's), else
+        one error naming the largest job, before any job runs."""
+        if not limit_mb:
+            return
+        job, mb = max(self.requests_mb().items(), key=lambda item: item[1], default=("", 0))
+        if mb > limit_mb:
+            raise ValueError(
+                f"the {job} job would ask for {mb} MB of memory, more than {int(limit_mb)} MB ({where}): "
+                "make segmentation.tile_shape or tiles_per_block smaller, or the images smaller"
+            )

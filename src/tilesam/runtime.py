@@ -17,21 +17,25 @@ if TYPE_CHECKING:
     from tilesam.tiling import TileGrid
 
 
-def load_record(record_path: str | Path, device: str = "auto"):
-    """The model of a workflow model record (from `fetch_model` or `record_finetuned`), and the record.
+def load_record(record_path: str | Path, spec: str, trust_pickle: bool, device: str = "auto"):
+    """The model of a workflow model record, and the record, checked against the config first.
 
-    The record says whether the user trusts their own checkpoint file with full unpickling
-    (config `trust_pickle`, `tilesam models fetch --trust-pickle`); registry files never need it.
+    ``spec`` and ``trust_pickle`` are the config's (the plan's resolved spec; a finetuned model: its
+    checkpoint): a record is derived data and never decides what is loaded or unpickled, and its
+    files must hold the bytes they held when it was made (`tilesam.models.record.check`).
     """
     from tilesam.models import load_model
+    from tilesam.models.record import read_checked
 
-    record = json.loads(Path(record_path).read_text())
-    sam = load_model(record["load"], device=resolve_device(device), trust_pickle=bool(record.get("trust_pickle")))
+    record = read_checked(record_path, spec, trust_pickle)
+    sam = load_model(
+        record.load, device=resolve_device(device), trust_pickle=record.trust_pickle, sha256=record.weights_checksum
+    )
     return sam, record
 
 
-def load_instance_decoder(record: dict, device, upscale: int = 16):
-    """The instance-segmentation decoder of a workflow model record, and its identity for provenance.
+def load_instance_decoder(record, device, upscale: int = 16):
+    """The instance-segmentation decoder of a (checked) model record, and its identity for provenance.
 
     The state comes with the model (its checkpoint's `decoder_state` or its card's decoder file);
     a model without one is an error naming it. ``upscale``: the SAM model's (`decoder_upscale`).
@@ -39,13 +43,13 @@ def load_instance_decoder(record: dict, device, upscale: int = 16):
     from tilesam.models import load_decoder_state
     from tilesam.models.unetr import load_decoder
 
-    state = load_decoder_state(record["load"], trust_pickle=bool(record.get("trust_pickle")))
+    state = load_decoder_state(record.load, trust_pickle=record.trust_pickle, sha256=record.weights_checksum)
     if state is None:
         raise ValueError(
-            f"model {record['name']} ({record['load']}) has no instance-segmentation decoder, which its method "
+            f"model {record.id} ({record.load}) has no instance-segmentation decoder, which its method "
             "needs: use amg, or auto (a decoder's methods only where a model has one)"
         )
-    decoder = load_decoder(state, source=str(record["load"]), device=device, upscale=upscale)
+    decoder = load_decoder(state, source=str(record.load), device=device, upscale=upscale)
     return decoder.eval(), {"sha256": state_sha256(state)}  # content, not path: a moved run still resumes
 
 
@@ -92,34 +96,6 @@ def write_json(out: str | Path, obj: Any) -> None:
 
 
 # --- the workflow's model records -------------------------------------------------------------
-def _model_record(
-    name: str,
-    load: str,
-    path: str | Path,
-    sha256: str | None,
-    architecture: str,
-    *,
-    checksum: str | None = None,
-    decoder: str | Path | None = None,
-    trust_pickle: bool = False,
-) -> dict:
-    """What the model jobs need to load a model and to label their stores with it.
-
-    ``path`` and ``decoder`` are the files the model was (so a table row can name its file),
-    ``load`` the model string jobs load, ``checksum`` the ``alg:hex`` its weights are verified with.
-    """
-    return {
-        "name": name,
-        "load": load,
-        "path": str(path),
-        "decoder": str(decoder) if decoder else None,
-        "sha256": sha256,
-        "checksum": checksum or (f"sha256:{sha256}" if sha256 else None),
-        "architecture": architecture,
-        "trust_pickle": trust_pickle,
-    }
-
-
 def fetch_model(
     name: str,
     *,
@@ -130,44 +106,22 @@ def fetch_model(
 ):
     """Download (checksum-verified, with its decoder) into the cache; optionally write the workflow's record.
 
-    Returns the model's files. ``trust_pickle`` (the user's own files only) goes into the record, so
-    every job that loads the model follows the one decision.
+    Returns the model's files. The record is named after the model's id (`best-3fa2c1`: a table's row ->
+    this file) and holds each file's hash, which every job checks (`load_record`).
     """
     from tilesam import models
+    from tilesam.models.record import make_record
 
     files = models.fetch_files(name, offline=offline or None, sha256=sha256)
     if record:
-        info = models.model_info(name, trust_pickle=trust_pickle)
-        ref = models.parse(name)
-        if ref.card is not None:  # name@version: the record keeps meaning this file when a newer version appears
-            load, trust = ref.card.spec, False  # registry files are checked by their hash, never by trust
-        else:
-            load = str(files.weights.resolve())
-            if files.decoder is not None:
-                load += models.DECODER_SEPARATOR + str(files.decoder.resolve())
-            trust = trust_pickle
-        entry = _model_record(
-            info["name"],
-            load,
-            files.weights.resolve(),
-            info["sha256"],
-            info["architecture"],
-            checksum=info["checksum"],
-            decoder=files.decoder.resolve() if files.decoder else None,
-            trust_pickle=trust,
+        make_record(name, Path(record).stem, trust_pickle=trust_pickle, offline=offline or None, sha256=sha256).write(
+            record
         )
-        # the workflow names the record after the model's id (`best-3fa2c1`): the row of a table -> this file
-        write_json(record, {"id": Path(record).stem, **entry})
     return files
 
 
-def record_finetuned(card: str | Path, out: str | Path) -> None:
+def record_finetuned(card: str | Path, out: str | Path, trust_pickle: bool = False) -> None:
     """The workflow's record of a finetuned model, after checking its checkpoint against its card."""
-    from tilesam.finetune.card import register_finetuned
+    from tilesam.models.record import finetuned_record
 
-    model_card = register_finetuned(card)
-    card_file = Path(card).resolve()
-    checkpoint = card_file.parent / json.loads(card_file.read_text())["checkpoint"]
-    write_json(
-        out, _model_record(model_card.name, str(checkpoint), checkpoint, model_card.sha256, model_card.architecture)
-    )
+    finetuned_record(card, Path(out).stem, trust_pickle=trust_pickle).write(out)

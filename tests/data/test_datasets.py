@@ -116,6 +116,24 @@ def test_one_image_and_one_labels_file_pair_whatever_their_names(tmp_path):
     assert (rec.name, Path(rec.labels).name, rec.shape) == ("volume", "labels.tif", (2, 8, 8))
 
 
+def test_one_image_and_one_labels_file_of_other_names_from_globs_do_not_pair(tmp_path):
+    """Pairing is by name: globs that each match one file of another name are an error, not a silent pair."""
+    _write(tmp_path / "raw" / "cells.tif", (30, 40))
+    _write(tmp_path / "gt" / "nuclei.tif", (30, 40), np.uint16)
+    with pytest.raises(
+        DatasetError, match=r"raw/cells\.tif has no labels named 'cells'.*gt/nuclei\.tif.*without wildcards"
+    ):
+        images_of("d", {"images": "raw/*.tif", "labels": "gt/*.tif"}, base=tmp_path)
+
+
+def test_two_labels_files_of_one_name_are_an_error_naming_both(tmp_path):
+    _write(tmp_path / "raw" / "a.tif", (30, 40))
+    _write(tmp_path / "gt" / "a.tif", (30, 40), np.uint16)
+    _write(tmp_path / "gt" / "a.png", (30, 40), np.uint8)
+    with pytest.raises(DatasetError, match=r"gt/a\.png and .*gt/a\.tif are both labels named 'a'"):
+        images_of("d", {"images": "raw/*.tif", "labels": "gt/*"}, base=tmp_path)
+
+
 @pytest.mark.parametrize("file_name", ["...tif", ".hidden.tif"])
 def test_an_image_name_that_is_no_safe_file_name_is_an_error(tmp_path, file_name):
     """`.*.tif` matching `...tif` would name the image `..` and write its results beside its dataset's."""

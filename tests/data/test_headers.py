@@ -1,4 +1,4 @@
-"""Planning's header checks for every input format besides TIFF (test_io.py has TIFF's): a file cut short
+"""Planning's header checks for every input format: a file cut short
 or corrupt fails `probe` naming the file and the fault, from headers and metadata only (no pixels)."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import imageio.v3 as iio
 import numcodecs
 import numpy as np
 import pytest
+import tifffile
 import zarr
 import zarr.codecs
 from skimage import io as skio
 
-from tilesam.data import io
+from tilesam.data import headers, io
 
 PIXELS = (np.random.default_rng(0).random((200, 300)) * 255).astype(np.uint8)
 
@@ -83,10 +84,10 @@ def test_a_good_file_passes_and_a_cut_one_fails_naming_it_from_its_headers(fmt, 
         np.testing.assert_array_equal(np.asarray(io.open_lazy(path, key)), PIXELS)
     with pytest.MonkeyPatch.context() as patch:
         _refuse_pixel_reads(patch)
-        assert io.probe(path, 2, key) == PIXELS.shape
+        assert headers.probe(path, 2, key) == PIXELS.shape
         _cut(path)
         with pytest.raises(io.InputError, match=f"{name}: truncated or corrupt {word}"):
-            io.probe(path, 2, key)
+            headers.probe(path, 2, key)
 
 
 @pytest.mark.parametrize(
@@ -100,23 +101,23 @@ def test_a_good_file_passes_and_a_cut_one_fails_naming_it_from_its_headers(fmt, 
 def test_a_file_of_another_kind_is_an_error_naming_it(tmp_path, name, key, message):
     (tmp_path / name).write_bytes(bytes(range(256)) * 4)
     with pytest.raises(io.InputError, match=message):
-        io.probe(tmp_path / name, 2, key)
+        headers.probe(tmp_path / name, 2, key)
 
 
 def test_corrupt_zarr_metadata_is_an_error_naming_the_store(tmp_path):
     path = _zarr(3)(tmp_path / "a.zarr")
     (path / "zarr.json").write_text('{"zarr_format": 3, "node_ty')
     with pytest.raises(io.InputError, match=r"a\.zarr: corrupt zarr metadata"):
-        io.probe(path, 2)
+        headers.probe(path, 2)
 
 
 def test_a_cut_chunk_of_an_ome_zarr_image_is_named(tmp_path):
     group = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w")
     group.create_array("0", shape=PIXELS.shape, chunks=(64, 64), dtype="u1")[:] = PIXELS
-    assert io.probe(tmp_path / "img.ome.zarr", 2) == PIXELS.shape
+    assert headers.probe(tmp_path / "img.ome.zarr", 2) == PIXELS.shape
     chunk = _cut(tmp_path / "img.ome.zarr/0")
     with pytest.raises(io.InputError, match=rf"img\.ome\.zarr: truncated .*chunk 0/c/{chunk.parent.name}/{chunk.name}"):
-        io.probe(tmp_path / "img.ome.zarr", 2)
+        headers.probe(tmp_path / "img.ome.zarr", 2)
 
 
 def test_pictures_are_read_lazily_with_the_pixels_and_layout_of_a_full_read(tmp_path):
@@ -139,4 +140,63 @@ def test_a_cut_png_slice_of_a_folder_volume_is_named(tmp_path):
         iio.imwrite(tmp_path / "vol" / f"z{z}.png", PIXELS)
     _cut(tmp_path / "vol/z1.png")
     with pytest.raises(io.InputError, match=r"vol/z1\.png: truncated or corrupt PNG"):
-        io.probe(tmp_path / "vol", 3)
+        headers.probe(tmp_path / "vol", 3)
+
+
+def _noise(shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 200, size=shape).astype(np.uint8)
+
+
+@pytest.mark.parametrize("layout", [{}, {"compression": "zlib", "tile": (32, 32)}])
+def test_a_truncated_tiff_is_found_from_its_header_naming_the_file(tmp_path, layout, monkeypatch):
+    tifffile.imwrite(tmp_path / "whole.tif", _noise((3, 120, 100)), photometric="minisblack", **layout)
+    data = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) * 2 // 3])
+    assert headers.probe(tmp_path / "whole.tif", 3) == (3, 120, 100)
+    monkeypatch.setattr(io, "_Mapped", None)  # no pixel reads: a header check
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", None)
+    with pytest.raises(io.InputError, match=r"cut\.tif: truncated or corrupt TIFF: .*(page|offset)"):
+        headers.probe(tmp_path / "cut.tif", 3)
+
+
+def test_a_file_that_is_no_tiff_is_an_error_naming_it(tmp_path):
+    (tmp_path / "noise.tif").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(io.InputError, match=r"noise\.tif: cannot be read as TIFF.*not a TIFF"):
+        headers.probe(tmp_path / "noise.tif", 2)
+
+
+def test_labels_are_checked_from_their_header(tmp_path):
+    tifffile.imwrite(tmp_path / "img.tif", _noise((50, 60)))
+    tifffile.imwrite(tmp_path / "wide.tif", np.zeros((50, 61), np.uint16))
+    with pytest.raises(io.InputError, match=r"wide\.tif.*\(50, 61\).*img\.tif.*\(50, 60\)"):
+        headers.probe_labels(tmp_path / "wide.tif", (50, 60), tmp_path / "img.tif")
+    tifffile.imwrite(tmp_path / "float.tif", np.zeros((50, 60), np.float32))
+    with pytest.raises(io.InputError, match=r"float\.tif.*integers"):
+        headers.probe_labels(tmp_path / "float.tif", (50, 60), tmp_path / "img.tif")
+    tifffile.imwrite(tmp_path / "ok.tif", np.zeros((50, 60), np.uint16))
+    headers.probe_labels(tmp_path / "ok.tif", (50, 60), tmp_path / "img.tif")
+
+
+def test_a_truncated_slice_of_a_folder_volume_is_named(tmp_path):
+    (tmp_path / "vol").mkdir()
+    for z in range(3):
+        tifffile.imwrite(tmp_path / "vol" / f"z{z}.tif", _noise((40, 50), seed=z))
+    data = (tmp_path / "vol/z1.tif").read_bytes()
+    (tmp_path / "vol/z1.tif").write_bytes(data[: len(data) // 2])
+    with pytest.raises(io.InputError, match=r"vol/z1\.tif: truncated or corrupt TIFF"):
+        headers.probe(tmp_path / "vol", 3)
+
+
+@pytest.mark.parametrize("name", ["neg.tif", "neg.zarr"])
+def test_negative_labels_are_found_from_the_first_chunk_at_planning(tmp_path, name):
+    """import_labels refuses negative ids; planning finds them first, so no embed or segment job runs in vain."""
+    labels = np.zeros((50, 60), np.int16)
+    labels[3:9, 4:10] = -1
+    if name.endswith(".zarr"):
+        zarr.create_array(str(tmp_path / name), shape=labels.shape, chunks=(16, 16), dtype="i2")[:] = labels
+    else:
+        tifffile.imwrite(tmp_path / name, labels)
+    with pytest.raises(io.InputError, match=rf"{name}: labels have negative values \(-1\)"):
+        headers.probe_labels(tmp_path / name, (50, 60), tmp_path / "img.tif")
+    tifffile.imwrite(tmp_path / "ok.tif", np.abs(labels))  # signed, but no negative id
+    headers.probe_labels(tmp_path / "ok.tif", (50, 60), tmp_path / "img.tif")

@@ -5,7 +5,7 @@ import tifffile
 import zarr
 from skimage import io as skio
 
-from tilesam.data import io, ome
+from tilesam.data import headers, io, ome
 
 
 def _img(shape, dtype=np.uint8, seed=0):
@@ -45,7 +45,7 @@ def test_all_formats_give_the_same_pixels(tmp_path):
         arr = io.open_lazy(tmp_path / src, key)
         np.testing.assert_array_equal(np.asarray(arr), vol, err_msg=src)
     skio.imsave(tmp_path / "p.png", vol[0].astype(np.uint8), check_contrast=False)
-    assert io.probe(tmp_path / "p.png", 2) == (40, 50)
+    assert headers.probe(tmp_path / "p.png", 2) == (40, 50)
 
 
 @pytest.mark.parametrize("shape,ndim", [((300, 200), 2), ((4, 90, 80), 3), ((90, 80, 3), 2)])
@@ -77,13 +77,13 @@ def test_nan_is_an_error_naming_the_file(tmp_path):
 def test_wrong_shape_is_an_error(tmp_path, shape, ndim):
     tifffile.imwrite(tmp_path / "x.tif", np.zeros(shape, np.uint8))
     with pytest.raises(io.InputError, match=r"x\.tif.*shape"):
-        io.probe(tmp_path / "x.tif", ndim)
+        headers.probe(tmp_path / "x.tif", ndim)
 
 
 def test_unsupported_dtype_and_missing_file(tmp_path):
     tifffile.imwrite(tmp_path / "c.tif", np.zeros((8, 8), np.complex64))
     with pytest.raises(io.InputError, match=r"c\.tif.*dtype"):
-        io.probe(tmp_path / "c.tif", 2)
+        headers.probe(tmp_path / "c.tif", 2)
     with pytest.raises(io.InputError, match="no such file"):
         io.open_lazy(tmp_path / "nope.tif")
     (tmp_path / "t.txt").write_text("x")
@@ -118,41 +118,34 @@ def test_pyramid_and_ngff_metadata(tmp_path):
     np.testing.assert_allclose(level1, arr.reshape(300, 2, 260, 2).mean(axis=(1, 3)).astype(np.uint8), atol=1)
 
 
-@pytest.mark.parametrize("layout", [{}, {"compression": "zlib", "tile": (32, 32)}])
-def test_a_truncated_tiff_is_found_from_its_header_naming_the_file(tmp_path, layout, monkeypatch):
-    tifffile.imwrite(tmp_path / "whole.tif", _img((3, 120, 100)), photometric="minisblack", **layout)
-    data = (tmp_path / "whole.tif").read_bytes()
-    (tmp_path / "cut.tif").write_bytes(data[: len(data) * 2 // 3])
-    assert io.probe(tmp_path / "whole.tif", 3) == (3, 120, 100)
-    monkeypatch.setattr(io, "_Mapped", None)  # no pixel reads: a header check
-    monkeypatch.setattr(tifffile.TiffPage, "asarray", None)
-    with pytest.raises(io.InputError, match=r"cut\.tif: truncated or corrupt TIFF: .*(page|offset)"):
-        io.probe(tmp_path / "cut.tif", 3)
+@pytest.mark.parametrize("pages", [3, 4])
+def test_a_short_stack_read_as_2d_is_ambiguous_unless_its_metadata_says_rgb(tmp_path, pages):
+    """3 or 4 grayscale pages with `ndim: 2` were read as RGB (a fourth section dropped): now an error."""
+    stack = _img((pages, 40, 50))
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    with pytest.raises(io.InputError, match=rf"stack\.tif: {pages} grayscale pages.*Set `ndim: 3`"):
+        headers.probe(tmp_path / "stack.tif", 2)
+    with pytest.raises(io.InputError, match="ndim: 3"):
+        io.import_image(tmp_path / "stack.tif", tmp_path / "s.ome.zarr", ndim=2, tile_shape=(32, 32))
+    assert headers.probe(tmp_path / "stack.tif", 3) == (pages, 40, 50)
+    tifffile.imwrite(tmp_path / "planar.tif", stack[:3], photometric="rgb", planarconfig="separate")
+    assert headers.probe(tmp_path / "planar.tif", 2) == (40, 50)  # RGB by its metadata
+    zarr.save_array(str(tmp_path / "c.zarr"), stack[:3])  # no pages: channels first, as before
+    assert headers.probe(tmp_path / "c.zarr", 2) == (40, 50)
 
 
-def test_a_file_that_is_no_tiff_is_an_error_naming_it(tmp_path):
-    (tmp_path / "noise.tif").write_bytes(bytes(range(256)) * 4)
-    with pytest.raises(io.InputError, match=r"noise\.tif: cannot be read as TIFF.*not a TIFF"):
-        io.probe(tmp_path / "noise.tif", 2)
-
-
-def test_labels_are_checked_from_their_header(tmp_path):
-    tifffile.imwrite(tmp_path / "img.tif", _img((50, 60)))
-    tifffile.imwrite(tmp_path / "wide.tif", np.zeros((50, 61), np.uint16))
-    with pytest.raises(io.InputError, match=r"wide\.tif.*\(50, 61\).*img\.tif.*\(50, 60\)"):
-        io.probe_labels(tmp_path / "wide.tif", (50, 60), tmp_path / "img.tif")
-    tifffile.imwrite(tmp_path / "float.tif", np.zeros((50, 60), np.float32))
-    with pytest.raises(io.InputError, match=r"float\.tif.*integers"):
-        io.probe_labels(tmp_path / "float.tif", (50, 60), tmp_path / "img.tif")
-    tifffile.imwrite(tmp_path / "ok.tif", np.zeros((50, 60), np.uint16))
-    io.probe_labels(tmp_path / "ok.tif", (50, 60), tmp_path / "img.tif")
-
-
-def test_a_truncated_slice_of_a_folder_volume_is_named(tmp_path):
-    (tmp_path / "vol").mkdir()
-    for z in range(3):
-        tifffile.imwrite(tmp_path / "vol" / f"z{z}.tif", _img((40, 50), seed=z))
-    data = (tmp_path / "vol/z1.tif").read_bytes()
-    (tmp_path / "vol/z1.tif").write_bytes(data[: len(data) // 2])
-    with pytest.raises(io.InputError, match=r"vol/z1\.tif: truncated or corrupt TIFF"):
-        io.probe(tmp_path / "vol", 3)
+def test_label_ids_above_uint32_keep_their_values(tmp_path):
+    """Ids past 2**32 - 1 were cast to uint32 at import: 1, 2**32 + 1 and 2**33 + 1 merged into one object."""
+    tifffile.imwrite(tmp_path / "img.tif", _img((30, 40)))
+    io.import_image(tmp_path / "img.tif", tmp_path / "img.ome.zarr", ndim=2, tile_shape=(16, 16))
+    labels = np.zeros((30, 40), np.uint64)
+    labels[2:8, 2:8], labels[12:18, 12:18], labels[22:28, 30:36] = 1, 2**32 + 1, 2**63 + 1
+    tifffile.imwrite(tmp_path / "big.tif", labels)
+    io.import_labels(tmp_path / "big.tif", tmp_path / "big.ome.zarr", image=tmp_path / "img.ome.zarr")
+    stored = ome.open_level0(tmp_path / "big.ome.zarr")
+    assert stored.dtype == np.uint64
+    np.testing.assert_array_equal(stored[...], labels)
+    small = (labels > 0).astype(np.int64) * 7
+    tifffile.imwrite(tmp_path / "small.tif", small)
+    io.import_labels(tmp_path / "small.tif", tmp_path / "small.ome.zarr", image=tmp_path / "img.ome.zarr")
+    assert ome.open_level0(tmp_path / "small.ome.zarr").dtype == np.uint32  # the default where ids fit

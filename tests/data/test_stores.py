@@ -64,3 +64,34 @@ def test_two_stale_stores_in_one_second_keep_both(tmp_path):
         stores.open_partial(out, "embeddings", {**PROV, "block": 9}, 3)
         stores.partial_path(out).rename(tmp_path / f"fresh{n}")
     assert len(list(tmp_path.glob("block0.zarr.stale-*"))) == 2
+
+
+def test_a_store_another_process_writes_is_refused_naming_it_and_untouched(tmp_path):
+    """An orphaned job of a killed snakemake and the rerun's job never write one store at once."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    out = tmp_path / "block0.zarr"
+    _partial(out, PROV)
+    stores.unlock(out)
+    code = (
+        "import sys, time; from tilesam.data import stores; stores.lock(sys.argv[1]); "
+        "print('locked', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(
+            stores.StoreLocked, match=rf"block0.zarr is being written by another process \(pid {holder.pid}\)"
+        ):
+            stores.open_partial(out, "embeddings", PROV, 3)
+        assert list(zarr.open_group(str(stores.partial_path(out)))["done"][:]) == [True, False, False]
+    finally:
+        holder.kill()
+        holder.wait()
+    root = stores.open_partial(out, "embeddings", PROV, 3)  # the holder is gone, and so is its lock
+    assert list(root["done"][:]) == [True, False, False]
+    stores.finish(out)
+    assert out.exists() and not stores.partial_path(out).exists()

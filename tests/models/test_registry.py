@@ -8,7 +8,8 @@ import warnings
 import pytest
 
 from tilesam.models import ModelCard, UnknownModelError, all_cards, names, recommend, register, resolve, unregister
-from tilesam.models.registry import _SEED_CARDS, lookup
+from tilesam.models.cards import SEED_CARDS
+from tilesam.models.registry import lookup
 
 
 def _reference_rows(shared: object) -> dict[str, tuple[str, str]]:
@@ -97,7 +98,7 @@ def test_lite_medsam_card_matches_fixture_readme(shared_dir):
 
 def test_seed_cards_cite_public_sources():
     """A card's source is a public url, never a file that only exists beside a checkout."""
-    for card in _SEED_CARDS:  # not all_cards(): other tests register cards of their own
+    for card in SEED_CARDS:  # not all_cards(): other tests register cards of their own
         assert "https://" in card.source and "shared/" not in card.source, card.spec
 
 

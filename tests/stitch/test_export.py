@@ -9,6 +9,7 @@ import tifffile
 from scipy import ndimage
 
 from helpers.label_images import disc_truth
+from tilesam import cli
 from tilesam.data import ome
 from tilesam.stitch.export import export_labels, export_tif, instance_table
 
@@ -65,3 +66,22 @@ def test_export_labels_writes_the_tif_and_the_table(tmp_path):
     assert table.equals(instance_table(arr))
     export_labels(tmp_path / "labels.ome.zarr", tmp_path / "only.tif")
     assert (tmp_path / "only.tif").is_file() and not (tmp_path / "only.csv").exists()
+
+
+def test_export_refuses_an_existing_tif_or_table_unless_forced(tmp_path, capsys):
+    """One typo must not replace a raw image: `tilesam export` onto an existing file fails and changes nothing."""
+    labels = disc_truth((60, 50), np.random.default_rng(3), [], 4)
+    ome.create(tmp_path / "labels.ome.zarr", labels.shape, np.uint32, (32, 32))[:] = labels
+    ome.build_pyramid(tmp_path / "labels.ome.zarr", labels=True)
+    raw, table = tmp_path / "raw.tif", tmp_path / "cells.csv"
+    tifffile.imwrite(raw, np.full((8, 8), 7, np.uint8))
+    table.write_text("mine\n")
+    before = raw.read_bytes()
+    store = str(tmp_path / "labels.ome.zarr")
+    assert cli.main(["export", store, str(raw)]) == 1
+    assert "raw.tif already exist(s); not overwritten (use --force" in capsys.readouterr().err
+    assert cli.main(["export", store, str(tmp_path / "new.tif"), "--table", str(table)]) == 1
+    assert "cells.csv already exist" in capsys.readouterr().err
+    assert raw.read_bytes() == before and table.read_text() == "mine\n" and not (tmp_path / "new.tif").exists()
+    assert cli.main(["export", store, str(raw), "--table", str(table), "--force"]) == 0
+    assert np.array_equal(tifffile.imread(raw), labels) and len(pd.read_csv(table)) == labels.max()

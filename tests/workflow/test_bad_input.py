@@ -27,10 +27,14 @@ import pytest
 import tifffile
 import zarr
 
+from helpers.checkpoints import write_zip_bomb
 from helpers.decoder_fit import demo_image, fit_decoder
 from helpers.snakemake_cli import REPO, job_counts, snakemake, write_config
-from tilesam.data import stores, synthetic
+from tilesam import cli
+from tilesam.data import ome, stores, synthetic
+from tilesam.metrics import segmentation_scores
 from tilesam.models.spec import model_id, resolve_spec
+from tilesam.report import figures
 
 IMAGE = synthetic.SyntheticSpec("a", (96, 120), 6, (9.0, 16.0), seed=2)
 BASE = {
@@ -50,8 +54,11 @@ BASE = {
 @dataclass
 class Outcome:
     case: str
-    clear: bool  # the message names the file (or key) and the fault
+    clear: (
+        bool  # the message names the file (or key) and the fault; or, where the right answer is a result, it is right
+    )
     lost: list[str] = field(default_factory=list)  # files that existed before and changed or vanished
+    silent: bool = False  # a wrong result without a word
 
 
 OUTCOMES: list[Outcome] = []
@@ -167,6 +174,34 @@ PLANNING: dict[str, tuple[Prepare, list[str]]] = {
         lambda w: {"datasets": {"d": {"images": str(w / "elsewhere/*.tif"), "labels": None}}},
         ["elsewhere/*.tif", "matches no file (there is no folder"],
     ),
+    "4-page stack with the default ndim 2 (was read as RGB)": (
+        lambda w: (
+            tifffile.imwrite(w / "data/images/a.tif", np.ones((4, 96, 120), np.uint8), photometric="minisblack") or {}
+        ),
+        ["data/images/a.tif", "4 grayscale pages", "Set `ndim: 3`"],
+    ),
+    "labels with negative values (failed after embed, segment, stitch)": (
+        lambda w: tifffile.imwrite(w / "data/labels/a.tif", np.full((96, 120), -1, np.int16)) or {},
+        ["data/labels/a.tif", "labels have negative values"],
+    ),
+    "two labels files of one name (one was picked)": (
+        lambda w: (
+            iio.imwrite(w / "data/labels/a.png", tifffile.imread(w / "data/labels/a.tif").astype(np.uint8))
+            or {"datasets": {"d": {"labels": "data/labels/*"}}}
+        ),
+        ["data/labels/a.png", "data/labels/a.tif", "are both labels named 'a'"],
+    ),
+    "a 1.5 MB checkpoint whose pickle inflates to 1.5 GB (read whole at planning: 3.4 GB, 50 s)": (
+        lambda w: (
+            write_zip_bomb(w / "bomb.pth", 1536 * 2**20)
+            and {"models": [str(w / "bomb.pth")], "segmentation": {"methods": ["auto"]}}
+        ),
+        ["bomb.pth", "archive/data.pkl", "is this file a PyTorch checkpoint"],
+    ),
+    "one labels file of another name (was paired)": (
+        lambda w: (w / "data/labels/a.tif").rename(w / "data/labels/cells.tif") and {},
+        ["data/images/a.tif", "has no labels named 'a'", "data/labels/cells.tif"],
+    ),
 }
 
 
@@ -234,6 +269,7 @@ def bad_run(tmp_path_factory, lite_medsam, request):
     stale = stores.open_partial(workdir / store, "embeddings", {"encoder_sha256": "vit_b-encoder", "block": 0}, 1)
     stale.create_array("embeddings", shape=(1, 4), dtype="f4", fill_value=2.5)
     stale["done"][0] = True
+    stores.unlock(workdir / store)  # the run's job (another process) takes the store's lock next
     before = _fingerprints(workdir)
     profile = str(REPO / "workflow/profiles/default")
     result = snakemake(workdir, "--profile", profile, "--keep-going", check=False)
@@ -312,14 +348,125 @@ def test_amg_and_auto_give_amg_and_ais_rows(bad_run):
     assert (workdir / "results/benchmark/msa_bars.png").stat().st_size > 0
 
 
+@pytest.fixture(scope="module")
+def empty_run(tmp_path_factory):
+    """One tiny run of two scored images that say nothing: `blank` has ground truth without an object (it
+    scored mSA 1.0 and lifted the mean), `flat` is a constant image. Returns the folder, what was lost, the run."""
+    workdir = _workdir(tmp_path_factory.mktemp("empty run"), "results/earlier/table.csv")
+    images, labels = workdir / "data/images", workdir / "data/labels"
+    (images / "a.tif").rename(images / "blank.tif")
+    tifffile.imwrite(labels / "blank.tif", np.zeros((96, 120), np.uint16))
+    tifffile.imwrite(images / "flat.tif", np.full((96, 120), 9, np.uint8))
+    (labels / "a.tif").rename(labels / "flat.tif")
+    write_config(workdir, BASE)
+    before = _fingerprints(workdir)
+    result = snakemake(workdir, "--profile", str(REPO / "workflow/profiles/default"), "--keep-going", check=False)
+    return workdir, _lost(before, _fingerprints(workdir)), result
+
+
+@pytest.mark.slow
+def test_ground_truth_without_objects_fails_the_table_naming_the_image(empty_run):
+    workdir, lost, result = empty_run
+    console = result.stdout + result.stderr
+    clear = (
+        result.returncode != 0
+        and "ground truth with no labelled object: dataset 'd', image 'blank'" in console
+        and "empty_labels: exclude" in console
+    )
+    silent = (workdir / "results/benchmark/table.csv").exists()  # a table with its mean lifted
+    _outcome("ground truth without objects (scored 1.0)", clear, lost).silent = silent
+    assert clear and not silent, console[-4000:]
+    assert not lost, lost
+
+
+@pytest.mark.slow
+def test_a_constant_image_is_a_warning_in_its_import_log(empty_run):
+    workdir, lost, _ = empty_run
+    logs = "".join(p.read_text() for p in (workdir / "logs").rglob("*.log") if "import_image" in str(p))
+    clear = "data/images/flat.tif: constant image (every pixel 9)" in logs
+    _outcome("constant image (ran without a word)", clear, lost)
+    assert clear, logs[-3000:]
+
+
+def _labels_store(path: Path, labels: np.ndarray) -> Path:
+    ome.create(path, labels.shape, labels.dtype, (64, 64))[:] = labels
+    return path
+
+
+def test_export_onto_an_existing_file_is_refused_unless_forced(tmp_path, capsys):
+    """The typo of the issue: the raw image given as the export's output."""
+    workdir = _workdir(tmp_path)
+    store = _labels_store(workdir / "results/labels.ome.zarr", tifffile.imread(workdir / "data/labels/a.tif"))
+    before = _fingerprints(workdir)
+    code = cli.main(["export", str(store), str(workdir / "data/images/a.tif")])
+    err = capsys.readouterr().err
+    clear = code == 1 and "data/images/a.tif already exist(s); not overwritten (use --force" in err
+    outcome = _record("export onto an existing file (overwrote a raw image)", clear, before, workdir)
+    assert clear, err
+    assert not outcome.lost
+
+
+def test_label_ids_past_uint32_stay_distinct_and_the_figure_colours_them(tmp_path):
+    """Ids 1, 2**32 + 1 and 2**33 + 1 were cast to uint32 at import (3 objects, two touching, scored as 2); the figure of a
+    valid uint32 id near 4e9 allocated a 90 GB colour table."""
+    workdir = _workdir(tmp_path)
+    big = np.zeros((96, 120), np.uint64)
+    big[5:25, 5:25], big[5:25, 25:45], big[70:90, 90:110] = 1, 2**32 + 1, 2**33 + 1  # the first two touch
+    tifffile.imwrite(workdir / "data/labels/big.tif", big)
+    before = _fingerprints(workdir)
+    out = workdir / "results/images/d/a"
+    assert cli.main(["import-image", str(workdir / "data/images/a.tif"), str(out / "image.ome.zarr")]) == 0
+    gt = out / "labels.ome.zarr"
+    assert (
+        cli.main(
+            ["import-labels", str(workdir / "data/labels/big.tif"), str(gt), "--image", str(out / "image.ome.zarr")]
+        )
+        == 0
+    )
+    stored = ome.open_level0(gt)[...]
+    n_true = segmentation_scores(stored, stored).n_true
+    near = _labels_store(out / "near.ome.zarr", (big > 0).astype(np.uint32) * np.uint32(4_000_000_000))
+    try:
+        figures.qualitative(out / "image.ome.zarr", near, {("m", "amg"): near}, out / "q.png")
+        drawn = (out / "q.png").stat().st_size > 0
+    except MemoryError:
+        drawn = False
+    clear = n_true == 3 and drawn
+    outcome = _record("label ids past 2**32 - 1 (merged), a uint32 id near 4e9 (figure)", clear, before, workdir)
+    outcome.silent = n_true != 3
+    assert n_true == 3 and drawn
+    assert not outcome.lost
+
+
+def test_the_qualitative_figure_titles_each_panel_with_its_model_and_method(tmp_path):
+    """`methods: [amg, auto]`: the finetuned model's AIS panel was hidden behind its AMG one, untitled."""
+    workdir = _workdir(tmp_path)
+    labels = tifffile.imread(workdir / "data/labels/a.tif")
+    out = workdir / "results"
+    image = _labels_store(out / "image.ome.zarr", tifffile.imread(workdir / "data/images/a.tif"))
+    results = {
+        (m, method): _labels_store(out / f"{m}_{method}.ome.zarr", labels)
+        for m in ("van", "ft")
+        for method in ("amg", "ais")
+    }
+    before = _fingerprints(workdir)
+    titles = figures.qualitative(image, results[("van", "amg")], results, out / "q.png")
+    clear = titles[2:] == ["van\namg", "van\nais", "ft\namg", "ft\nais"]
+    outcome = _record("qualitative figure of amg and auto (one untitled panel per model)", clear, before, workdir)
+    outcome.silent = not clear
+    assert clear, titles
+    assert not outcome.lost
+
+
 def test_summary(capsys):
     """The table's line: every case tried, how many ended in a clear message, how many lost data."""
     tried, clear = len(OUTCOMES), sum(o.clear for o in OUTCOMES)
-    lost = sum(bool(o.lost) for o in OUTCOMES)
-    line = f"bad-input table: {tried} tried / {clear} clear errors / {lost} data lost"
+    silent, lost = sum(o.silent for o in OUTCOMES), sum(bool(o.lost) for o in OUTCOMES)
+    line = f"bad-input table: {tried} tried / {clear} clear errors / {silent} silent results / {lost} data lost"
     with capsys.disabled():  # on the console whatever the capture mode
         print()
         for o in OUTCOMES:
-            print(f"  {o.case}: {'clear' if o.clear else 'NOT CLEAR'}{', lost ' + ', '.join(o.lost) if o.lost else ''}")
+            what = "clear" if o.clear else "SILENT" if o.silent else "NOT CLEAR"
+            print(f"  {o.case}: {what}{', lost ' + ', '.join(o.lost) if o.lost else ''}")
         print(line)
-    assert tried and clear == tried and lost == 0, line
+    assert tried and clear == tried and silent == 0 and lost == 0, line

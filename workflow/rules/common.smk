@@ -8,20 +8,25 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from tilesam import paths
-from tilesam.config import PROMPT_MODES, SEGMENTERS
+from tilesam.config import PROMPT_MODES, SEGMENTERS, check_file
 from tilesam.device import gpus_for
 from tilesam.jobs import JOBS
+from tilesam.models.spec import files_of
 from tilesam.plan import CLASSICAL, Plan, PlanError
 from tilesam.relay import shell as job_shell  # not `shell`: the rules use Snakemake's
 
+# the config as written: the plan checks it against the schema and fills in its defaults
 try:
-    PLAN = Plan.from_config(
-        config
-    )  # the config as written: the plan checks it and fills in defaults
-except PlanError as err:
+    for path in workflow.configfiles:
+        check_file(path)
+    PLAN = Plan.from_config(config)
+except (PlanError, ValueError) as err:
     raise WorkflowError(str(err))
 config.update(PLAN.config)
 RES = PLAN.resources
+TRUST = (
+    "--trust-pickle" if config["trust_pickle"] else ""
+)  # the config's, never a record's
 
 # --sdm conda: workflow/envs/tilesam.yaml installs tilesam from ${TILESAM_SOURCE}: Snakemake copies
 # env files to .snakemake/conda/ first, so only an absolute path from the environment reaches it.
@@ -84,3 +89,22 @@ def image_mb(w, attempt):
 
 def image_minutes(w, attempt):
     return RES.image_minutes(w.dataset, w.image, attempt)
+
+
+def memory_limit():
+    """The most memory one job may ask for: `--resources mem_mb=`, else this machine's when jobs run here."""
+    import psutil
+
+    given = workflow.resource_settings.resources.get("mem_mb")
+    given = getattr(given, "value", given)  # Snakemake 9 wraps it in a Resource
+    if isinstance(given, (int, float)) and given > 0:
+        return given, "--resources mem_mb"
+    if workflow.local_exec:
+        return psutil.virtual_memory().total / 2**20, "this machine's memory"
+    return None, ""
+
+
+try:
+    RES.check(*memory_limit())
+except ValueError as err:
+    raise WorkflowError(f"config error in segmentation: {err}")

@@ -21,5 +21,7 @@ rule embed:
     params:
         config=sections("segmentation", "embeddings"),
         device=config["device"],
+        spec=lambda w: PLAN.record_spec(w.model),
+        trust_pickle=TRUST,
     shell:
         tilesam("embed")

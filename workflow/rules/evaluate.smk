@@ -46,6 +46,8 @@ rule evaluate_prompts:
     params:
         config=sections("segmentation", "embeddings", "evaluation"),
         device=config["device"],
+        spec=lambda w: PLAN.record_spec(w.model),
+        trust_pickle=TRUST,
         meta=lambda w: json.dumps({**dict(w), "mode": w.method}),
     shell:
         tilesam("prompt-eval")

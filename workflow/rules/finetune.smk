@@ -34,7 +34,7 @@ rule finetune:
         config=sections("finetune"),
         device=config["device"],
         no_progress="--no-progress",
-        trust_pickle="--trust-pickle" if config["trust_pickle"] else "",
+        trust_pickle=TRUST,
     shell:
         tilesam("finetune")
 
@@ -53,5 +53,7 @@ rule finetuned_model:
         model="|".join(PLAN.finetuned) or "^$",
     conda:
         "../envs/tilesam.yaml"
+    params:
+        trust=TRUST,
     shell:
-        "tilesam models record --card {input.card:q} --out {output:q} 2> {log:q}"
+        "tilesam models record --card {input.card:q} --out {output:q} {params.trust} 2> {log:q}"

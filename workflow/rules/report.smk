@@ -35,6 +35,13 @@ rule benchmark_table:
         out_dir=paths.BENCHMARK,
         compare=json.dumps(config["compare"]),
         in_domain=json.dumps(PLAN.in_domain()),
+        exclude_empty=json.dumps(
+            [
+                d
+                for d, c in config["datasets"].items()
+                if c.get("empty_labels") == "exclude"
+            ]
+        ),
     shell:
         tilesam("benchmark")
 
@@ -60,7 +67,8 @@ rule qualitative_figure:
     conda:
         "../envs/tilesam.yaml"
     params:
-        names=lambda w: PLAN.qualitative(w.dataset)["names"],
+        models=lambda w: PLAN.qualitative(w.dataset)["models"],
+        methods=lambda w: PLAN.qualitative(w.dataset)["methods"],
         in_domain=lambda w: PLAN.qualitative(w.dataset)["in_domain"],
         title=lambda w: w.dataset,
     shell:

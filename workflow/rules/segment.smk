@@ -23,6 +23,8 @@ rule segment:
     params:
         config=lambda w: json.dumps(PLAN.segment_config(w.model)),
         device=config["device"],
+        spec=lambda w: PLAN.record_spec(w.model),
+        trust_pickle=TRUST,
     shell:
         tilesam("segment")
 
@@ -59,5 +61,7 @@ rule search:
         images=lambda w: json.dumps(PLAN.search_images(w.model, w.method)),
         config=lambda w: json.dumps(PLAN.segment_config(w.model)),
         device=config["device"],
+        spec=lambda w: PLAN.record_spec(w.model),
+        trust_pickle=TRUST,
     shell:
         tilesam("search")

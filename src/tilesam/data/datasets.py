@@ -2,7 +2,8 @@
 
 The workflow plans its tile jobs when it starts, so each image's shape is read
 here from the file header (never the pixels). Images and labels are paired by
-file name; anything that does not pair up is an error before any job runs.
+file name (or the config names the one image and its labels file); anything that does not pair up,
+or pairs twice, is an error before any job runs.
 A public `source` is fetched and converted here (tilesam.data.public_datasets), and
 any dataset can be restricted to a deterministic train/val/test split, so that
 tuning on val and scoring on test never share an image.
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tilesam import config
-from tilesam.data import io, public_datasets, synthetic
+from tilesam.data import headers, io, public_datasets, synthetic
 from tilesam.data.public_datasets import PARTS
 
 
@@ -139,9 +140,9 @@ def images_of(
     records = []
     for name, path, labels in _restrict(dataset, _pairs(dataset, cfg, base), cfg, base, membership):
         try:
-            shape = io.probe(path, ndim, key)
+            shape = headers.probe(path, ndim, key)
             if labels is not None:
-                io.probe_labels(labels, shape, path, key)
+                headers.probe_labels(labels, shape, path, key)
         except io.InputError as err:
             raise DatasetError(f"dataset {dataset!r}: {err}") from err
         records.append(ImageRecord(dataset, name, path, labels, shape, key))
@@ -158,11 +159,17 @@ def _fetch_public(dataset: str, source: str, root: Path, offline: bool | None) -
 def _pairs(dataset: str, cfg: dict, base: Path) -> list[tuple[str, str, str | None]]:
     """(name, image, labels or None) of the globs, paired by name; anything unpaired is an error."""
     images = _expand(cfg["images"], dataset, "images", base)
-    labels = {}
+    labels: dict[str, str] = {}
     if cfg.get("labels"):
         label_files = _expand(cfg["labels"], dataset, "labels", base)
-        labels = {stem(path): path for path in label_files}
-        if len(images) == len(label_files) == 1:  # one image (a volume) and one labels file pair by themselves
+        for path in label_files:
+            other = labels.setdefault(stem(path), path)
+            if other != path:
+                raise DatasetError(
+                    f"dataset {dataset!r}: {other} and {path} are both labels named {stem(path)!r}; "
+                    "keep one, or narrow the labels glob"
+                )
+        if _literal(cfg["images"]) and _literal(cfg["labels"]):  # the config names both files: they pair
             labels = {stem(images[0]): label_files[0]}
     pairs, seen = [], {}
     for path in images:
@@ -172,12 +179,22 @@ def _pairs(dataset: str, cfg: dict, base: Path) -> list[tuple[str, str, str | No
             raise DatasetError(f"dataset {dataset!r}: {path} and {seen[name]} have the same name {name!r}")
         seen[name] = path
         if labels and name not in labels:
-            raise DatasetError(f"dataset {dataset!r}: image {path} has no labels named {name!r} in {cfg['labels']!r}")
+            hint = ""
+            if len(images) == len(labels) == 1:
+                hint = f" (the only labels file is {next(iter(labels.values()))}: name both files without wildcards to pair them)"
+            raise DatasetError(
+                f"dataset {dataset!r}: image {path} has no labels named {name!r} in {cfg['labels']!r}{hint}"
+            )
         pairs.append((name, path, labels.get(name)))
     extra = sorted(set(labels) - set(seen))
     if extra:
         raise DatasetError(f"dataset {dataset!r}: labels without an image: {', '.join(extra[:5])}")
     return pairs
+
+
+def _literal(pattern: str) -> bool:
+    """A glob without wildcards: the config names one file, not a set of files to pair by name."""
+    return not any(c in pattern for c in "*?[")
 
 
 def _restrict(dataset: str, pairs: list, cfg: dict, base: Path, membership: dict[str, list[str]]) -> list:

@@ -10,11 +10,17 @@ afresh, so nobody has to clean up by hand and nothing computed is deleted.
 
 Every tile's compute seconds are stored beside its data (array `seconds`), so the
 costs of a block are the same whether it ran in one job or was resumed.
+
+One writer at a time: a job holds an exclusive lock on `<out>.lock` while it writes (the system
+drops it when the process ends, however it ends), so a job orphaned by a killed snakemake and
+the rerun's job never interleave their tiles; the second one stops with a message naming the first.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -27,6 +33,41 @@ log = logging.getLogger(__name__)
 
 class StoreMismatch(RuntimeError):
     """A store made for another model, grid, image or parameters was about to be reused."""
+
+
+class StoreLocked(RuntimeError):
+    """Another process is writing the store right now."""
+
+
+_LOCKS: dict[Path, int] = {}  # store -> the open lock file this process holds (dropped at exit)
+
+
+def lock(out: str | Path) -> None:
+    """Take the exclusive write lock of a block store, or raise StoreLocked naming the process that has it."""
+    path = Path(str(out) + ".lock")
+    if path in _LOCKS:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreLocked(
+            f"{out} is being written by another process (pid {holder}), e.g. a job left running by a snakemake "
+            f"that was killed: wait for it to end or stop it (kill {holder}), then rerun; nothing was written"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _LOCKS[path] = fd
+
+
+def unlock(out: str | Path) -> None:
+    """Drop the write lock of a block store (the lock file stays: removing it would race a waiting writer)."""
+    fd = _LOCKS.pop(Path(str(out) + ".lock"), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def differences(root: zarr.Group, kind: str, expected: dict) -> list[str]:
@@ -56,6 +97,7 @@ def open_partial(out: str | Path, kind: str, provenance: dict, n_tiles: int) -> 
     cost. A partial store made for anything else is moved aside (`set_aside`) and a
     new one started.
     """
+    lock(out)
     partial = partial_path(out)
     if partial.exists():
         root = _open_existing(partial)
@@ -121,6 +163,7 @@ def finish(out: str | Path) -> None:
     if out.exists():
         shutil.rmtree(out)
     partial_path(out).rename(out)
+    unlock(out)
 
 
 def open_done(path: str | Path, kind: str, provenance: dict) -> zarr.Group:

@@ -41,6 +41,7 @@ __all__ = [
     "DECODER_SEPARATOR",
     "ModelFiles",
     "ModelRef",
+    "card_locations",
     "decoder_path",
     "expected_hash",
     "fetch",
@@ -103,6 +104,14 @@ def parse(name_or_path: str | os.PathLike, *, warn: bool = False) -> ModelRef:
 def model_path(card: ModelCard) -> Path:
     """Where a downloadable model lives in the cache (whether or not it is there yet)."""
     return cache_dir() / "models" / card.filename
+
+
+def card_locations(card: ModelCard) -> tuple[Path, Path | None]:
+    """Where a card's weights and decoder file are once fetched (nothing is fetched): a packaged file in place."""
+    weights = model_path(card)
+    if card.resource is not None and isinstance(resource := _resource(card), Path):
+        weights = resource
+    return weights, decoder_path(card)
 
 
 def decoder_path(card: ModelCard) -> Path | None:

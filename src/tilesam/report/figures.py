@@ -112,24 +112,46 @@ def _crop(shape: tuple[int, ...], gt: np.ndarray, size: int = 256) -> tuple[slic
 
 
 def _colour(labels: np.ndarray) -> np.ndarray:
-    """Labels as RGB with a fixed pseudo-random colour per id (background black)."""
-    rng = np.random.default_rng(0)
-    lut = rng.uniform(0.2, 1.0, size=(int(labels.max()) + 1, 3))
-    lut[0] = 0
-    return lut[labels]
+    """Labels as RGB, a pseudo-random colour per object (background black).
+
+    Colours go by the index of an id among the crop's ids, not by the id: a table as long as the
+    largest id would take 90 GB for one uint32 id near 4e9.
+    """
+    ids, index = np.unique(labels, return_inverse=True)
+    lut = np.random.default_rng(0).uniform(0.2, 1.0, size=(ids.size, 3))
+    lut[ids == 0] = 0
+    return lut[index.reshape(labels.shape)]
+
+
+Result = tuple[str, str]  # (model, method) of a segmentation result
+
+
+def panel_titles(results: list[Result | str], in_domain: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """A title per result naming its model and its method (and "(in domain)" where the model was trained on
+    the data), so that each panel says which row of the table it shows.
+
+    A plain string names a result by itself (the classical baseline, whose model is its method).
+    """
+    titles = []
+    for result in results:
+        model, method = (result, None) if isinstance(result, str) else result
+        name = model + IN_DOMAIN if model in in_domain else model
+        titles.append(name if method is None or method == model else f"{name}\n{method}")
+    return titles
 
 
 def qualitative(
     image: str | Path,
     gt: str | Path | None,
-    results: dict[str, str | Path],
+    results: dict[Result | str, str | Path],
     out: str | Path,
     title: str = "",
     in_domain: set[str] | frozenset[str] = frozenset(),
-) -> None:
-    """Image, ground truth and each named result on the same crop (middle section of volumes).
+) -> list[str]:
+    """Image, ground truth and each result on the same crop (middle section of volumes); returns the titles.
 
-    Results named in `in_domain` (models trained on this dataset) are titled so.
+    `results` maps (model, method) to a label image: one panel each, every (model, method) row of the
+    table, titled with both (`panel_titles`); `in_domain` names the models trained on this dataset.
     """
     img = ome.open_level0(image)
     truth = ome.open_level0(gt) if gt else None
@@ -144,10 +166,9 @@ def qualitative(
     panels = [("image", raw)]
     if plane_gt is not None:
         panels.append(("ground truth", _colour(plane_gt[ys, xs])))
-    for name, path in results.items():
-        label = name + IN_DOMAIN if name in in_domain else name
+    for label, path in zip(panel_titles(list(results), in_domain), results.values()):
         panels.append((label, _colour(ome.open_level0(path)[(*z, ys, xs)])))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
     for ax, (name, arr) in zip(axes[0], panels):
         ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, interpolation="nearest")
         ax.set_title(name, fontsize=9)
@@ -157,3 +178,4 @@ def qualitative(
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+    return [name for name, _ in panels]

@@ -15,9 +15,12 @@ the comparison carries it beside each vanilla-vs-finetuned pair.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 import pandas as pd
+
+from tilesam.report import notes
 
 KEYS = ["dataset", "model", "method"]
 BASELINE = "classical"  # the classical baseline's model and method (tilesam.segment.classical)
@@ -129,19 +132,24 @@ def write_tables(
     out_dir: str | Path,
     pairs: list[dict] | None = None,
     in_domain: list[tuple[str, str]] | list[list[str]] = (),
+    exclude_empty: Collection[str] = (),
 ) -> pd.DataFrame:
     """table.csv/.md, per_image.csv, iterations.csv, and comparison.csv/.md when pairs are given.
 
     in_domain: the (dataset, model) pairs where the model was trained on the dataset.
+    exclude_empty: the datasets marked `empty_labels: exclude`, whose images without a labelled object
+    are left out of the means; elsewhere such an image is an error (tilesam.report.notes.screen).
+    The notes (excluded images, import's warnings) follow the table in table.md.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     df = per_image(evaluations)
+    scored, table_notes = notes.screen(df, exclude_empty)
+    out_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_dir / "per_image.csv", index=False)
-    table = mark_in_domain(summarize(df), in_domain)
+    table = mark_in_domain(summarize(scored), in_domain)
     table.to_csv(out_dir / "table.csv", index=False, float_format="%.4f")
-    (out_dir / "table.md").write_text(_markdown(table))
-    iterations(df).to_csv(out_dir / "iterations.csv", index=False, float_format="%.4f")
+    (out_dir / "table.md").write_text(_markdown(table) + notes.markdown(table_notes))
+    iterations(scored).to_csv(out_dir / "iterations.csv", index=False, float_format="%.4f")
     comparison = compare(table, pairs or [])
     comparison.to_csv(out_dir / "comparison.csv", index=False, float_format="%.4f")
     (out_dir / "comparison.md").write_text(_markdown(comparison) if len(comparison) else "no compare pairs\n")

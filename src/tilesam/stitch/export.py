@@ -20,11 +20,18 @@ from tilesam.stitch.chunks import Slices, chunk_regions, resolve_workers, thread
 __all__ = ["export_labels", "export_tif", "instance_table"]
 
 
-def export_labels(labels_store: str | Path, out: str | Path, *, table: str | Path | None = None) -> Path:
+def export_labels(
+    labels_store: str | Path, out: str | Path, *, table: str | Path | None = None, force: bool = False
+) -> Path:
     """Write the full-resolution labels of an OME-Zarr label image as a TIFF (and the instance table as CSV).
 
     BigTIFF is chosen by size, as `export_tif` does; the table has one row per instance (`instance_table`).
+    An existing TIFF or table is an error unless `force` (one typo must not replace a raw image); both are
+    checked before either is written.
     """
+    existing = [str(p) for p in (out, table) if p is not None and Path(p).exists()]
+    if existing and not force:
+        raise FileExistsError(f"{' and '.join(existing)} already exist(s); not overwritten (use --force to replace)")
     labels = ome.open_level0(labels_store)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     path = export_tif(labels, out)
