@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tilesam import config
-from tilesam.data import datasets, io
+from tilesam.data import datasets, headers, io
 
 #: tile and halo for images larger than the model's input (input size -> (tile, halo)): micro-sam's
 #: tiled default for SAM's 1024-pixel input; LiteMedSAM sees 256 pixels (the default run's tiles)
@@ -118,7 +118,7 @@ def _axes(path: Path) -> str | None:
     try:
         with tifffile.TiffFile(path) as tif:
             return tif.series[0].axes
-    except Exception:  # the import check (io.check_file) says what is wrong with it
+    except Exception:  # the header check (headers.check_file) says what is wrong with it
         return None
 
 
@@ -126,7 +126,7 @@ def layout(path: str, ndim: int | None = None) -> FileLayout:
     """One file's layout from its header; `ndim` forces 2D or 3D where the header is ambiguous."""
     p = Path(path)
     try:
-        io.check_file(p)
+        headers.check_file(p)
         arr = io.open_lazy(p)
         guessed = ndim or guess_ndim(tuple(arr.shape), _axes(p), p.suffix.lower())
         if guessed is None:
