@@ -211,6 +211,33 @@ def _datasets_parser(sub) -> None:
     q.add_argument("--offline", action="store_true", help="never touch the network")
 
 
+def _init_parser(sub) -> None:
+    """`tilesam init`: a commented config for the user's images (tilesam.init)."""
+
+    def run(args) -> None:
+        from tilesam import init
+
+        done = init.init(
+            args.images, args.labels, modality=args.modality, out=args.out, model=args.model, ndim=args.ndim,
+            name=args.name, force=args.force,
+        )  # fmt: skip
+        print(f"wrote {done.config}; check it, then run:\n  {done.command}")
+
+    p = sub.add_parser(
+        "init", help="write a commented config for your images (ndim, channels, model, tiles from the files)"
+    )
+    p.set_defaults(func=run)
+    p.add_argument("images", nargs="+", help="glob of the images, quoted: 'data/raw/*.tif'")
+    p.add_argument("--labels", nargs="+", help="glob of their ground truth (same file names), quoted")
+    p.add_argument("--modality", default="other", choices=schema.enum("datasets", "*", "modality"),
+                   help="picks the recommended model (`tilesam models recommend`)")  # fmt: skip
+    p.add_argument("--model", help="a model instead of the recommended one (lite_medsam: offline)")
+    p.add_argument("--ndim", type=int, choices=(2, 3), help="2D images or volumes, where the files cannot tell")
+    p.add_argument("--name", help="the dataset's name (default: its folder's)")
+    p.add_argument("--out", default="config/config.yaml")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tilesam.jobs import JOBS
 
@@ -219,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _models_parser(sub)
     _datasets_parser(sub)
+    _init_parser(sub)
     for name, job in JOBS.items():
         _job_parser(sub, name, job)
     return parser
