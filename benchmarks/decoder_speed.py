@@ -6,7 +6,7 @@ micro-sam's decoder loss against random targets: the cost does not depend on the
 seed 0. Each setting runs once untimed, then `--repeats` times; the table gives the fastest run.
 
     python benchmarks/decoder_speed.py                 # upscale 4 (LiteMedSAM) and 16 (micro-sam's models)
-    python benchmarks/decoder_speed.py --upscales 4    # the README's numbers
+    python benchmarks/decoder_speed.py --upscales 4    # docs/benchmarks.md's numbers
 
 To compare with the decoder that doubled in its first steps, run it with another checkout's package:
 `PYTHONPATH=<checkout of 5d95dd1>/src python benchmarks/decoder_speed.py --upscales 4`.

@@ -603,7 +603,7 @@ def main() -> int:
         "--fit-crop",
         type=int,
         default=10,
-        help="decoder fitting crop, embedding tokens (the README's equality run: 10)",
+        help="decoder fitting crop, embedding tokens (docs/benchmarks.md's equality run: 10)",
     )
     parser.add_argument(
         "--finetune-iterations", type=int, default=4, help="tilesam finetuning iterations (equality check; 0: skip)"

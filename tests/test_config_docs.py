@@ -60,7 +60,7 @@ def test_types_and_descriptions_come_from_the_schema():
     assert rows["segmentation.tiles_per_block"][0] == "integer >= 1"
     assert rows["segmentation.tile_shape"][0] == "list of (integer >= 16) (2)"
     assert rows["device"][0] == "one of: auto, cpu, cuda"
-    assert rows["finetune.decoder_crop"][0] == "integer or null >= 1"
+    assert rows["finetune.decoder_crop"][0] == "integer or null or string matching `^auto$` >= 1"
     assert rows["evaluation.prompts"][0] == "list of (one of: point, box, iterative_point, iterative_box)"  # via $ref
     assert "tiles per embed/segment job" in rows["segmentation.tiles_per_block"][2]
     # `<name>` in a description is escaped outside code spans, so Markdown shows it

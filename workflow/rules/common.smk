@@ -4,6 +4,7 @@
 import json
 import os
 import sys
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
@@ -30,7 +31,11 @@ TRUST = (
 
 # --sdm conda: workflow/envs/tilesam.yaml installs tilesam from ${TILESAM_SOURCE}: Snakemake copies
 # env files to .snakemake/conda/ first, so only an absolute path from the environment reaches it.
-os.environ.setdefault("TILESAM_SOURCE", str(workflow.basedir))
+# Its root is two folders above this file: workflow.basedir is the *user's* folder when tilesam is a module.
+os.environ.setdefault(
+    "TILESAM_SOURCE",
+    str(Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parents[1]),
+)
 
 GPUS = gpus_for(
     config["device"]

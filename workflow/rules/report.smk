@@ -9,8 +9,16 @@ rule benchmark_table:
             category="Benchmark",
         ),
         markdown=paths.TABLE_MD,
-        per_image=f"{paths.BENCHMARK}/per_image.csv",
-        iterations=f"{paths.BENCHMARK}/iterations.csv",
+        per_image=report(
+            f"{paths.BENCHMARK}/per_image.csv",
+            caption="../report/per_image.rst",
+            category="Benchmark",
+        ),
+        iterations=report(
+            f"{paths.BENCHMARK}/iterations.csv",
+            caption="../report/iterations.rst",
+            category="Benchmark",
+        ),
         comparison=report(
             f"{paths.BENCHMARK}/comparison.csv",
             caption="../report/comparison.rst",
