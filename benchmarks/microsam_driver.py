@@ -20,6 +20,11 @@ micro-sam's users write it: `get_predictor_and_decoder(model_type, checkpoint)` 
 the embedding (`<out>.features.npy`, with input_size / original_size in the JSON) and the decoder's
 three maps (`<out>.maps.npy`), so that the caller can run its own decoder on the same embedding.
 
+`--untiled --mode apg` (the equality check of `vs_microsam.py --apg-equality`): as `--untiled`, then
+`AutomaticPromptGenerator(predictor, decoder)` given the AIS segmenter's maps (`set_state`) and its
+`generate(**params)` for each parameter set of `--generate-apg` (a JSON list), each label image saved
+as `<out>.apg<k>.npy`; the AIS labels (`--generate`) come from the same run.
+
 Each stage reports wall time (perf_counter), this process's CPU time (process_time) and its own
 peak resident memory: the kernel's high-water mark (VmHWM) is reset before the stage
 (/proc/self/clear_refs) where Linux allows it, else the process's peak so far is reported.
@@ -85,13 +90,14 @@ def main() -> None:
     parser.add_argument("--image", required=True, help="a 2D uint8 TIFF")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--model-type", required=True, help="vit_b, vit_t, ... (micro-sam's model_type)")
-    parser.add_argument("--mode", choices=["amg", "ais"], default="amg")
+    parser.add_argument("--mode", choices=["amg", "ais", "apg"], default="amg")
     parser.add_argument("--tile", type=int, nargs=2, help="required unless --untiled")
     parser.add_argument("--halo", type=int, nargs=2, help="required unless --untiled")
     parser.add_argument("--untiled", action="store_true", help="AIS on the whole image (the equality check)")
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--points-per-batch", type=int, default=64)
     parser.add_argument("--generate", default="{}", help="JSON keyword arguments of segmenter.generate")
+    parser.add_argument("--generate-apg", default="[]", help="--untiled --mode apg: JSON list of APG generate kwargs")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True, help="JSON file; the labels go next to it as .npy")
@@ -170,8 +176,8 @@ def untiled_ais(args, image, stages: Stages, t_start: float) -> None:
     from micro_sam import util
     from micro_sam.instance_segmentation import InstanceSegmentationWithDecoder, get_predictor_and_decoder
 
-    if args.mode != "ais":
-        raise SystemExit("--untiled is the AIS equality check: use --mode ais")
+    if args.mode not in ("ais", "apg"):
+        raise SystemExit("--untiled is the AIS/APG equality check: use --mode ais or apg")
     predictor, decoder = stages.run(
         "load model", get_predictor_and_decoder, model_type=args.model_type, checkpoint_path=args.checkpoint,
         device=args.device,
@@ -183,6 +189,16 @@ def untiled_ais(args, image, stages: Stages, t_start: float) -> None:
     stages.run("segmentation", segmenter.initialize, image=image, image_embeddings=embeddings, verbose=False)
     labels = np.asarray(stages.run("merging", segmenter.generate, **json.loads(args.generate)))
     out = Path(args.out)
+    apg_instances = []
+    if args.mode == "apg":
+        from micro_sam.instance_segmentation import AutomaticPromptGenerator
+
+        apg = AutomaticPromptGenerator(predictor, decoder)
+        apg.set_state(segmenter.get_state())  # the same maps; the predictor holds the embedding
+        for k, params in enumerate(json.loads(args.generate_apg)):
+            apg_labels = np.asarray(stages.run(f"apg {k}", apg.generate, **params))
+            np.save(out.with_suffix(f".apg{k}.npy"), apg_labels)
+            apg_instances.append(int(len(np.unique(apg_labels[apg_labels > 0]))))
     np.save(out.with_suffix(".npy"), labels)
     np.save(out.with_suffix(".features.npy"), np.asarray(embeddings["features"], dtype=np.float32))
     state = segmenter.get_state()
@@ -198,6 +214,8 @@ def untiled_ais(args, image, stages: Stages, t_start: float) -> None:
                 "input_size": [int(s) for s in embeddings["input_size"]],
                 "original_size": [int(s) for s in embeddings["original_size"]],
                 "generate": json.loads(args.generate),
+                "generate_apg": json.loads(args.generate_apg),
+                "apg_instances": apg_instances,
                 "torch_threads": torch.get_num_threads(),
                 "versions": {"micro_sam": __import__("micro_sam").__version__, "torch": torch.__version__},
             },

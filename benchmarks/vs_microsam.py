@@ -55,8 +55,13 @@ A diagnostic row runs tilesam's decoder with its BatchNorm layers on the image's
 its BatchNorm normalises with each image's statistics, not the stored running ones. Exits 1 if the
 adjusted Rand index of tilesam as it is (eval mode) is below 0.99.
 
+APG and AIS equality (`--apg-equality`, issue 29; `benchmarks/apg_equality.py`): one untiled 512 x 512
+image with `--apg-objects` nuclei (>= 50) and a decoder fitted on it; micro-sam's
+`AutomaticPromptGenerator` and AIS against tilesam's `segment.apg.apg_labels` and AIS (ARI >= 0.99 each).
+
     benchmarks/setup_microsam.sh                     # once: benchmarks/.venv-microsam
     python benchmarks/vs_microsam.py --ais-equality  # issues 15 and 16: micro-sam's AIS == tilesam's
+    python benchmarks/vs_microsam.py --apg-equality  # issue 29: micro-sam's APG and AIS == tilesam's
     python benchmarks/vs_microsam.py   # issue 14's run: 1024 and 4096, vit_t, 4 x 4 points (< 30 min on 2 cores)
     python benchmarks/vs_microsam.py --sizes 1024 --models vit_b --points-per-side 4   # smoke test
     python benchmarks/vs_microsam.py --sizes 1024 4096 --models vit_t --points-per-side 8   # 45 min on 2 cores
@@ -608,9 +613,19 @@ def main() -> int:
     parser.add_argument(
         "--finetune-iterations", type=int, default=4, help="tilesam finetuning iterations (equality check; 0: skip)"
     )
+    parser.add_argument("--apg-equality", action="store_true", help="only the untiled APG + AIS equality check")
+    parser.add_argument("--apg-objects", type=int, default=60, help="objects of the APG equality image (>= 50)")
+    parser.add_argument("--apg-params", default="{}", help="JSON overrides of every APG parameter set (both tools)")
+    parser.add_argument(
+        "--apg-shared-maps", action="store_true", help="APG equality: tilesam on micro-sam's embedding and maps"
+    )
     args = parser.parse_args()
     if args.ais_equality:
         return ais_equality(args)
+    if args.apg_equality:
+        from apg_equality import apg_equality
+
+        return apg_equality(args, ais_params(args), markdown)
     if args.batch_size and args.batch_size != "auto":
         args.batch_size = int(args.batch_size)
     work = args.work.resolve()

@@ -15,6 +15,8 @@ STAGES = [
     config.SearchGrid,
     config.AisParams,
     config.AisSearchGrid,
+    config.ApgParams,
+    config.ApgSearchGrid,
     config.StitchParams,
     config.FinetuneConfig,
 ]
@@ -35,6 +37,8 @@ def test_every_field_has_the_schema_default_and_every_key_a_field(cls):
         "amg_search",
         "ais",
         "ais_search",
+        "apg",
+        "apg_search",
         "keep_embeddings",
         "dataset",
         "val_dataset",
@@ -51,6 +55,8 @@ def test_every_section_with_settings_has_a_data_class():
         ("segmentation", "amg_search"),
         ("segmentation", "ais"),
         ("segmentation", "ais_search"),
+        ("segmentation", "apg"),
+        ("segmentation", "apg_search"),
         ("stitch",),
         ("finetune",),
     }
@@ -126,7 +132,7 @@ def test_ais_params_reject_out_of_range_values_naming_the_key():
     params = config.build(config.AisParams, {"min_size": 100.0, "distance_smoothing": 2})
     assert params.min_size == 100 and isinstance(params.min_size, int) and params.distance_smoothing == 2.0
     assert "tiles_per_batch" not in params.postprocessing() and params.postprocessing()["min_size"] == 100
-    assert config.SEGMENTERS == ("amg", "ais") and config.AUTO_METHOD in config.METHODS
+    assert config.SEGMENTERS == ("amg", "ais", "apg") and config.AUTO_METHOD in config.METHODS
 
 
 def test_a_key_given_twice_in_a_config_file_is_an_error_naming_the_line(tmp_path):
@@ -138,3 +144,22 @@ def test_a_key_given_twice_in_a_config_file_is_an_error_naming_the_line(tmp_path
         config.check_file(path)
     path.write_text("datasets:\n  a: {images: 'x/*.tif'}\nmodels: [vit_b, vit_b_lm]\n")
     config.check_file(path)
+
+
+def test_apg_params_are_micro_sams_defaults_and_reject_out_of_range_values_naming_the_key():
+    params = config.ApgParams()
+    assert (params.min_size, params.nms_threshold, params.multimasking, params.intersection_over_min) == (
+        25,
+        0.9,
+        False,
+        False,
+    )
+    assert params.center_distance_threshold == params.boundary_distance_threshold == params.foreground_threshold == 0.5
+    assert params.mask_threshold is None and not params.refine_with_box_prompts
+    with pytest.raises(ValueError, match="segmentation.apg.nms_threshold"):
+        config.build(config.ApgParams, {"nms_threshold": 1.5})
+    with pytest.raises(ValueError, match="segmentation.apg.prompts_per_batch"):
+        config.build(config.ApgParams, {"prompts_per_batch": 0})
+    built = config.build(config.ApgParams, {"mask_threshold": 0, "min_size": 50.0})
+    assert built.mask_threshold == 0.0 and isinstance(built.min_size, int)
+    assert set(built.postprocessing()) == {f.name for f in fields(built)} - {"prompts_per_batch", "tiles_per_batch"}

@@ -32,6 +32,8 @@ MAY_IMPORT_TORCH = {
     "tilesam.segment.box_amg": "decodes box-grid prompts with SAM's mask decoder",
     "tilesam.segment.blocks": "runs AMG over the tiles of a block",
     "tilesam.segment.search": "decodes the AMG candidates of the threshold search",
+    "tilesam.segment.apg": "decodes the prompts it derives with SAM's mask decoder",
+    "tilesam.segment.nms": "NMS over the torch masks of APG, as micro-sam computes it",
     "tilesam.finetune.*": "trains SAM",
 }
 

@@ -184,7 +184,7 @@ PROMPT_MODES: tuple[str, ...] = enum("evaluation", "prompts")  # prompted evalua
 
 
 @dataclass(frozen=True)
-@from_schema("segmentation", workflow_keys=("methods", "amg", "amg_search", "ais", "ais_search"))
+@from_schema("segmentation", workflow_keys=("methods", "amg", "amg_search", "ais", "ais_search", "apg", "apg_search"))
 class Tiling:
     """How an image is cut into tiles (each seen with its halo) and tiles into blocks (jobs)."""
 
@@ -431,3 +431,42 @@ class FinetuneConfig:
     def from_dict(cls, values: dict[str, Any]) -> FinetuneConfig:
         """Inverse of ``asdict`` (e.g. from a model card), checked by the schema like a config."""
         return build(cls, values)
+
+
+@dataclass(frozen=True)
+@from_schema("segmentation", "apg")
+class ApgParams:
+    """APG settings; defaults are micro-sam's `AutomaticPromptGenerator.generate` defaults.
+
+    ``mask_threshold`` None is the model's own. ``prompts_per_batch`` (micro-sam's ``batch_size``)
+    and ``tiles_per_batch`` (the maps, as AIS's) are memory and speed, not results.
+    """
+
+    center_distance_threshold: float
+    boundary_distance_threshold: float
+    foreground_threshold: float
+    min_size: int
+    multimasking: bool
+    nms_threshold: float
+    intersection_over_min: bool
+    mask_threshold: float | None
+    refine_with_box_prompts: bool
+    prompts_per_batch: int
+    tiles_per_batch: int
+
+    def postprocessing(self) -> dict[str, float | int | bool | None]:
+        """The settings that decide the labels (not the batch sizes): provenance and tables."""
+        batching = ("prompts_per_batch", "tiles_per_batch")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in batching}
+
+
+@dataclass(frozen=True)
+@from_schema("segmentation", "apg_search", workflow_keys=("dataset",))
+class ApgSearchGrid:
+    """The APG search's grid (micro-sam's): thresholds as (start, stop, step), stop included; the rest listed."""
+
+    center_distance_threshold: tuple[float, float, float]
+    boundary_distance_threshold: tuple[float, float, float]
+    min_size: tuple[int, ...]
+    nms_threshold: tuple[float, float, float]
+    intersection_over_min: tuple[bool, ...]

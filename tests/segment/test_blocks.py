@@ -1,5 +1,6 @@
 """Segmenting a block from its embedding store: the labels, and the record of params the store keeps;
-AIS in a block job: per-window labels from the decoder's maps, batching, provenance, resume, volumes.
+AIS in a block job: per-window labels from the decoder's maps, batching, provenance, resume, volumes;
+APG in a block job: the same, with each window's prompts decoded by SAM and its stage seconds.
 
 The record is read by the result tables and by the resume check, so its keys, their order and
 their values must not change when the parameters' code does.
@@ -15,14 +16,15 @@ import zarr
 from helpers.ais_maps import embedding_with_maps, map_reading_decoder
 from helpers.embedded import Clock, embedded_block
 from helpers.label_images import disc_truth
-from tilesam.config import AisParams, AmgParams, replace
+from tilesam.config import AisParams, AmgParams, ApgParams, replace
 from tilesam.data import stores, synthetic
-from tilesam.embed import read_embedding
+from tilesam.embed import encode, normalize, read_embedding
 from tilesam.models.unetr import decode_maps
 from tilesam.segment import ais as ais_module
 from tilesam.segment import results
 from tilesam.segment.ais import ais_labels
 from tilesam.segment.amg import filter_candidates, generate_masks
+from tilesam.segment.apg import apg_labels
 from tilesam.segment.blocks import ais_batches, segment_block
 from tilesam.segment.box_amg import decode_box_candidates
 from tilesam.segment.labels import masks_to_labels
@@ -144,8 +146,12 @@ def truth_of(grid: TileGrid, seed: int) -> np.ndarray:
     return disc_truth(grid.shape, rng, [], 8, radii=(6, 10))
 
 
-def embedding_store(path, grid: TileGrid, truth: np.ndarray) -> dict:
-    """A finished embedding store of block 0 holding every tile of `grid`: noise, the window's maps in channels 0-2."""
+def embedding_store(path, grid: TileGrid, truth: np.ndarray, model=None) -> dict:
+    """A finished embedding store of block 0 holding every tile of `grid`: noise, the window's maps in channels 0-2.
+
+    With `model`, the rest of each embedding is the model's own of the window's rendered image instead
+    of noise, so that SAM decodes real masks from it (APG).
+    """
     tiles = grid.block(0, grid.n_tiles)
     prov = {
         "encoder_sha256": "sha",
@@ -158,6 +164,11 @@ def embedding_store(path, grid: TileGrid, truth: np.ndarray) -> dict:
     }
     root = stores.open_partial(path, "embeddings", prov, len(tiles))
     embeddings = np.stack([embedding_with_maps(truth[tile.window_slices()], seed=i) for i, tile in enumerate(tiles)])
+    if model is not None:
+        image = synthetic.render(truth, seed=0)
+        for i, tile in enumerate(tiles):
+            own = encode(model, [normalize(image[tile.window_slices()], (0.0, 255.0))])[0].numpy()
+            embeddings[i, 3:] = own[3:]
     root.create_array("embeddings", data=embeddings)
     root["done"][:] = True
     root.attrs["stats"] = {"encoder_seconds": 1.0, "peak_mem_mb": 1.0}
@@ -297,3 +308,106 @@ def test_ais_without_a_decoder_or_with_amg_params_is_an_error(tmp_path):
         )
     with pytest.raises(ValueError, match="unknown segmentation method 'auto'"):
         segment_block(None, tmp_path / "emb.zarr", prov, GRID, tmp_path / "seg.zarr", method="auto")
+
+
+# --- APG blocks: the same maps, prompts decoded by LiteMedSAM from the window's embedding ---
+
+
+def expected_apg_labels(model, decoder, store, grid: TileGrid, params: ApgParams) -> list[np.ndarray]:
+    """Each tile's maps decoded alone, then APG on its own embedding: what the block must store."""
+    root = zarr.open_group(str(store), mode="r")
+    out = []
+    for i, tile in enumerate(grid.block(0, grid.n_tiles)):
+        window = tile.window_shape
+        scale = IMG_SIZE / max(window)
+        input_size = (int(window[0] * scale + 0.5), int(window[1] * scale + 0.5))
+        emb = torch.from_numpy(root["embeddings"][i][None])
+        maps = decode_maps(decoder, emb, input_size, window, model_size=IMG_SIZE)[0]
+        out.append(apg_labels(model, emb, maps, params))
+    return out
+
+
+def test_apg_block_stores_each_windows_labels_and_stage_seconds(lite_medsam, decoder, tmp_path, monkeypatch):
+    import tilesam.segment.blocks as blocks
+
+    prov = embedding_store(tmp_path / "emb.zarr", GRID, truth_of(GRID, 7), lite_medsam)
+    # LiteMedSAM, trained on boxes, answers points on these small windows with masks of a few pixels;
+    # its box round gives larger ones (the labels only have to be the block's and the direct call's)
+    params = ApgParams(min_size=0, refine_with_box_prompts=True, tiles_per_batch=2, prompts_per_batch=3)
+    expected = expected_apg_labels(lite_medsam, decoder, tmp_path / "emb.zarr", GRID, params)
+    assert sum(len(np.unique(e)) - 1 for e in expected) >= 3  # the windows' prompts gave masks
+    monkeypatch.setattr(blocks, "time", Clock())  # every perf_counter() call is 1 s later
+    out = tmp_path / "seg.zarr"
+    stats = segment_block(
+        lite_medsam, tmp_path / "emb.zarr", prov, GRID, out, method="apg", params=params, decoder=decoder,
+        decoder_id=DECODER_ID,
+    )  # fmt: skip
+    assert stats["tiles"] == stats["computed"] == 3 and stats["device"] == "cpu"
+    root = zarr.open_group(str(out), mode="r")
+    for i, tile in enumerate(GRID.tiles()):
+        labels = root[f"t{i}"][...]
+        assert labels.dtype == np.uint32 and labels.shape == tile.window_shape
+        np.testing.assert_array_equal(labels, expected[i])
+    # batches [0, 1] and [2]: maps 1 s shared by two tiles or 1 s alone, then 1 s for prompts + masks, 1 s for NMS
+    assert root["stage_seconds"][:].tolist() == [[0.5, 1.0, 1.0], [0.5, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    assert root["seconds"][:].tolist() == [2.5, 2.5, 3.0]
+    cost = results.costs([out])
+    assert (cost["maps_s_per_tile"], cost["prompts_masks_s_per_tile"], cost["nms_s_per_tile"]) == (2 / 3, 1.0, 1.0)
+    assert cost["segment_s_per_image"] == 8.0
+    record = dict(root.attrs["tilesam"]["segmentation"])
+    assert record["method"] == "apg" and record["decoder"] == DECODER_ID
+    assert record["params"] == params.postprocessing()  # batch sizes are not part of what made the labels
+    assert params_column(record)["decoder"] == "test-decoder" and params_column(record)["nms_threshold"] == 0.9
+
+
+def test_an_interrupted_apg_block_resumes_and_other_settings_are_not_taken_over(
+    lite_medsam, decoder, tmp_path, monkeypatch
+):
+    from tilesam.segment import apg as apg_module
+
+    prov = embedding_store(tmp_path / "emb.zarr", GRID, truth_of(GRID, 8), lite_medsam)
+    params = ApgParams(min_size=0, refine_with_box_prompts=True)
+    real, calls = apg_module.decode_prompts, []
+
+    def killed_at_the_second_window(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # two rounds (points, boxes) a window
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(apg_module, "decode_prompts", killed_at_the_second_window)
+    out = tmp_path / "seg.zarr"
+    kwargs = {"method": "apg", "decoder": decoder, "decoder_id": DECODER_ID}
+    with pytest.raises(RuntimeError, match="killed"):
+        segment_block(lite_medsam, tmp_path / "emb.zarr", prov, GRID, out, params=params, **kwargs)
+    monkeypatch.setattr(apg_module, "decode_prompts", real)
+    assert zarr.open_group(str(stores.partial_path(out)))["done"][:].tolist() == [1, 0, 0]
+    stats = segment_block(lite_medsam, tmp_path / "emb.zarr", prov, GRID, out, params=params, **kwargs)
+    assert stats["computed"] == 2
+    expected = expected_apg_labels(lite_medsam, decoder, tmp_path / "emb.zarr", GRID, params)
+    root = zarr.open_group(str(out), mode="r")
+    for i in range(GRID.n_tiles):
+        np.testing.assert_array_equal(root[f"t{i}"][...], expected[i])
+    assert np.isfinite(root["stage_seconds"][:]).all()
+    # another NMS threshold: a partial store of the old one is set aside, not resumed
+    monkeypatch.setattr(apg_module, "decode_prompts", killed_at_the_second_window)
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        segment_block(lite_medsam, tmp_path / "emb.zarr", prov, GRID, tmp_path / "b.zarr", params=params, **kwargs)
+    monkeypatch.setattr(apg_module, "decode_prompts", real)
+    changed = replace(params, nms_threshold=0.5)
+    stats = segment_block(lite_medsam, tmp_path / "emb.zarr", prov, GRID, tmp_path / "b.zarr", params=changed, **kwargs)
+    assert stats["computed"] == 3 and len(list(tmp_path.glob("b.zarr*.stale-*"))) == 1
+
+
+def test_apg_without_a_decoder_or_with_ais_params_is_an_error(lite_medsam, decoder, tmp_path):
+    prov = embedding_store(tmp_path / "emb.zarr", GRID, truth_of(GRID, 9))
+    with pytest.raises(ValueError, match="method apg needs the instance decoder of model m, none was given"):
+        segment_block(
+            lite_medsam, tmp_path / "emb.zarr", prov, GRID, tmp_path / "s.zarr", method="apg", model_id={"model": "m"}
+        )
+    with pytest.raises(TypeError, match="method apg takes ApgParams, got AisParams"):
+        segment_block(
+            lite_medsam, tmp_path / "emb.zarr", prov, GRID, tmp_path / "s.zarr", method="apg", params=AisParams(),
+            decoder=decoder,
+        )  # fmt: skip

@@ -1,5 +1,6 @@
-"""The parameter searches: AMG thresholds (decode once, filter per setting, with the real model) and
-the AIS protocol's grid (every setting scored on maps decoded once per tile)."""
+"""The parameter searches: AMG thresholds (decode once, filter per setting, with the real model),
+the AIS protocol's grid (every setting scored on maps decoded once per tile) and micro-sam's APG grid
+(prompts decoded once per tile and threshold pair)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,28 @@ import torch
 from helpers.ais_maps import embedding_with_maps, map_reading_decoder
 from helpers.label_images import disc_truth, paint_disc
 from helpers.tiled_cells import embedder, make_cells
-from tilesam.config import AisParams, AisSearchGrid, AmgParams, StitchParams, replace
+from tilesam.config import AisParams, AisSearchGrid, AmgParams, ApgParams, ApgSearchGrid, StitchParams, replace
+from tilesam.data import synthetic
+from tilesam.embed import encode, normalize
 from tilesam.metrics import segmentation_scores
 from tilesam.models.unetr import decode_maps
 from tilesam.segment.ais import ais_labels
 from tilesam.segment.amg import filter_candidates
+from tilesam.segment.apg import apg_labels
 from tilesam.segment.box_amg import decode_box_candidates
 from tilesam.segment.labels import masks_to_labels
-from tilesam.segment.search import AIS_KEYS, SearchImage, ais_grid, protocol_range, search_ais, search_amg
+from tilesam.segment.search import (
+    AIS_KEYS,
+    APG_KEYS,
+    SearchImage,
+    ais_grid,
+    apg_grid,
+    protocol_range,
+    search_ais,
+    search_amg,
+    search_apg,
+    searched_apg,
+)
 from tilesam.stitch.tiles import stitch_in_memory
 from tilesam.tiling import TileGrid
 
@@ -119,3 +134,84 @@ def test_every_setting_is_scored_and_the_best_is_what_segmenting_with_it_scores(
         scores.append(segmentation_scores(image.gt, stitch_in_memory(image.grid, tiles)).msa)
     assert np.isclose(np.mean(scores), best.mSA)
     pd.testing.assert_frame_equal(table, search_ais(decoder, images, AisParams(), IMG_SIZE, grid=grid))
+
+
+# --- APG: maps from the map-reading decoder, prompts decoded by LiteMedSAM from real embeddings ---
+
+
+def _apg_image(model, seed: int) -> SearchImage:
+    """Like `_image`, with each window's embedding LiteMedSAM's own of its rendered image (channels 3-255)."""
+    image, truth, embeddings = _image(seed)
+    pixels = synthetic.render(truth, seed)
+    for tile in image.grid.tiles():
+        own = encode(model, [normalize(pixels[tile.window_slices()], (0.0, 255.0))])[0].numpy()
+        embeddings[tile.id][3:] = own[3:]
+    return image
+
+
+def test_the_default_apg_grid_is_micro_sams():
+    grid = apg_grid()
+    assert list(grid) == list(APG_KEYS)
+    assert grid["center_distance_threshold"] == grid["boundary_distance_threshold"] == [0.3, 0.4, 0.5, 0.6, 0.7]
+    assert grid["min_size"] == [50, 100, 200] and grid["nms_threshold"] == [0.5, 0.6, 0.7, 0.8, 0.9]
+    assert grid["intersection_over_min"] == [True, False]
+    with pytest.raises(ValueError, match="segmentation.apg_search.nms_threshold"):
+        apg_grid(ApgSearchGrid(nms_threshold=(0.5, 1.5, 0.5)))
+
+
+def test_apg_search_decodes_once_per_threshold_pair_and_scores_as_segmenting(lite_medsam, monkeypatch):
+    from tilesam.segment import apg as apg_module
+
+    decoder = map_reading_decoder()
+    image = _apg_image(lite_medsam, 3)
+    params = ApgParams(refine_with_box_prompts=True)  # LiteMedSAM answers boxes better than points
+    grid = {
+        "center_distance_threshold": [0.3, 0.6],
+        "boundary_distance_threshold": [0.5],
+        "min_size": [0, 20],
+        "nms_threshold": [0.5, 0.9],
+        "intersection_over_min": [True, False],
+    }
+    real, calls = apg_module.decode_prompts, []
+    monkeypatch.setattr(apg_module, "decode_prompts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    table = search_apg(lite_medsam, decoder, [image], params, IMG_SIZE, grid=grid)
+    assert list(table.columns) == [*APG_KEYS, "mSA"] and len(table) == 16
+    assert table.mSA.is_monotonic_decreasing and table.mSA.iloc[0] > 0
+    # 4 windows x 2 threshold pairs x 2 rounds (points, boxes): not once per NMS or size setting
+    assert len(calls) == image.grid.n_tiles * 2 * 2
+    monkeypatch.setattr(apg_module, "decode_prompts", real)
+    for row in (table.iloc[0], table.iloc[-1]):
+        setting = replace(
+            params,
+            center_distance_threshold=float(row.center_distance_threshold),
+            boundary_distance_threshold=float(row.boundary_distance_threshold),
+            min_size=int(row.min_size),
+            nms_threshold=float(row.nms_threshold),
+            intersection_over_min=bool(row.intersection_over_min),
+        )
+        tiles = {}
+        for tile in image.grid.tiles():
+            window = tile.window_shape
+            s = IMG_SIZE / max(window)
+            size = (int(window[0] * s + 0.5), int(window[1] * s + 0.5))
+            embedding = image.embedding_of(tile)
+            maps = decode_maps(decoder, embedding, size, window, model_size=IMG_SIZE)[0]
+            tiles[tile.id] = apg_labels(lite_medsam, embedding, maps, setting)
+        assert segmentation_scores(image.gt, stitch_in_memory(image.grid, tiles)).msa == pytest.approx(row.mSA)
+
+
+def test_the_best_apg_setting_of_a_search_table_is_read_back(tmp_path):
+    table = pd.DataFrame(
+        [
+            {"center_distance_threshold": 0.4, "boundary_distance_threshold": 0.6, "min_size": 100,
+             "nms_threshold": 0.7, "intersection_over_min": True, "mSA": 0.5},
+            {"center_distance_threshold": 0.3, "boundary_distance_threshold": 0.3, "min_size": 50,
+             "nms_threshold": 0.9, "intersection_over_min": False, "mSA": 0.4},
+        ]
+    )  # fmt: skip
+    table.to_csv(tmp_path / "apg.csv", index=False)
+    best = searched_apg(ApgParams(refine_with_box_prompts=True), tmp_path / "apg.csv")
+    assert best == ApgParams(0.4, 0.6, 0.5, 100, False, 0.7, True, None, True, 32, 1)
+    table.drop(columns="nms_threshold").to_csv(tmp_path / "ais.csv", index=False)
+    with pytest.raises(ValueError, match="ais.csv: not an APG search table .*nms_threshold"):
+        searched_apg(ApgParams(), tmp_path / "ais.csv")

@@ -4,9 +4,11 @@ Each tile's window (tile + halo) is segmented on its own; the per-tile label
 images are what `tilesam.stitch.tiles` joins into one image. The encoder is never
 run again here: the embeddings come from the block's embedding store.
 
-Two methods: `amg` (SAM's prompt grid, `tilesam.segment.amg`) and `ais` (micro-sam's instance
-decoder: the block's embeddings go through the decoder in batches of `AisParams.batch_size`
-tiles, and each window's three maps are post-processed on their own, `tilesam.segment.ais`).
+Three methods: `amg` (SAM's prompt grid, `tilesam.segment.amg`), `ais` (micro-sam's instance
+decoder: the block's embeddings go through the decoder in batches of `AisParams.tiles_per_batch`
+tiles, and each window's three maps are post-processed on their own, `tilesam.segment.ais`) and
+`apg` (the same maps per batch of windows, then per window point prompts from them, decoded by
+SAM from the window's embedding and merged by NMS, `tilesam.segment.apg`).
 
 Why AIS per window and not micro-sam's way: micro-sam pastes each tile's maps into whole-image
 float maps and runs one watershed over them, so its memory grows with the image (three float32
@@ -17,6 +19,8 @@ object cut by a tile border is matched across the halo overlap), an interrupted 
 at its first missing tile, and 3D volumes are segmented per section and linked by the stitcher.
 The price: a watershed sees only its window, so an object wider than the halo can be split
 where two windows disagree, as with AMG; the halo should exceed half the largest object.
+APG per window has the same reason and price; micro-sam's tiled APG decodes every prompt against
+the whole image's tiled embeddings and holds whole-image masks until its NMS.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ import torch
 from segment_anything.modeling import Sam
 from tqdm import tqdm
 
-from tilesam.config import SEGMENTERS, AisParams, AmgParams
+from tilesam.config import SEGMENTERS, AisParams, AmgParams, ApgParams
 from tilesam.data import stores
 from tilesam.embed import peak_mem_mb, read_embedding
 from tilesam.segment.amg import generate_masks
 from tilesam.segment.labels import masks_to_labels
+from tilesam.segment.results import APG_STAGES
 from tilesam.tiling import Tile, TileGrid
 
 METHODS = SEGMENTERS
@@ -49,7 +54,7 @@ def segment_block(
     out: str | Path,
     *,
     method: str = "amg",
-    params: AmgParams | AisParams | None = None,
+    params: AmgParams | AisParams | ApgParams | None = None,
     decoder: torch.nn.Module | None = None,
     decoder_id: dict | None = None,
     model_id: dict | None = None,
@@ -63,16 +68,19 @@ def segment_block(
     into the provenance, so a store made with another decoder is not resumed. `model_id` (the
     model's name and checksum) goes into it too: the embeddings name only the encoder, which a
     finetuned model may share with its base.
+    `apg`: `params` are ApgParams, `decoder` as for ais and `model` the SAM that decodes the prompts;
+    each tile's seconds per stage (maps, prompts + masks, NMS) go into the array `stage_seconds`.
     """
     if method not in METHODS:
         raise ValueError(f"unknown segmentation method {method!r}; known: {', '.join(METHODS)}")
-    if method == "ais":
+    if method in ("ais", "apg"):
         if decoder is None:
             name = (model_id or {}).get("model", "?")
-            raise ValueError(f"{out}: method ais needs the instance decoder of model {name}, none was given")
-        params = params or AisParams()
-        if not isinstance(params, AisParams):
-            raise TypeError(f"method ais takes AisParams, got {type(params).__name__}")
+            raise ValueError(f"{out}: method {method} needs the instance decoder of model {name}, none was given")
+        kind = AisParams if method == "ais" else ApgParams
+        params = params or kind()
+        if not isinstance(params, kind):
+            raise TypeError(f"method {method} takes {kind.__name__}, got {type(params).__name__}")
         record = {"params": params.postprocessing(), "decoder": decoder_id}
     else:
         params = params or AmgParams()
@@ -86,6 +94,8 @@ def segment_block(
     done = root["done"][:]
     if method == "ais":
         _ais_tiles(decoder, src, tiles, done, root, params, embedding_provenance["img_size"], out)
+    elif method == "apg":
+        _apg_tiles(model, decoder, src, tiles, done, root, params, embedding_provenance["img_size"], out)
     else:
         _amg_tiles(model, src, tiles, done, root, params, provenance["block"])
     embed_stats = dict(src.attrs.get("stats", {}))
@@ -96,7 +106,7 @@ def segment_block(
         "segment_seconds": float(np.nansum(stores.tile_seconds(root))),
         "encoder_seconds": embed_stats.get("encoder_seconds"),
         "encoder_tile_seconds": None if encoder is None else [None if np.isnan(x) else float(x) for x in encoder],
-        "device": str(model.device if method == "amg" else next(decoder.parameters()).device),
+        "device": str(next(decoder.parameters()).device if method == "ais" else model.device),
         "peak_mem_mb": max(peak_mem_mb(), embed_stats.get("peak_mem_mb", 0.0)),
     }
     root.attrs["stats"] = stats
@@ -168,6 +178,51 @@ def _ais_tiles(
             t0 = time.perf_counter()
             labels = ais_labels(tile_maps, params, source=f"{out} tile {i}")
             _store_tile(root, i, labels, share + time.perf_counter() - t0)
+
+
+def _apg_tiles(
+    model: Sam,
+    decoder: torch.nn.Module,
+    src,
+    tiles: list[Tile],
+    done: np.ndarray,
+    root,
+    params: ApgParams,
+    img_size: int,
+    out: str | Path,
+) -> None:
+    """Decoder maps per batch of windows (as AIS), then APG per window from its own embedding.
+
+    A tile's seconds per stage: its share of its batch's maps, its prompts and masks, its NMS.
+    """
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from tilesam.models.unetr import decode_maps
+    from tilesam.segment.apg import window_masks
+    from tilesam.segment.nms import apply_nms
+
+    if "stage_seconds" not in root:
+        root.create_array("stage_seconds", shape=(len(tiles), len(APG_STAGES)), chunks=(1, len(APG_STAGES)),
+                          dtype="f8", fill_value=np.nan)  # fmt: skip
+    device = next(decoder.parameters()).device
+    todo = [i for i in range(len(tiles)) if not done[i]]
+    for batch in tqdm(ais_batches(tiles, todo, params.tiles_per_batch), desc=f"apg {Path(out).name}"):
+        t0 = time.perf_counter()
+        window = tuple(int(v) for v in tiles[batch[0]].window_shape)
+        embeddings = torch.cat([read_embedding(src, i) for i in batch])
+        input_size = ResizeLongestSide.get_preprocess_shape(*window, img_size)
+        maps = decode_maps(
+            decoder, embeddings.to(device), input_size, window, model_size=img_size, batch_size=len(batch)
+        )
+        share = (time.perf_counter() - t0) / len(batch)
+        for k, (i, tile_maps) in enumerate(zip(batch, maps)):
+            t0 = time.perf_counter()
+            masks = window_masks(model, embeddings[k : k + 1], tile_maps, params, source=f"{out} tile {i}")
+            t1 = time.perf_counter()
+            labels = apply_nms(masks, params.min_size, params.nms_threshold, params.intersection_over_min)
+            t2 = time.perf_counter()
+            root["stage_seconds"][i] = [share, t1 - t0, t2 - t1]
+            _store_tile(root, i, labels, share + t2 - t0)
 
 
 def _params_record(params: AmgParams) -> dict:

@@ -16,10 +16,13 @@ import zarr
 from tilesam.data import stores
 from tilesam.tiling import Tile, TileGrid
 
+#: what a tile's row of an APG block store's `stage_seconds` holds
+APG_STAGES = ("maps", "prompts_masks", "nms")
+
 
 def params_column(segmentation: dict) -> dict:
     """What the table's `params` column shows for a block store's segmentation record."""
-    if segmentation.get("method") == "ais":
+    if segmentation.get("method") in ("ais", "apg"):
         return {**segmentation["params"], "decoder": (segmentation.get("decoder") or {}).get("sha256")}
     extra = {k: segmentation[k] for k in ("prompt", "box_sizes") if k in segmentation}  # AMG's prompt grid
     return {**segmentation["params"], **extra}
@@ -30,9 +33,10 @@ def costs(block_stores: list[str | Path]) -> dict:
 
     Per-tile seconds are kept across an interrupted job, so a resumed run reports what an
     uninterrupted one does. Tiles without a record (stores written before tiles were timed)
-    count at the mean of the timed ones; `timed_tiles` says how many were timed.
+    count at the mean of the timed ones; `timed_tiles` says how many were timed. APG stores also
+    give the mean seconds a tile of each stage (`<stage>_s_per_tile`: maps, prompts_masks, nms).
     """
-    encoder, segment, stats = [], [], []
+    encoder, segment, stats, stages = [], [], [], []
     for path in block_stores:
         root = zarr.open_group(str(path), mode="r")
         s = dict(root.attrs["stats"])
@@ -42,9 +46,15 @@ def costs(block_stores: list[str | Path]) -> dict:
             seconds = [s["segment_seconds"] / max(s["computed"], 1)] * s["computed"]
             seconds += [np.nan] * (s["tiles"] - s["computed"])
         segment.extend(seconds)
+        if "stage_seconds" in root:
+            stages.append(root["stage_seconds"][:])
         tile_enc = s.get("encoder_tile_seconds") or [(s.get("encoder_seconds") or np.nan) / s["tiles"]] * s["tiles"]
         encoder.extend(np.nan if x is None else x for x in tile_enc)
     encoder, segment = np.asarray(encoder, float), np.asarray(segment, float)
+    per_stage = {}
+    if stages:
+        table = np.concatenate(stages)
+        per_stage = {f"{name}_s_per_tile": _mean(table[:, k]) for k, name in enumerate(APG_STAGES)}
     return {
         "encoder_s_per_tile": _mean(encoder),
         "segment_s_per_image": _mean(segment) * len(segment),
@@ -52,6 +62,7 @@ def costs(block_stores: list[str | Path]) -> dict:
         "device": stats[0]["device"],
         "n_tiles": len(segment),
         "timed_tiles": int((np.isfinite(encoder) & np.isfinite(segment)).sum()),
+        **per_stage,
     }
 
 

@@ -1,4 +1,4 @@
-"""The protocol's parameter searches, best mSA on a validation split: AMG's and AIS's.
+"""The protocol's parameter searches, best mSA on a validation split: AMG's, AIS's and APG's.
 
 AMG (IoU and stability thresholds): cheap because every tile is decoded once, at the loosest
 thresholds of the grid; each setting then only filters the stored candidates
@@ -9,6 +9,12 @@ per tile; each distance smoothing is applied once per tile, each threshold pair'
 once per tile and smoothing, and the minimum sizes only filter its result
 (`tilesam.segment.ais`'s steps), then the tiles are stitched and scored.
 
+APG (micro-sam's `default_grid_search_values_apg`: centre and boundary thresholds, minimum size,
+NMS threshold, intersection over min or union): the decoder runs once per tile; the prompts of each
+(centre, boundary) pair are decoded by SAM once per tile, and their masks' pairwise overlaps
+computed once; every minimum size and NMS setting only filters and paints those masks
+(`tilesam.segment.nms`).
+
 The setting with the best mean mSA over the validation images is the one the other datasets
 are segmented with.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,7 +31,7 @@ import torch
 from segment_anything.modeling import Sam
 from tqdm import tqdm
 
-from tilesam.config import AisParams, AisSearchGrid, AmgParams, SearchGrid, StitchParams
+from tilesam.config import AisParams, AisSearchGrid, AmgParams, ApgParams, ApgSearchGrid, SearchGrid, StitchParams
 from tilesam.metrics import segmentation_scores
 from tilesam.segment.amg import decode_candidates, filter_candidates
 from tilesam.segment.labels import masks_to_labels
@@ -43,6 +50,13 @@ PRED_IOU_GRID = protocol_range(*SearchGrid().pred_iou_thresh)
 STABILITY_GRID = protocol_range(*SearchGrid().stability_score_thresh)
 
 AIS_KEYS = ("center_distance_threshold", "boundary_distance_threshold", "distance_smoothing", "min_size")
+APG_KEYS = (
+    "center_distance_threshold",
+    "boundary_distance_threshold",
+    "min_size",
+    "nms_threshold",
+    "intersection_over_min",
+)
 
 
 def ais_grid(grid: AisSearchGrid | None = None) -> dict[str, list]:
@@ -152,3 +166,96 @@ def search_ais(
     per_image = pd.DataFrame(rows)
     table = per_image.groupby(list(AIS_KEYS), as_index=False, sort=False)["mSA"].mean()
     return table.sort_values("mSA", ascending=False, kind="stable", ignore_index=True)
+
+
+def apg_grid(grid: ApgSearchGrid | None = None) -> dict[str, list]:
+    """The APG search's values per parameter (micro-sam's `default_grid_search_values_apg` by default)."""
+    grid = grid or ApgSearchGrid()
+    ranges = ("center_distance_threshold", "boundary_distance_threshold", "nms_threshold")
+    values = {key: protocol_range(*getattr(grid, key)) for key in ranges}
+    values["min_size"] = sorted({int(v) for v in grid.min_size})
+    values["intersection_over_min"] = list(dict.fromkeys(bool(v) for v in grid.intersection_over_min))
+    for key, vals in values.items():
+        if not vals or (key in ranges and not 0 <= min(vals) <= max(vals) <= 1):
+            raise ValueError(f"segmentation.apg_search.{key}: no valid values in {getattr(grid, key)}")
+    return {key: values[key] for key in APG_KEYS}
+
+
+def search_apg(
+    model: Sam,
+    decoder: torch.nn.Module,
+    images: list[SearchImage],
+    params: ApgParams,
+    img_size: int,
+    *,
+    grid: dict[str, list] | None = None,
+    stitch_params: StitchParams | None = None,
+) -> pd.DataFrame:
+    """mSA (mean over images) of every APG setting of `grid` (`apg_grid`), best first.
+
+    `params` gives the rest (foreground threshold, multimasking, mask threshold, box refinement).
+    """
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from tilesam.models.unetr import decode_maps
+    from tilesam.segment import apg
+    from tilesam.segment.ais import check_maps
+    from tilesam.segment.nms import apply_nms, overlaps
+
+    grid = grid or apg_grid()
+    stitch_params = stitch_params or StitchParams()
+    device = next(decoder.parameters()).device
+    post = [
+        (min_size, nms, iom)
+        for min_size in grid["min_size"]
+        for nms in grid["nms_threshold"]
+        for iom in grid["intersection_over_min"]
+    ]
+    rows = []
+    for image in tqdm(images, desc="APG search"):
+        windows = {}  # tile id -> (embedding, maps)
+        for tile in image.grid.tiles():
+            window = tuple(int(v) for v in tile.window_shape)
+            input_size = ResizeLongestSide.get_preprocess_shape(*window, img_size)
+            with torch.no_grad():
+                embedding = image.embedding_of(tile)
+                tile_maps = decode_maps(decoder, embedding.to(device), input_size, window, model_size=img_size)[0]
+            windows[tile.id] = (embedding, check_maps(tile_maps, f"{image.name} tile {tile.id}"))
+        for centre in grid["center_distance_threshold"]:
+            for boundary in grid["boundary_distance_threshold"]:
+                setting = replace(params, center_distance_threshold=centre, boundary_distance_threshold=boundary)
+                labels = {p: {} for p in post}
+                for tile_id, (embedding, maps) in windows.items():
+                    with torch.no_grad():
+                        masks = apg.window_masks(model, embedding, maps, setting)
+                    pairs = overlaps(masks.masks, masks.boxes) if len(masks) else None
+                    for p in post:
+                        labels[p][tile_id] = (
+                            apply_nms(masks, *p, pairs=pairs) if len(masks) else np.zeros(masks.shape, np.uint32)
+                        )
+                for (min_size, nms, iom), tiles in labels.items():
+                    msa = segmentation_scores(image.gt, stitch_in_memory(image.grid, tiles, stitch_params)).msa
+                    values = (centre, boundary, min_size, nms, iom)
+                    rows.append({"image": image.name, **dict(zip(APG_KEYS, values)), "mSA": msa})
+    per_image = pd.DataFrame(rows)
+    table = per_image.groupby(list(APG_KEYS), as_index=False, sort=False)["mSA"].mean()
+    return table.sort_values("mSA", ascending=False, kind="stable", ignore_index=True)
+
+
+def searched_apg(params: ApgParams, search_csv: str | Path) -> ApgParams:
+    """`params` with the best setting of an APG search table (`search_apg`'s CSV, best first)."""
+    table = pd.read_csv(search_csv)
+    if missing := [k for k in APG_KEYS if k not in table]:
+        raise ValueError(f"{search_csv}: not an APG search table (no column {', '.join(missing)})")
+    best = table.iloc[0]
+    iom = best["intersection_over_min"]
+    if isinstance(iom, str):  # a CSV written by hand
+        iom = iom.strip().lower() == "true"
+    return replace(
+        params,
+        center_distance_threshold=float(best["center_distance_threshold"]),
+        boundary_distance_threshold=float(best["boundary_distance_threshold"]),
+        min_size=int(best["min_size"]),
+        nms_threshold=float(best["nms_threshold"]),
+        intersection_over_min=bool(iom),
+    )
