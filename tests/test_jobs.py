@@ -99,3 +99,24 @@ def test_labels_do_not_depend_on_how_the_tiles_are_grouped_into_blocks(tmp_path)
         labels[min_blocks], n_jobs[min_blocks] = ome.open_level0(run / "labels.ome.zarr")[...], len(blocks)
     assert n_jobs == {1: 1, 2: 2} and len(np.unique(labels[1])) > 3  # two layouts; instances found
     np.testing.assert_array_equal(labels[1], labels[2])
+
+
+def test_auto_segments_with_the_method_whose_search_scored_higher_and_says_so(tmp_path):
+    from tilesam.jobs import choose
+
+    ais = tmp_path / "ais_search.csv"
+    pd.DataFrame({k: [0.5, 0.4] for k in SEARCHED["ais"]} | {"mSA": [0.62, 0.5]}).to_csv(ais, index=False)
+    apg = tmp_path / "apg_search.csv"
+    pd.DataFrame({k: [0.5, 0.4] for k in SEARCHED["apg"]} | {"mSA": [0.71, 0.6]}).to_csv(apg, index=False)
+    assert choose([str(ais), str(apg)]) == (
+        "apg",
+        str(apg),
+        {"auto": {"method": "apg", "validation_mSA": {"ais": 0.62, "apg": 0.71}}},
+    )
+    pd.DataFrame({k: [0.5] for k in SEARCHED["apg"]} | {"mSA": [0.55]}).to_csv(apg, index=False)
+    assert choose([str(apg), str(ais)])[:2] == ("ais", str(ais))  # the order of the tables does not matter
+    pd.DataFrame({k: [0.5] for k in SEARCHED["apg"]} | {"mSA": [0.62]}).to_csv(apg, index=False)
+    assert choose([str(ais), str(apg)])[0] == "ais"  # a tie: micro-sam's default
+    pd.DataFrame({"sigma": [1.0], "h": [2.0], "mSA": [0.3]}).to_csv(tmp_path / "c.csv", index=False)
+    with pytest.raises(ValueError, match="neither an AIS nor an APG search table"):
+        choose([str(tmp_path / "c.csv")])

@@ -174,3 +174,20 @@ def test_the_rules_filling_in_the_config_leaves_the_cards_settings_in_force():
     written.update(plan.config)
     assert plan.settings("lite_medsam", "amg")["prompt"] == "box"  # LiteMedSAM's card: a box grid
     assert plan.segment_config("lite_medsam")["segmentation"]["amg"]["prompt"] == "box"
+
+
+def test_auto_compares_ais_and_apg_where_there_is_validation_data(decoder_checkpoint):
+    with_decoder, _ = decoder_checkpoint
+    cfg = full_config(models=[with_decoder, "lite_medsam"], segmentation={"methods": ["auto"]})
+    cfg["datasets"] = {"val": {"source": "synthetic"}, "test": {"source": "synthetic"}}
+    dec = mid(with_decoder)
+    assert Plan.from_config(cfg).methods_of(dec) == ["ais"]  # no validation data: micro-sam's default
+    cfg["segmentation"]["ais_search"] = {"dataset": "val"}
+    plan = Plan.from_config(cfg)
+    assert plan.methods_of(dec) == ["auto"] and plan.methods_of("lite_medsam") == ["amg"]
+    assert plan.search_result("test", dec, "auto") == [
+        f"results/benchmark/ais_search/{dec}.csv",
+        f"results/benchmark/apg_search/{dec}.csv",
+    ]
+    with pytest.raises(PlanError, match="'lite_medsam' .* has no instance-segmentation decoder, which apg needs"):
+        Plan.from_config(full_config(segmentation={"methods": ["apg"]}))

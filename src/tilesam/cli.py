@@ -53,7 +53,7 @@ def _add_settings(p: argparse.ArgumentParser, param: Parameter, shared: set[str]
             f"--{name.replace('_', '-')}",
             dest=f"{param.name}:{f.name}",
             default=argparse.SUPPRESS,
-            help=prop.get("description", "").strip() + f" (default {prop.get('default')})",
+            help=(prop.get("description", "").strip() + f" (default {prop.get('default')})").replace("%", "%%"),
             **{"metavar": f.name.upper(), **_flag_type(prop)},
         )
 

@@ -15,9 +15,12 @@ from typing import Annotated, Any
 
 from tilesam import config as schema
 from tilesam.config import (
+    AUTO_METHOD,
     AisParams,
     AisSearchGrid,
     AmgParams,
+    ApgParams,
+    ApgSearchGrid,
     ClassicalGrid,
     ClassicalParams,
     EmbedParams,
@@ -119,9 +122,24 @@ def embed(
 
 
 #: what a method's search tunes: the keys of its grid
-SEARCHED = {
-    method: tuple(f.name for f in fields(grid)) for method, grid in (("amg", SearchGrid), ("ais", AisSearchGrid))
-}
+GRIDS = {"amg": SearchGrid, "ais": AisSearchGrid, "apg": ApgSearchGrid}
+SEARCHED = {method: tuple(f.name for f in fields(grid)) for method, grid in GRIDS.items()}
+
+
+def choose(searches: list[str]) -> tuple[str, str, dict]:
+    """`auto` with validation data: the method (ais or apg) whose search scored best (ties: ais, micro-sam's
+    default), its search table, and the record of the choice for the table's params column."""
+    import pandas as pd
+
+    scores, tables = {}, {}
+    for table in searches:
+        found = pd.read_csv(table)
+        method = next((m for m in ("ais", "apg") if set(SEARCHED[m]) <= set(found)), None)
+        if method is None:
+            raise ValueError(f"{table}: neither an AIS nor an APG search table")
+        scores[method], tables[method] = float(found["mSA"].iloc[0]), table
+    method = max(scores, key=lambda m: (scores[m], m == "ais"))
+    return method, tables[method], {"auto": {"method": method, "validation_mSA": scores}}
 
 
 def segment(
@@ -132,13 +150,14 @@ def segment(
     trust_pickle: Trust = False,
     embeddings: Annotated[str, In(help="the block's embedding store")],
     block: Block,
-    method: Annotated[str, Wildcard(choices=schema.SEGMENTERS)],
-    search: Search = None,
+    method: Annotated[str, Wildcard(choices=(*schema.SEGMENTERS, AUTO_METHOD))],
+    search: Annotated[list[str] | None, In(help="the method's search table (CSV); auto: the AIS and APG ones")] = None,
     out: Output,
     tiling: Tiling,
     embedding: EmbedParams,
     amg: AmgParams,
     ais: AisParams,
+    apg: ApgParams,
     device: Device = "auto",
 ) -> dict:
     """Automatic segmentation of one block from its embeddings."""
@@ -146,18 +165,19 @@ def segment(
     from tilesam.runtime import load_instance_decoder, load_record, provenance
     from tilesam.segment.blocks import segment_block
 
-    params = {"amg": amg, "ais": ais}[method]
-    params = schema.best_row(params, search, SEARCHED[method]) if search else params
+    chosen, table, why = choose(search) if method == AUTO_METHOD else (method, (search or [None])[0], {})
+    params = {"amg": amg, "ais": ais, "apg": apg}[chosen]
+    params = schema.best_row(params, table, SEARCHED[chosen]) if table else params
     sam, record = load_record(model, spec, trust_pickle, device)
     grid, prov = provenance(sam, image, tiling, block, embedding.dtype)
     decoder = {}
-    if method != "amg":
+    if chosen != "amg":
         decoder = dict(zip(("decoder", "decoder_id"), load_instance_decoder(record, sam.device, decoder_upscale(sam))))
-    model_id = {"model": record.name, "model_sha256": record.sha256}
+    model_id = {"model": record.name, "model_sha256": record.sha256, **why}
     stats = segment_block(
-        sam, embeddings, asdict(prov), grid, out, method=method, params=params, model_id=model_id, **decoder
+        sam, embeddings, asdict(prov), grid, out, method=chosen, params=params, model_id=model_id, **decoder
     )
-    log.info("segmented block %d (%s): %s", block, method, stats)
+    log.info("segmented block %d (%s): %s", block, f"auto: {chosen}" if why else method, stats)
     return stats
 
 
@@ -261,6 +281,8 @@ def search(
     amg_grid: SearchGrid,
     ais: AisParams,
     ais_grid: AisSearchGrid,
+    apg: ApgParams,
+    apg_grid: ApgSearchGrid,
     stitch: StitchParams,
     device: Device = "auto",
 ):
@@ -292,9 +314,12 @@ def search(
 
         decoder, _ = load_instance_decoder(record, sam.device, decoder_upscale(sam))
         size = int(sam.image_encoder.img_size)
-        table = searches.search_ais(
-            decoder, searched, ais, size, grid=searches.ais_grid(ais_grid), stitch_params=stitch
-        )
+        if method == "ais":
+            grid = searches.ais_grid(ais_grid)
+            table = searches.search_ais(decoder, searched, ais, size, grid=grid, stitch_params=stitch)
+        else:
+            grid = searches.apg_grid(apg_grid)
+            table = searches.search_apg(sam, decoder, searched, apg, size, grid=grid, stitch_params=stitch)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     log.info("best %s setting: %s (on %d images)", method, dict(table.iloc[0]), len(images))

@@ -157,22 +157,27 @@ class Plan:
         return self.specs[model]
 
     def methods_of(self, model: str) -> list[str]:
-        """The config's methods for one model, `auto` resolved (ais with a decoder, else amg), no repeats."""
+        """The config's methods for one model, no repeats. `auto`: amg without a decoder; with one, the
+        better of ais and apg on the validation data where there is some (a row `auto`), else ais."""
         resolved = []
         for method in self.config["segmentation"]["methods"]:
-            if method == schema.AUTO_METHOD:
-                method = "ais" if self.has_decoder(model) else "amg"
+            if method == schema.AUTO_METHOD and not self.has_decoder(model):
+                method = "amg"
+            elif method == schema.AUTO_METHOD and not {"ais", "apg"} <= set(self.search_datasets):
+                method = "ais"
             resolved.append(method)
         return list(dict.fromkeys(resolved))
 
     def _check_methods(self) -> None:
-        """Every model asked for ais (by name; `auto` never is) must have a decoder."""
+        """Every model asked for a decoder's method (ais, apg: by name; `auto` never is) must have a decoder."""
         for model in sorted({m for ms in self.models_of.values() for m in ms}):
-            if "ais" in self.methods_of(model) and not self.has_decoder(model):
-                raise PlanError(
-                    f"config error in segmentation.methods: model {model!r} ({self.specs[model]}) has no "
-                    "instance-segmentation decoder, which ais needs; use amg, or auto (ais where a model has a decoder)"
-                )
+            for method in {"ais", "apg"} & set(self.methods_of(model)):
+                if not self.has_decoder(model):
+                    raise PlanError(
+                        f"config error in segmentation.methods: model {model!r} ({self.specs[model]}) has no "
+                        f"instance-segmentation decoder, which {method} needs; use amg, or auto (a decoder's "
+                        "methods where a model has one)"
+                    )
 
     def settings(self, model: str, method: str) -> dict[str, Any]:
         """`segmentation.<method>` for one model, in layers: the schema's defaults, the model card's own
@@ -193,9 +198,13 @@ class Plan:
     # --- which datasets are scored ----------------------------------------------------------
     @property
     def search_datasets(self) -> dict[str, str]:
-        """method -> its parameter search's validation dataset, for the searches that are on."""
+        """method -> its parameter search's validation dataset, for the searches that are on. With `auto` in
+        the methods, a validation dataset of ais or apg is both's (auto compares the two searches)."""
         seg = self.config["segmentation"]
         found = {m: seg.get(f"{m}_search", {}).get("dataset") for m in schema.SEGMENTERS}
+        if schema.AUTO_METHOD in seg["methods"]:
+            either = found["ais"] or found["apg"]
+            found["ais"], found["apg"] = found["ais"] or either, found["apg"] or either
         return {m: d for m, d in found.items() if d is not None}
 
     @property
@@ -268,9 +277,10 @@ class Plan:
     # --- the parameter searches (AMG thresholds, AIS post-processing) -------------------------
     def search_result(self, dataset: str, model: str, method: str = "amg") -> list[str]:
         """The method's validation search table, which sets its parameters on every other dataset."""
-        if method not in self.search_datasets or self.is_tuning(dataset):
+        searched = ("ais", "apg") if method == schema.AUTO_METHOD else (method,)
+        if not set(searched) <= set(self.search_datasets) or self.is_tuning(dataset):
             return []
-        return [paths.SEARCH.format(method=method, model=model)]
+        return [paths.SEARCH.format(method=m, model=model) for m in searched]
 
     def search_images(self, model: str, method: str = "amg") -> list[dict[str, Any]]:
         """Per validation image of the method's search: its image, ground truth and embedding stores."""

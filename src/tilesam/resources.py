@@ -100,8 +100,8 @@ class Resources:
         1024 x 1024 with 64 channels: ~2 GB a tile; a one-tile LiteMedSAM job peaked at 3.4 GB on CPU)
         + the maps and watershed of one window.
         """
-        if method == "ais":
-            batch = self.plan.settings(model, "ais")["tiles_per_batch"]
+        if method in ("ais", "apg", "auto"):  # the decoder's maps; apg adds a batch of prompts' masks
+            batch = max(self.plan.settings(model, m)["tiles_per_batch"] for m in ("ais", "apg"))
             return int((self.memory(model).load_mb + 500 + 2000 * batch + 200 * self._window_mpx()) * attempt)
         amg = schema.build(schema.AmgParams, self.plan.settings(model, "amg"))
         masks_mb = 20 * amg.points_per_batch * self._window_mpx()

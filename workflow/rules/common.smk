@@ -9,7 +9,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from tilesam import paths
-from tilesam.config import PROMPT_MODES, SEGMENTERS, check_file
+from tilesam.config import AUTO_METHOD, PROMPT_MODES, SEGMENTERS, check_file
 from tilesam.device import gpus_for
 from tilesam.jobs import JOBS
 from tilesam.models.spec import files_of

@@ -9,7 +9,7 @@ rule evaluate:
     log:
         "logs/evaluate/{dataset}/{image}/{model}/{method}.log",
     wildcard_constraints:
-        method="|".join([*SEGMENTERS, CLASSICAL]),
+        method="|".join([*SEGMENTERS, AUTO_METHOD, CLASSICAL]),
     conda:
         "../envs/tilesam.yaml"
     resources:

@@ -21,9 +21,11 @@ APG_STAGES = ("maps", "prompts_masks", "nms")
 
 
 def params_column(segmentation: dict) -> dict:
-    """What the table's `params` column shows for a block store's segmentation record."""
+    """What the table's `params` column shows for a block store's segmentation record (with `auto`: which
+    method it chose and the validation mSA of each, first)."""
+    chosen = {"auto": segmentation["auto"]} if "auto" in segmentation else {}
     if segmentation.get("method") in ("ais", "apg"):
-        return {**segmentation["params"], "decoder": (segmentation.get("decoder") or {}).get("sha256")}
+        return {**chosen, **segmentation["params"], "decoder": (segmentation.get("decoder") or {}).get("sha256")}
     extra = {k: segmentation[k] for k in ("prompt", "box_sizes") if k in segmentation}  # AMG's prompt grid
     return {**segmentation["params"], **extra}
 
