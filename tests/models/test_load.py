@@ -251,7 +251,7 @@ def vit_t_file(tmp_path_factory):
 
 
 @pytest.mark.parametrize("parts", [("image_encoder",), ("prompt_encoder", "mask_decoder")])
-def test_parts_load_the_same_weights_and_leave_the_rest_unbuilt(vit_t_file, parts):
+def test_parts_load_the_same_weights_and_an_encoder_not_loaded_stays_unbuilt(vit_t_file, parts):
     full = load_model(vit_t_file, device="cpu")
     sam = load_model(vit_t_file, device="cpu", parts=parts)
     reference = full.state_dict()
@@ -260,7 +260,7 @@ def test_parts_load_the_same_weights_and_leave_the_rest_unbuilt(vit_t_file, part
         if part in parts:
             for key, value in state.items():
                 torch.testing.assert_close(value, reference[f"{part}.{key}"], rtol=0, atol=0)
-        else:
+        elif part == "image_encoder":
             assert all(v.is_meta for v in state.values())  # shapes only: no memory, no random init
     torch.testing.assert_close(sam.pixel_mean, full.pixel_mean)
     assert sam.device == torch.device("cpu") and sam.image_encoder.img_size == 1024 and not sam.training
@@ -270,6 +270,15 @@ def test_a_part_not_loaded_refuses_to_run(vit_t_file):
     sam = load_model(vit_t_file, device="cpu", parts=["prompt_encoder", "mask_decoder"])
     with pytest.raises(RuntimeError, match="image_encoder was not loaded"):
         sam.image_encoder(torch.zeros(1, 3, 1024, 1024))
+    encoder_only = load_model(vit_t_file, device="cpu", parts=["image_encoder"])
+    with pytest.raises(RuntimeError, match="mask_decoder was not loaded"):
+        encoder_only.mask_decoder(
+            torch.zeros(1, 256, 64, 64),
+            torch.zeros(1, 256, 64, 64),
+            torch.zeros(1, 0, 256),
+            torch.zeros(1, 256, 64, 64),
+            False,
+        )
     with pytest.raises(ValueError, match="parts must be"):
         load_model(vit_t_file, device="cpu", parts=["decoder"])
 
@@ -333,3 +342,13 @@ def test_segment_anything_names_still_import_after_the_lean_import():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["SamPredictor", "default", "True"]
+
+
+def test_the_vit_skeleton_has_the_segment_anything_builders_shapes(tmp_path):
+    from tilesam.models.load import _construct
+
+    for architecture in ("vit_b", "vit_l", "vit_h"):
+        with torch.device("meta"):
+            built = {k: tuple(v.shape) for k, v in build_sam(architecture).state_dict().items()}
+        skeleton = _construct(architecture, None, None, None, meta_encoder=True)
+        assert {k: tuple(v.shape) for k, v in skeleton.state_dict().items()} == built

@@ -32,7 +32,9 @@ import pickle
 import re
 import zipfile
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +42,10 @@ import torch
 
 from tilesam.device import resolve_device
 from tilesam.download import file_sha256, verify_fresh
+from tilesam.sam_modules import modeling, sam_registry
 
 from .fetch import ModelFiles, expected_hash, fetch_card_files, fetch_files, is_cached, model_path, parse
 from .registry import ModelCard, architecture_defaults
-from .sam_modules import modeling, sam_registry
 from .tiny_vit import tiny_vit_5m_lite_medsam, tiny_vit_5m_mobile_sam
 
 _sam = modeling()
@@ -179,8 +181,34 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> C
     return Checkpoint(path, detect_architecture(state, path), state, decoder_state)
 
 
+#: ImageEncoderViT's settings as segment_anything's builders set them: width, depth, heads, global-attention blocks
+_VIT = {
+    "vit_b": (768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
+}
+
+
+def _vit_encoder(architecture: str) -> torch.nn.Module:
+    width, depth, heads, global_attention = _VIT[architecture]
+    return _sam.ImageEncoderViT(
+        depth=depth,
+        embed_dim=width,
+        img_size=1024,
+        mlp_ratio=4,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=heads,
+        patch_size=16,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=global_attention,
+        window_size=14,
+        out_chans=256,
+    )
+
+
 def _tiny_sam(encoder: torch.nn.Module, image_size: int, pixel_mean: tuple, pixel_std: tuple) -> Sam:
-    """TinyViT encoder + SAM's prompt encoder and mask decoder, as MobileSAM and LiteMedSAM assemble them."""
+    """An encoder + SAM's prompt encoder and mask decoder (the same for every SAM, 64 x 64 embeddings)."""
     return Sam(
         image_encoder=encoder,
         prompt_encoder=PromptEncoder(
@@ -203,17 +231,29 @@ def _construct(
     image_size: int | None,
     pixel_mean: tuple[float, ...] | None,
     pixel_std: tuple[float, ...] | None,
+    *,
+    meta_encoder: bool = False,
 ) -> Sam:
-    """An untrained SAM; its input normalisation is always a real CPU tensor (also under the meta device)."""
+    """An untrained SAM; its input normalisation is always a real CPU tensor.
+
+    ``meta_encoder``: the image encoder (vit_b: 90 M weights) is built on the meta device, as shapes
+    without memory or random initialisation; the small prompt encoder and mask decoder are built
+    on the CPU as usual (some of their initialisation, run on meta, would import torch._dynamo: ~1 s).
+    """
     default_size, default_mean, default_std = architecture_defaults(architecture)
     image_size = image_size or default_size
     if image_size != default_size:
         raise ValueError(f"{architecture} has a fixed input size of {default_size}, not {image_size}")
     pixel_mean, pixel_std = tuple(pixel_mean or default_mean), tuple(pixel_std or default_std)
-    if architecture == "vit_t":
-        sam = _tiny_sam(tiny_vit_5m_mobile_sam(), image_size, pixel_mean, pixel_std)
-    elif architecture == "lite_medsam_tinyvit":
-        sam = _tiny_sam(tiny_vit_5m_lite_medsam(), image_size, pixel_mean, pixel_std)
+    with torch.device("meta") if meta_encoder else nullcontext():
+        if architecture == "vit_t":
+            encoder = tiny_vit_5m_mobile_sam()
+        elif architecture == "lite_medsam_tinyvit":
+            encoder = tiny_vit_5m_lite_medsam()
+        else:
+            encoder = _vit_encoder(architecture) if meta_encoder else None
+    if encoder is not None:
+        sam = _tiny_sam(encoder, image_size, pixel_mean, pixel_std)
     else:
         sam = sam_registry()[architecture](checkpoint=None)
     for name, value in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
@@ -310,11 +350,10 @@ def _read(
 
 
 def _skeleton(checkpoint: Checkpoint, card: ModelCard | None) -> Sam:
-    """The checkpoint's SAM built on the meta device: shapes only, no memory and no random initialisation."""
-    with torch.device("meta"):
-        if card is not None:
-            return _construct(card.architecture, card.image_size, card.pixel_mean, card.pixel_std)
-        return _construct(checkpoint.architecture, None, None, None)
+    """The checkpoint's SAM with its image encoder on the meta device (shapes: no memory, no random init)."""
+    if card is not None:
+        return _construct(card.architecture, card.image_size, card.pixel_mean, card.pixel_std, meta_encoder=True)
+    return _construct(checkpoint.architecture, None, None, None, meta_encoder=True)
 
 
 def load_model(
@@ -333,8 +372,9 @@ def load_model(
     ``trust_pickle`` applies to local files only (registry files are checked by their hash).
 
     ``parts``: the modules a job runs (embed: ``("image_encoder",)``; AMG and prompts:
-    ``("prompt_encoder", "mask_decoder")``). The others stay shapes on the meta device, with no
-    memory, and refuse to run; the whole checkpoint is still checked against the architecture.
+    ``("prompt_encoder", "mask_decoder")``). The others refuse to run (an image encoder not
+    loaded stays shapes on the meta device, without memory); the whole checkpoint is still
+    checked against the architecture.
     The loaded parts' weights are the checkpoint's tensors (memory-mapped, not copied, on a CPU).
     """
     parts = _parts(parts)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tilesam.models.sam_modules import modeling
+from tilesam.sam_modules import modeling
 
 LayerNorm2d = modeling().common.LayerNorm2d
 

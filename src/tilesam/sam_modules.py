@@ -3,7 +3,8 @@
 ``import segment_anything.modeling`` first runs ``segment_anything/__init__.py``, which imports the
 predictor and the mask generator and through them torchvision (and torch._dynamo): about 1 s of a
 job's start that the model classes do not need. :func:`modeling` registers the package without
-running its ``__init__``; the package's own names (``SamPredictor``, ``sam_model_registry``, ...)
+running its ``__init__`` (``import tilesam`` does so, before any module imports
+``segment_anything.modeling``); the package's own names (``SamPredictor``, ``sam_model_registry``, ...)
 still work: the first access to one runs the real ``__init__`` then (see ``_complete``).
 """
 
@@ -14,12 +15,12 @@ import importlib.util
 import sys
 from types import ModuleType
 
-__all__ = ["modeling", "sam_registry"]
+__all__ = ["modeling", "register_package", "sam_registry"]
 
 PACKAGE = "segment_anything"
 
 
-def _register_package() -> None:
+def register_package() -> None:
     """``segment_anything`` in ``sys.modules`` with its path set, its ``__init__`` not yet run."""
     if PACKAGE in sys.modules:
         return
@@ -42,11 +43,11 @@ def _register_package() -> None:
 
 def modeling() -> ModuleType:
     """``segment_anything.modeling`` (Sam, ImageEncoderViT, PromptEncoder, MaskDecoder, ...), torchvision-free."""
-    _register_package()
+    register_package()
     return importlib.import_module(f"{PACKAGE}.modeling")
 
 
 def sam_registry() -> dict:
     """``segment_anything.build_sam.sam_model_registry``: vit_h/l/b builders, torchvision-free."""
-    _register_package()
+    register_package()
     return importlib.import_module(f"{PACKAGE}.build_sam").sam_model_registry
