@@ -239,3 +239,116 @@ def test_lite_medsam_box_prompts_on_dsb2018(shared_dir, lite_medsam):
     mean_iou = float(np.mean(ious))
     print(f"\nLiteMedSAM box prompts on dsb2018: mean IoU {mean_iou:.3f} over {len(ious)} objects")
     assert mean_iou > 0.6
+
+
+# --- a job loads only the parts it runs -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vit_t_file(tmp_path_factory):
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("parts") / "vit_t.pt"
+    torch.save(build_sam("vit_t").state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("parts", [("image_encoder",), ("prompt_encoder", "mask_decoder")])
+def test_parts_load_the_same_weights_and_an_encoder_not_loaded_stays_unbuilt(vit_t_file, parts):
+    full = load_model(vit_t_file, device="cpu")
+    sam = load_model(vit_t_file, device="cpu", parts=parts)
+    reference = full.state_dict()
+    for part in ("image_encoder", "prompt_encoder", "mask_decoder"):
+        state = getattr(sam, part).state_dict()
+        if part in parts:
+            for key, value in state.items():
+                torch.testing.assert_close(value, reference[f"{part}.{key}"], rtol=0, atol=0)
+        elif part == "image_encoder":
+            assert all(v.is_meta for v in state.values())  # shapes only: no memory, no random init
+    torch.testing.assert_close(sam.pixel_mean, full.pixel_mean)
+    assert sam.device == torch.device("cpu") and sam.image_encoder.img_size == 1024 and not sam.training
+
+
+def test_a_part_not_loaded_refuses_to_run(vit_t_file):
+    sam = load_model(vit_t_file, device="cpu", parts=["prompt_encoder", "mask_decoder"])
+    with pytest.raises(RuntimeError, match="image_encoder was not loaded"):
+        sam.image_encoder(torch.zeros(1, 3, 1024, 1024))
+    encoder_only = load_model(vit_t_file, device="cpu", parts=["image_encoder"])
+    with pytest.raises(RuntimeError, match="mask_decoder was not loaded"):
+        encoder_only.mask_decoder(
+            torch.zeros(1, 256, 64, 64),
+            torch.zeros(1, 256, 64, 64),
+            torch.zeros(1, 0, 256),
+            torch.zeros(1, 256, 64, 64),
+            False,
+        )
+    with pytest.raises(ValueError, match="parts must be"):
+        load_model(vit_t_file, device="cpu", parts=["decoder"])
+
+
+def test_a_checkpoint_is_checked_whole_even_when_one_part_is_loaded(vit_t_file, tmp_path):
+    state = torch.load(vit_t_file, weights_only=True)
+    del state["mask_decoder.iou_token.weight"]
+    torch.save(state, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="1 missing keys.*iou_token"):
+        load_model(tmp_path / "broken.pt", device="cpu", parts=["image_encoder"])
+
+
+def test_loaded_weights_can_be_trained_without_touching_the_file(vit_t_file):
+    before = vit_t_file.read_bytes()
+    sam = load_model(vit_t_file, device="cpu")
+    weight = sam.mask_decoder.iou_token.weight
+    assert weight.requires_grad
+    with torch.no_grad():
+        weight.add_(1.0)  # memory-mapped copy-on-write: the process's copy changes, the file does not
+    assert vit_t_file.read_bytes() == before
+
+
+def test_a_half_precision_checkpoint_loads_as_float32(vit_t_file, tmp_path):
+    state = torch.load(vit_t_file, weights_only=True)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "half.pt")
+    sam = load_model(tmp_path / "half.pt", device="cpu", parts=["mask_decoder"])
+    assert {p.dtype for p in sam.mask_decoder.parameters()} == {torch.float32}
+
+
+def test_encoder_sha256_is_the_digest_of_the_encoder_and_its_normalisation(vit_t_file):
+    from tilesam.models.load import encoder_sha256, state_sha256
+
+    sam = load_model(vit_t_file, device="cpu", parts=["image_encoder"])
+    full = load_model(vit_t_file, device="cpu")
+    expected = state_sha256(
+        {**full.image_encoder.state_dict(), "pixel_mean": full.pixel_mean, "pixel_std": full.pixel_std}
+    )
+    assert encoder_sha256(sam) == expected
+    assert encoder_sha256(build_sam("vit_t")) != expected
+
+
+def test_loading_a_model_imports_no_torchvision(vit_t_file):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tilesam.models.load import load_model; from tilesam import embed; "
+        f"load_model({str(vit_t_file)!r}, device='cpu'); print('torchvision' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_segment_anything_names_still_import_after_the_lean_import():
+    import subprocess
+    import sys
+
+    code = (
+        "import tilesam.models.load; from segment_anything import SamPredictor, sam_model_registry; "
+        "import segment_anything; print(SamPredictor.__name__, sorted(sam_model_registry)[0], segment_anything.SamPredictor is SamPredictor)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["SamPredictor", "default", "True"]
+
+
+def test_the_vit_skeleton_has_the_segment_anything_builders_shapes(tmp_path):
+    from tilesam.models.load import _construct
+
+    for architecture in ("vit_b", "vit_l", "vit_h"):
+        with torch.device("meta"):
+            built = {k: tuple(v.shape) for k, v in build_sam(architecture).state_dict().items()}
+        skeleton = _construct(architecture, None, None, None, meta_encoder=True)
+        assert {k: tuple(v.shape) for k, v in skeleton.state_dict().items()} == built

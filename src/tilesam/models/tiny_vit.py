@@ -23,8 +23,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
+
+from tilesam.sam_modules import modeling
+
+LayerNorm2d = modeling().common.LayerNorm2d
 
 __all__ = ["TinyViT", "tiny_vit_5m_mobile_sam", "tiny_vit_5m_lite_medsam"]
 
@@ -100,7 +103,10 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, window * window))
-        ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+        # a real tensor also when the model is built on the meta device (models.load): it is no weight
+        # of the checkpoint, so loading would never fill it
+        steps = torch.arange(window, device="cpu")
+        ys, xs = torch.meshgrid(steps, steps, indexing="ij")
         ys, xs = ys.flatten(), xs.flatten()
         offsets = (ys[:, None] - ys[None, :]).abs() * window + (xs[:, None] - xs[None, :]).abs()
         self.register_buffer("attention_bias_idxs", offsets, persistent=False)
