@@ -82,8 +82,9 @@ def iterations(df: pd.DataFrame) -> pd.DataFrame:
     return it.groupby([*KEYS, "iteration"], sort=True)[SCORES].mean().reset_index()
 
 
-AUTOMATIC = ("ais", "amg")
-"""The automatic methods in the order `auto` prefers them (ais where a model has a decoder)."""
+AUTOMATIC = ("auto", "ais", "apg", "amg")
+"""The automatic methods in the order `auto` prefers them (the searched choice, else ais where a model has a
+decoder, else amg)."""
 
 
 def _automatic(rows: pd.DataFrame, dataset: str) -> str | None:
