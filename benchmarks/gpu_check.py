@@ -43,7 +43,7 @@ from _common import OUT, REPO
 from large_run import write_synthetic
 
 from tilesam.costs import block_size
-from tilesam.data import io
+from tilesam.data import headers, io
 from tilesam.embed import Provenance, device_input, embed_block, encode_input, resolve_precision
 from tilesam.models.load import build_sam, load_model
 from tilesam.models.spec import model_id
@@ -183,7 +183,7 @@ def end_to_end(name: str, work: Path, image_tif: Path, volume_tif: Path, args, d
     """snakemake on the image and the volume with one model (AIS): whole-run tiles/s, tile share per job."""
     run = work / f"e2e_{name}"
     ckpt = checkpoint_with_decoder(name, work / "checkpoints" / f"{name}.pt").resolve()
-    shapes = {"image": io.probe(image_tif, 2), "volume": io.probe(volume_tif, 3)}
+    shapes = {"image": headers.probe(image_tif, 2), "volume": headers.probe(volume_tif, 3)}
     n_tiles = {k: TileGrid(s, (TILE, TILE), (HALO, HALO)).n_tiles for k, s in shapes.items()}
     vit = MODELS[name].startswith("vit_") and name != "vit_t"
     precision = "bfloat16" if device == "cuda" and vit and torch.cuda.is_bf16_supported() else "float32"  # auto's rule

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tilesam.config import AisParams, AmgParams, ClassicalParams
+from tilesam.config import AisParams, AmgParams, ApgParams, ClassicalParams
 from tilesam.config import best_row as best_setting
 from tilesam.jobs import CLASSICAL_SEARCHED, SEARCHED
 from tilesam.models.record import make_record
@@ -93,7 +93,7 @@ def test_labels_do_not_depend_on_how_the_tiles_are_grouped_into_blocks(tmp_path)
             spec = {"spec": "lite_medsam", "model": model, "image": image, "block": b, "device": "cpu"}
             embed(**spec, out=emb, tiling=tiling, params=EmbedParams())
             segment(**spec, embeddings=emb, method="amg", out=seg, tiling=tiling,
-                    embedding=EmbedParams(), amg=amg, ais=AisParams())  # fmt: skip
+                    embedding=EmbedParams(), amg=amg, ais=AisParams(), apg=ApgParams())  # fmt: skip
             blocks.append(str(seg))
         stitch(image=image, blocks=blocks, out=run / "labels.ome.zarr", tiling=tiling, params=StitchParams())
         labels[min_blocks], n_jobs[min_blocks] = ome.open_level0(run / "labels.ome.zarr")[...], len(blocks)

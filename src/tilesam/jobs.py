@@ -331,7 +331,7 @@ def benchmark(
     evaluations: Annotated[list[str], In("")],
     /,
     *,
-    out_dir: Annotated[str, Param(help="where the tables and figures go")],
+    table: Annotated[str, Out("table", "table.csv to write; the other tables and figures go beside it")],
     compare: Annotated[Json, Param(help='JSON list of {"vanilla": model, "finetuned": model} pairs')] = None,
     in_domain: Annotated[Json, Param(help="JSON list of [dataset, model] pairs: the model was trained on it")] = None,
     exclude_empty: Annotated[
@@ -345,8 +345,8 @@ def benchmark(
     from tilesam.report.tables import write_tables
 
     in_domain = in_domain or []
-    table = write_tables(evaluations, out_dir, compare or [], in_domain, exclude_empty=exclude_empty or ())
-    out = Path(out_dir)
+    out = Path(table).parent
+    table = write_tables(evaluations, out, compare or [], in_domain, exclude_empty=exclude_empty or ())
     figures.msa_bars(table, out / "msa_bars.png")
     pairs = {(str(d), str(m)) for d, m in in_domain}
     figures.msa_iterations(pd.read_csv(out / "iterations.csv"), out / "msa_iterations.png", pairs)

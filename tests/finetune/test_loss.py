@@ -47,7 +47,9 @@ def test_backward_per_pass_gives_the_gradient_of_the_summed_loss(lite_medsam, da
     images = ImageSet([Sample(im, lab) for im, lab in zip(*data)])
     trained = encoder == "trained"
     parts = ("image_encoder", "mask_decoder", "decoder") if trained else ("mask_decoder", "decoder")
-    config = replace(TINY, sub_iterations=3, objects_per_image=3, train_parts=parts)
+    config = replace(TINY, sub_iterations=3, objects_per_image=3, train_parts=parts).for_device(
+        "cpu"
+    )  # decoder_crop 16
     cache = None if trained else EmbeddingCache(lite_medsam, resolve("lite_medsam").sha256, embeddings)
     torch.manual_seed(0)
     decoder = InstanceDecoder(upscale=4)

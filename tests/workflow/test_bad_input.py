@@ -65,11 +65,12 @@ OUTCOMES: list[Outcome] = []
 
 
 def _fingerprints(root: Path) -> dict[str, str]:
-    """sha256 of every file under `root` but Snakemake's own bookkeeping (.snakemake/)."""
+    """sha256 of every file under `root` but Snakemake's own bookkeeping (.snakemake/) and the block stores'
+    write locks (`<store>.lock`: the pid of the job that holds it, no data)."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and ".snakemake" not in p.relative_to(root).parts
+        if p.is_file() and ".snakemake" not in p.relative_to(root).parts and p.suffix != ".lock"
     }
 
 

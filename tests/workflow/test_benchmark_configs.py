@@ -44,8 +44,9 @@ def test_shared_offline_plans_the_whole_protocol(shared_dir):
     result = dry_run(REPO / "config/benchmarks/shared_offline.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    searches = re.findall(r"results/benchmark/(\w+)_search/", result.stdout)
-    assert sorted(searches) == ["ais", "amg", "amg"] and counts["benchmark_table"] == 1  # per method and model
+    searches = sorted(set(re.findall(r"output: results/benchmark/(\w+)_search/", result.stdout)))
+    # AMG for both models; AIS and APG for the finetuned one, whose `auto` takes the better of the two
+    assert searches == ["ais", "amg", "apg"] and counts["search"] == 4 and counts["benchmark_table"] == 1
     assert counts["finetune"] == 1 and counts["finetuned_model"] == 1
     assert counts["qualitative_figure"] == 3  # dsb2018_test, epfl_mito, isbi2012; not the search's val split
     # the classical baseline: one row per scored image, its sigma and h searched on the AMG search's split;
@@ -54,7 +55,7 @@ def test_shared_offline_plans_the_whole_protocol(shared_dir):
     assert counts["classical_search"] == 1 and 3 * baseline == counts["evaluate"] - baseline
     # both models: every scored image x 4 prompt modes, except the ISBI volume: its own `prompts: [point, box]`
     assert counts["evaluate_prompts"] == 2 * (4 * (baseline - 1) + 2)
-    for model, methods in (("lite_medsam", set()), ("lite_medsam-ft-dsb2018_train", {"ais"})):
+    for model, methods in (("lite_medsam", set()), ("lite_medsam-ft-dsb2018_train", {"auto"})):
         planned = set(re.findall(rf"results/evaluation/isbi2012/volume/{model}/(\w+)\.json", result.stdout))
         assert planned == {"amg", "point", "box"} | methods
     assert "make_synthetic" not in counts  # a --configfile replaces the default config
@@ -69,7 +70,8 @@ def test_finetune_offline_plans_training_then_the_comparison(shared_dir):
     # split), and box and point prompts each, per image; the classical baseline once per image, searched on the
     # finetuning's validation split
     baseline = classical_evaluations(result.stdout)
-    assert counts["classical_search"] == 1 and re.findall(r"results/benchmark/(\w+)_search/", result.stdout) == ["ais"]
+    searches = sorted(set(re.findall(r"output: results/benchmark/(\w+)_search/", result.stdout)))
+    assert counts["classical_search"] == 1 and searches == ["ais", "apg"] and counts["search"] == 2
     assert 3 * baseline == counts["evaluate"] - baseline
     assert counts["evaluate_prompts"] == 2 * 2 * baseline
 
@@ -90,6 +92,6 @@ def test_reproduction_configs_give_ais_to_micro_sams_current_model_only(stem, cu
     config = yaml.safe_load((REPO / f"config/benchmarks/{stem}.yaml").read_text())
     assert config["models"] == ["vit_b", current, f"{current}@v1"]
     assert [has_decoder(m) for m in config["models"]] == [False, True, False]
-    assert config["segmentation"]["methods"] == ["amg", "auto"]  # auto: ais where a model has a decoder
+    assert config["segmentation"]["methods"] == ["amg", "auto"]  # auto: the better of ais and apg, searched
     assert config["segmentation"]["ais_search"]["dataset"] == config["segmentation"]["amg_search"]["dataset"]
     assert [pair["finetuned"] for pair in config["compare"]] == config["models"][1:]

@@ -40,7 +40,6 @@ rule benchmark_table:
     conda:
         "../envs/tilesam.yaml"
     params:
-        out_dir=paths.BENCHMARK,
         compare=json.dumps(config["compare"]),
         in_domain=json.dumps(PLAN.in_domain()),
         exclude_empty=json.dumps(
