@@ -8,12 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
+from tilesam.baseline_jobs import CLASSICAL_SEARCHED
 from tilesam.config import AisParams, AmgParams, ApgParams, ClassicalParams
 from tilesam.config import best_row as best_setting
-from tilesam.jobs import CLASSICAL_SEARCHED, SEARCHED
+from tilesam.jobs import SEARCHED
+from tilesam.models.load import state_sha256
 from tilesam.models.record import make_record
 from tilesam.models.unetr import InstanceDecoder
-from tilesam.runtime import load_instance_decoder, state_sha256
+from tilesam.runtime import load_instance_decoder
 
 
 def test_a_decoder_states_digest_follows_its_values():

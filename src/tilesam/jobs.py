@@ -11,9 +11,10 @@ import json
 import logging
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from tilesam import config as schema
+from tilesam.baseline_jobs import classical_foreground, classical_search, classical_segment
 from tilesam.config import (
     AUTO_METHOD,
     AisParams,
@@ -21,31 +22,34 @@ from tilesam.config import (
     AmgParams,
     ApgParams,
     ApgSearchGrid,
-    ClassicalGrid,
-    ClassicalParams,
     EmbedParams,
-    FinetuneConfig,
     PromptParams,
     SearchGrid,
     StitchParams,
     Tiling,
 )
-from tilesam.relay import Cli, In, Json, Out, Param, Resource, Wildcard
+from tilesam.finetune_jobs import finetune
+from tilesam.relay import (
+    Block,
+    Cli,
+    Device,
+    Gt,
+    Image,
+    In,
+    Json,
+    Meta,
+    Model,
+    Out,
+    Output,
+    Param,
+    Resource,
+    Spec,
+    Trust,
+    Wildcard,
+)
 from tilesam.runtime import write_json
 
 log = logging.getLogger("tilesam")
-
-# the parameters most jobs share, one name and one help each
-Image = Annotated[str, In(help="imported image (OME-Zarr from `tilesam import-image`)")]
-Model = Annotated[str, In(help="model record (JSON from `tilesam models fetch --record`)")]
-Spec = Annotated[str, Param(help="the model as the config names it (resolved; a finetuned model: its checkpoint)")]
-Trust = Annotated[bool, Param(help="config trust_pickle: your own checkpoint may be fully unpickled (runs its code)")]
-Gt = Annotated[str, In(help="ground-truth labels (OME-Zarr from `tilesam import-labels`)")]
-Block = Annotated[int, Wildcard()]
-Output = Annotated[str, Out()]
-Meta = Annotated[Json, Param(help="JSON fields to carry into the result (dataset, model, ...)")]
-Search = Annotated[str | None, In(help="the method's search table (CSV, best first): its best setting wins")]
-Device = str
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -384,120 +388,6 @@ def export(
     from tilesam.stitch.export import export_labels
 
     print(export_labels(labels, out, table=table, force=force))
-
-
-# --- the classical baseline -------------------------------------------------------------------
-CLASSICAL_SEARCHED = ("sigma", "h")  # the grid's sigma_values x h_values
-
-
-def classical_foreground(*, image: Image, out: Output, params: ClassicalParams) -> dict:
-    """The classical baseline's Otsu threshold of a whole image."""
-    from tilesam.segment.classical import image_foreground
-
-    foreground = asdict(image_foreground(image, params.foreground))
-    write_json(out, foreground)
-    log.info("%s: foreground %s", image, foreground)
-    return foreground
-
-
-def classical_segment(
-    *,
-    image: Image,
-    threshold: Annotated[str, In(help="JSON of `tilesam classical-foreground`")],
-    block: Block,
-    search: Search = None,
-    out: Output,
-    tiling: Tiling,
-    params: ClassicalParams,
-) -> dict:
-    """The classical baseline on one block of tiles."""
-    from tilesam.data import io
-    from tilesam.segment import classical
-
-    params = schema.best_row(params, search, CLASSICAL_SEARCHED) if search else params
-    rule = classical.Foreground(**json.loads(Path(threshold).read_text()))
-    grid = tiling.grid(io.read_info(image).shape)
-    stats = classical.segment_block(image, grid, block, tiling.block_size(grid.n_tiles), out, rule, params)
-    log.info("classical block %d: %s", block, stats)
-    return stats
-
-
-def classical_search(
-    *,
-    images: Annotated[Json, Param(help='JSON list of {"image", "gt"}')],
-    out: Annotated[str, Out(help="CSV: mSA per setting, best first")],
-    tiling: Tiling,
-    params: ClassicalParams,
-    grid: ClassicalGrid,
-    stitch: StitchParams,
-) -> Any:
-    """Grid search of the classical baseline's sigma and h."""
-    from tilesam.data import io
-    from tilesam.segment import classical
-
-    searched = []
-    for item in images:
-        tile_grid = tiling.grid(io.read_info(item["image"]).shape)
-        searched.append(classical.search_image(item["image"], item["gt"], tile_grid, params.foreground))
-    table = classical.search_classical(searched, params, grid, stitch)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
-    log.info("best classical setting: %s (on %d images)", dict(table.iloc[0]), len(images))
-    return table
-
-
-# --- finetuning -------------------------------------------------------------------------------
-def finetune(
-    *,
-    model: Annotated[str, Param("spec", "base model: registry name, name@version or checkpoint path")],
-    images: Annotated[list[str], In(help="training images: files (2D gray or RGB, or TIFF volumes: by section)")],
-    labels: Annotated[list[str], In(help="instance labels, paired with images by file name")],
-    val_images: Annotated[
-        list[str] | None, In(help="validation images (default: --val-fraction of the training ones)")
-    ] = None,
-    val_labels: Annotated[list[str] | None, In()] = None,
-    val_fraction: Annotated[float | None, Param(help="without --val-images: validate on the last F by name")] = None,
-    out: Annotated[str, Out("checkpoint", "checkpoint to write (a plain SAM state dict); the card goes beside it")],
-    name: Annotated[str | None, Param(help="model name (default <base>-ft-<dataset>)")] = None,
-    dataset: Annotated[
-        str | None, Wildcard(help="dataset name in the default model name (default: the images' folder)")
-    ] = None,
-    embedding_cache: Annotated[str | None, Cli("folder keeping image embeddings between runs (frozen encoder)")] = None,
-    restart: Annotated[bool, Cli("ignore the state of an interrupted run")] = False,
-    no_progress: Annotated[bool, Param(help="no progress bar")] = False,
-    trust_pickle: Annotated[
-        bool, Param(help="the base, a checkpoint file of your own, may be fully unpickled (runs code from it)")
-    ] = False,
-    params: FinetuneConfig,
-    device: Device = "auto",
-):
-    """Finetune a model on images with instance labels (resumable); writes the checkpoint and its card."""
-    from tilesam.device import resolve_device
-    from tilesam.finetune.trainer import finetune as run
-
-    if val_fraction is None:
-        val_fraction = schema.defaults("finetune")["val_fraction"]
-    result = run(
-        model,
-        images,
-        labels,
-        out,
-        val_images=val_images or None,
-        val_labels=val_labels or None,
-        val_fraction=0.0 if val_images else val_fraction,
-        config=params,
-        name=name,
-        dataset=dataset,
-        device=resolve_device(device),
-        embedding_cache=embedding_cache,
-        resume=not restart,
-        progress=not no_progress,
-        trust_pickle=trust_pickle,
-    )
-    log.info(
-        "finetuned %s: %s (card %s, best epoch %d)", result.name, result.checkpoint, result.card, result.best_epoch
-    )
-    return result
 
 
 #: every job: `tilesam <name>` runs it, a rule's `shell: tilesam("<name>")` calls it

@@ -15,7 +15,7 @@ import inspect
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 
 @dataclass(frozen=True)
@@ -127,3 +127,15 @@ def shell(name: str, job: Callable) -> str:
     if config:
         words.append("--config {params.config:q}")
     return " ".join(words) + " 2> {log:q}"
+
+
+# the parameters most jobs share, one name and one help each
+Image = Annotated[str, In(help="imported image (OME-Zarr from `tilesam import-image`)")]
+Model = Annotated[str, In(help="model record (JSON from `tilesam models fetch --record`)")]
+Spec = Annotated[str, Param(help="the model as the config names it (resolved; a finetuned model: its checkpoint)")]
+Trust = Annotated[bool, Param(help="config trust_pickle: your own checkpoint may be fully unpickled (runs its code)")]
+Gt = Annotated[str, In(help="ground-truth labels (OME-Zarr from `tilesam import-labels`)")]
+Block = Annotated[int, Wildcard()]
+Output = Annotated[str, Out()]
+Meta = Annotated[Json, Param(help="JSON fields to carry into the result (dataset, model, ...)")]
+Device = str

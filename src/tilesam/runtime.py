@@ -4,7 +4,6 @@ provenance their stores carry. A job loads its model once and keeps it for all i
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +40,7 @@ def load_instance_decoder(record, device, upscale: int = 16):
     a model without one is an error naming it. ``upscale``: the SAM model's (`decoder_upscale`).
     """
     from tilesam.models import load_decoder_state
+    from tilesam.models.load import state_sha256
     from tilesam.models.unetr import load_decoder
 
     state = load_decoder_state(record.load, trust_pickle=record.trust_pickle, sha256=record.weights_checksum)
@@ -53,23 +53,6 @@ def load_instance_decoder(record, device, upscale: int = 16):
     return decoder.eval(), {"sha256": state_sha256(state)}  # content, not path: a moved run still resumes
 
 
-def state_sha256(state: dict) -> str:
-    """A digest of a state dict's names, shapes, dtypes and values (the decoder's identity)."""
-    import torch
-
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        value = state[key]
-        digest.update(key.encode())
-        if isinstance(value, torch.Tensor):
-            tensor = value.detach().cpu().contiguous()
-            digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
-            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-        else:
-            digest.update(repr(value).encode())
-    return digest.hexdigest()
-
-
 def provenance(model, image: str | Path, tiling: Tiling, block: int, dtype: str) -> tuple[TileGrid, Provenance]:
     """The tile grid of an imported image and the provenance its block stores carry."""
     from tilesam.data import io
@@ -77,9 +60,10 @@ def provenance(model, image: str | Path, tiling: Tiling, block: int, dtype: str)
 
     info = io.read_info(image)
     grid = tiling.grid(info.shape)
-    encoder = {**model.image_encoder.state_dict(), "pixel_mean": model.pixel_mean, "pixel_std": model.pixel_std}
+    from tilesam.models.load import encoder_sha256
+
     prov = Provenance(
-        encoder_sha256=state_sha256(encoder),
+        encoder_sha256=encoder_sha256(model),
         img_size=int(model.image_encoder.img_size),
         grid=grid.to_dict(),
         block=block,

@@ -109,8 +109,8 @@ def test_search_is_best_first_deterministic_and_beats_a_bad_setting():
 
 
 def test_searched_takes_the_best_row(tmp_path):
+    from tilesam.baseline_jobs import CLASSICAL_SEARCHED
     from tilesam.config import best_row
-    from tilesam.jobs import CLASSICAL_SEARCHED
 
     (tmp_path / "s.csv").write_text("sigma,h,mSA\n2.0,4.0,0.5\n0.0,1.0,0.4\n")
     params = best_row(ClassicalParams(min_size=3), tmp_path / "s.csv", CLASSICAL_SEARCHED)
