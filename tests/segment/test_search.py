@@ -12,7 +12,16 @@ import torch
 from helpers.ais_maps import embedding_with_maps, map_reading_decoder
 from helpers.label_images import disc_truth, paint_disc
 from helpers.tiled_cells import embedder, make_cells
-from tilesam.config import AisParams, AisSearchGrid, AmgParams, ApgParams, ApgSearchGrid, StitchParams, replace
+from tilesam.config import (
+    AisParams,
+    AisSearchGrid,
+    AmgParams,
+    ApgParams,
+    ApgSearchGrid,
+    StitchParams,
+    best_row,
+    replace,
+)
 from tilesam.data import synthetic
 from tilesam.embed import encode, normalize
 from tilesam.metrics import segmentation_scores
@@ -32,7 +41,6 @@ from tilesam.segment.search import (
     search_ais,
     search_amg,
     search_apg,
-    searched_apg,
 )
 from tilesam.stitch.tiles import stitch_in_memory
 from tilesam.tiling import TileGrid
@@ -212,8 +220,8 @@ def test_the_best_apg_setting_of_a_search_table_is_read_back(tmp_path):
         ]
     )  # fmt: skip
     table.to_csv(tmp_path / "apg.csv", index=False)
-    best = searched_apg(ApgParams(refine_with_box_prompts=True), tmp_path / "apg.csv")
+    best = best_row(ApgParams(refine_with_box_prompts=True), tmp_path / "apg.csv", APG_KEYS)
     assert best == ApgParams(0.4, 0.6, 0.5, 100, False, 0.7, True, None, True, 32, 1)
     table.drop(columns="nms_threshold").to_csv(tmp_path / "ais.csv", index=False)
-    with pytest.raises(ValueError, match="ais.csv: not an APG search table .*nms_threshold"):
-        searched_apg(ApgParams(), tmp_path / "ais.csv")
+    with pytest.raises(ValueError, match=r"ais.csv: not a search table of .*\(no column nms_threshold\)"):
+        best_row(ApgParams(), tmp_path / "ais.csv", APG_KEYS)

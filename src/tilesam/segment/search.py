@@ -22,8 +22,7 @@ are segmented with.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -49,14 +48,8 @@ def protocol_range(start: float, stop: float, step: float = 0.025) -> list[float
 PRED_IOU_GRID = protocol_range(*SearchGrid().pred_iou_thresh)
 STABILITY_GRID = protocol_range(*SearchGrid().stability_score_thresh)
 
-AIS_KEYS = ("center_distance_threshold", "boundary_distance_threshold", "distance_smoothing", "min_size")
-APG_KEYS = (
-    "center_distance_threshold",
-    "boundary_distance_threshold",
-    "min_size",
-    "nms_threshold",
-    "intersection_over_min",
-)
+AIS_KEYS = tuple(f.name for f in fields(AisSearchGrid))  # what each search tunes: its grid's keys
+APG_KEYS = tuple(f.name for f in fields(ApgSearchGrid))
 
 
 def ais_grid(grid: AisSearchGrid | None = None) -> dict[str, list]:
@@ -240,22 +233,3 @@ def search_apg(
     per_image = pd.DataFrame(rows)
     table = per_image.groupby(list(APG_KEYS), as_index=False, sort=False)["mSA"].mean()
     return table.sort_values("mSA", ascending=False, kind="stable", ignore_index=True)
-
-
-def searched_apg(params: ApgParams, search_csv: str | Path) -> ApgParams:
-    """`params` with the best setting of an APG search table (`search_apg`'s CSV, best first)."""
-    table = pd.read_csv(search_csv)
-    if missing := [k for k in APG_KEYS if k not in table]:
-        raise ValueError(f"{search_csv}: not an APG search table (no column {', '.join(missing)})")
-    best = table.iloc[0]
-    iom = best["intersection_over_min"]
-    if isinstance(iom, str):  # a CSV written by hand
-        iom = iom.strip().lower() == "true"
-    return replace(
-        params,
-        center_distance_threshold=float(best["center_distance_threshold"]),
-        boundary_distance_threshold=float(best["boundary_distance_threshold"]),
-        min_size=int(best["min_size"]),
-        nms_threshold=float(best["nms_threshold"]),
-        intersection_over_min=bool(iom),
-    )
