@@ -168,14 +168,14 @@ def qualitative(
         panels.append(("ground truth", _colour(plane_gt[ys, xs])))
     for label, path in zip(panel_titles(list(results), in_domain), results.values()):
         panels.append((label, _colour(ome.open_level0(path)[(*z, ys, xs)])))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    # constrained layout keeps the figure's title above two-line (model, method) panel titles
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.8), squeeze=False, layout="constrained")
     for ax, (name, arr) in zip(axes[0], panels):
         ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return [name for name, _ in panels]
