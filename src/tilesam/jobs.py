@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -178,9 +178,7 @@ def segment(
     if chosen != "amg":
         decoder = dict(zip(("decoder", "decoder_id"), load_instance_decoder(record, sam.device, decoder_upscale(sam))))
     model_id = {"model": record.name, "model_sha256": record.sha256, **why}
-    stats = segment_block(
-        sam, embeddings, asdict(prov), grid, out, method=chosen, params=params, model_id=model_id, **decoder
-    )
+    stats = segment_block(sam, embeddings, prov, grid, out, method=chosen, params=params, model_id=model_id, **decoder)
     log.info("segmented block %d (%s): %s", block, f"auto: {chosen}" if why else method, stats)
     return stats
 
@@ -261,7 +259,7 @@ def prompt_eval(
 
     sam, record = load_record(model, spec, trust_pickle, device)
     grid, prov = provenance(sam, image, tiling, 0, embedding.dtype)
-    embedding_of = block_embeddings(embeddings, prov.tiles_per_block, asdict(prov))
+    embedding_of = block_embeddings(embeddings, prov)
     gt_labels = ome.open_level0(gt)[...]
     records = evaluate_prompts(sam, gt_labels, grid, embedding_of, mode, seed=seed, feed_logits=params.feed_logits)
     made_with = json.dumps(prompt_params(mode, seed, params.feed_logits))
@@ -301,7 +299,7 @@ def search(
     searched = []
     for item in images:
         grid, prov = provenance(sam, item["image"], tiling, 0, embedding.dtype)
-        embedding_of = block_embeddings(item["embeddings"], prov.tiles_per_block, asdict(prov))
+        embedding_of = block_embeddings(item["embeddings"], prov)
         gt = ome.open_level0(item["gt"])[...]
         searched.append(searches.SearchImage(stem(item["image"]), grid, embedding_of, gt))
     if method == "amg":

@@ -3,7 +3,6 @@ embedded by a real model, its provenance record, and a clock that makes job timi
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from tilesam.data import io, synthetic
@@ -46,9 +45,9 @@ def provenance(model, image: Path, grid: TileGrid, *, block=0, tiles_per_block=4
 
 def embedded_block(model, directory: Path, spec: synthetic.SyntheticSpec, tile_shape: tuple[int, int]):
     """Every tile (no halo) of `spec` as block 0, embedded by `model` into `directory`/emb.zarr:
-    (store, provenance as a dict, grid)."""
+    (store, provenance, grid)."""
     image = import_synthetic(directory, spec, tile_shape)
     grid = TileGrid(io.read_info(image).shape, tile_shape, (0, 0))
     prov = provenance(model, image, grid, tiles_per_block=grid.n_tiles)
     embed_block(model, prov, image, grid, directory / "emb.zarr")
-    return directory / "emb.zarr", asdict(prov), grid
+    return directory / "emb.zarr", prov, grid

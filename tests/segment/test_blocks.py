@@ -8,6 +8,8 @@ their values must not change when the parameters' code does.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +20,7 @@ from helpers.embedded import Clock, embedded_block
 from helpers.label_images import disc_truth
 from tilesam.config import AisParams, AmgParams, ApgParams, replace
 from tilesam.data import stores, synthetic
-from tilesam.embed import encode, normalize, read_embedding
+from tilesam.embed import Provenance, encode, normalize, read_embedding
 from tilesam.models.unetr import decode_maps
 from tilesam.segment import ais as ais_module
 from tilesam.segment import results
@@ -51,8 +53,8 @@ def test_block_labels_and_params_record(lite_medsam, embedded, tmp_path, prompt)
     root = zarr.open_group(str(tmp_path / "seg.zarr"), mode="r")
 
     record = dict(root.attrs["tilesam"]["segmentation"])
-    assert list(record) == [*prov, "method", "params", "prompt", "box_sizes"]
-    assert {k: record[k] for k in prov} == prov and record["method"] == "amg"
+    assert list(record) == [*asdict(prov), "method", "params", "prompt", "box_sizes"]
+    assert {k: record[k] for k in asdict(prov)} == asdict(prov) and record["method"] == "amg"
     assert list(record["params"].items()) == [
         ("points_per_side", 2),
         ("points_per_batch", 64),
@@ -146,23 +148,15 @@ def truth_of(grid: TileGrid, seed: int) -> np.ndarray:
     return disc_truth(grid.shape, rng, [], 8, radii=(6, 10))
 
 
-def embedding_store(path, grid: TileGrid, truth: np.ndarray, model=None) -> dict:
+def embedding_store(path, grid: TileGrid, truth: np.ndarray, model=None) -> Provenance:
     """A finished embedding store of block 0 holding every tile of `grid`: noise, the window's maps in channels 0-2.
 
     With `model`, the rest of each embedding is the model's own of the window's rendered image instead
     of noise, so that SAM decodes real masks from it (APG).
     """
     tiles = grid.block(0, grid.n_tiles)
-    prov = {
-        "encoder_sha256": "sha",
-        "img_size": IMG_SIZE,
-        "grid": grid.to_dict(),
-        "block": 0,
-        "tiles_per_block": grid.n_tiles,
-        "image_signature": "sig",
-        "dtype": "float32",
-    }
-    root = stores.open_partial(path, "embeddings", prov, len(tiles))
+    prov = Provenance("sha", IMG_SIZE, grid.to_dict(), 0, grid.n_tiles, "sig", "float32")
+    root = stores.open_partial(path, "embeddings", asdict(prov), len(tiles))
     embeddings = np.stack([embedding_with_maps(truth[tile.window_slices()], seed=i) for i, tile in enumerate(tiles)])
     if model is not None:
         image = synthetic.render(truth, seed=0)
@@ -221,7 +215,7 @@ def test_ais_block_stores_each_windows_labels_whatever_the_batch(decoder, tmp_pa
             assert labels.dtype == np.uint32 and labels.shape == tile.window_shape
             np.testing.assert_array_equal(labels, expected[i])
     record = dict(zarr.open_group(str(tmp_path / "seg3.zarr"), mode="r").attrs["tilesam"]["segmentation"])
-    assert {k: record[k] for k in prov} == prov
+    assert {k: record[k] for k in asdict(prov)} == asdict(prov)
     assert record["method"] == "ais" and record["decoder"] == DECODER_ID
     assert record["params"] == params.postprocessing()  # the batch size is not part of what made the labels
     column = params_column(record)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +24,8 @@ from tilesam.tiling import Tile, TileGrid
 if TYPE_CHECKING:
     import torch
     from segment_anything.modeling import Sam
+
+    from tilesam.embed import Provenance
 
 
 def object_tiles(gt: np.ndarray, grid: TileGrid) -> dict[int, np.ndarray]:
@@ -113,10 +116,10 @@ def prompt_params(mode: str, seed: int, feed_logits: bool) -> dict:
     return {"seed": seed, "iterations": N_ITERATIONS, "feed_logits": feed_logits}
 
 
-def block_embeddings(block_stores: list[str], tiles_per_block: int, provenance: dict):
+def block_embeddings(block_stores: list[str], prov: Provenance):
     """A function tile -> stored embedding (1, 256, 64, 64), reading the image's embedding blocks.
 
-    Each block store is checked against `provenance` (with its own block number).
+    Each block store is checked against `prov` (with its own block number).
     """
     from tilesam.data import stores
     from tilesam.embed import read_embedding
@@ -124,9 +127,9 @@ def block_embeddings(block_stores: list[str], tiles_per_block: int, provenance: 
     roots: dict[int, object] = {}
 
     def read(tile: Tile) -> torch.Tensor:
-        b, i = divmod(tile.id, tiles_per_block)
+        b, i = divmod(tile.id, prov.tiles_per_block)
         if b not in roots:
-            roots[b] = stores.open_done(block_stores[b], "embeddings", {**provenance, "block": b})
+            roots[b] = stores.open_done(block_stores[b], "embeddings", asdict(replace(prov, block=b)))
         return read_embedding(roots[b], i)
 
     return read

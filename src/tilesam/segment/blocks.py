@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from tilesam.config import SEGMENTERS, AisParams, AmgParams, ApgParams
 from tilesam.data import stores
-from tilesam.embed import peak_mem_mb, read_embedding
+from tilesam.embed import Provenance, peak_mem_mb, read_embedding
 from tilesam.segment.amg import generate_masks
 from tilesam.segment.labels import masks_to_labels
 from tilesam.segment.results import APG_STAGES
@@ -49,7 +49,7 @@ METHODS = SEGMENTERS
 def segment_block(
     model: Sam | None,
     embeddings: str | Path,
-    embedding_provenance: dict,
+    prov: Provenance,
     grid: TileGrid,
     out: str | Path,
     *,
@@ -87,17 +87,17 @@ def segment_block(
         if not isinstance(params, AmgParams):
             raise TypeError(f"method amg takes AmgParams, got {type(params).__name__}")
         record = _params_record(params)
-    src = stores.open_done(embeddings, "embeddings", embedding_provenance)
-    tiles = grid.block(embedding_provenance["block"], embedding_provenance["tiles_per_block"])
-    provenance = {**embedding_provenance, **(model_id or {}), "method": method, **record}
+    src = stores.open_done(embeddings, "embeddings", asdict(prov))
+    tiles = grid.block(prov.block, prov.tiles_per_block)
+    provenance = {**asdict(prov), **(model_id or {}), "method": method, **record}
     root = stores.open_partial(out, "segmentation", provenance, len(tiles))
     done = root["done"][:]
     if method == "ais":
-        _ais_tiles(decoder, src, tiles, done, root, params, embedding_provenance["img_size"], out)
+        _ais_tiles(decoder, src, tiles, done, root, params, prov.img_size, out)
     elif method == "apg":
-        _apg_tiles(model, decoder, src, tiles, done, root, params, embedding_provenance["img_size"], out)
+        _apg_tiles(model, decoder, src, tiles, done, root, params, prov.img_size, out)
     else:
-        _amg_tiles(model, src, tiles, done, root, params, provenance["block"])
+        _amg_tiles(model, src, tiles, done, root, params, prov.block)
     embed_stats = dict(src.attrs.get("stats", {}))
     encoder = stores.tile_seconds(src)  # the embedding store may be temporary: its tiles' seconds are kept here
     stats = {
