@@ -135,8 +135,10 @@ def test_training_data_and_automatic_segmentation_defaults():
         "pred_iou_thresh": 0.8,
         "stability_score_thresh": 0.9,
     }
-    with pytest.raises(ValueError, match="unknown AIS settings"):
+    with pytest.raises(ValueError, match="unknown ais settings"):
         ModelCard("m", "vit_b", "v1", "http://x/m.pth", "0" * 64, source="t", ais={"center_thresh": 0.5})
+    with pytest.raises(ValueError, match="unknown amg settings"):
+        ModelCard("m", "vit_b", "v1", "http://x/m.pth", "0" * 64, source="t", amg={"points": 4})
 
 
 @pytest.mark.parametrize("name, replacement", [("vit_h_lm", "vit_b_lm"), ("vit_h_em", "vit_b_em_organelles")])

@@ -32,7 +32,7 @@ from tilesam.segment.apg import apg_labels
 from tilesam.segment.box_amg import decode_box_candidates
 from tilesam.segment.labels import masks_to_labels
 from tilesam.segment.search import (
-    AIS_KEYS,
+    AIS_SEARCHED,
     APG_KEYS,
     SearchImage,
     ais_grid,
@@ -121,13 +121,13 @@ def test_every_setting_is_scored_and_the_best_is_what_segmenting_with_it_scores(
         "min_size": [0, 30],
     }
     table = search_ais(decoder, images, AisParams(), IMG_SIZE, grid=grid)
-    assert list(table.columns) == [*AIS_KEYS, "mSA"] and len(table) == 8
+    assert list(table.columns) == [*AIS_SEARCHED, "mSA"] and len(table) == 8
     assert table.mSA.is_monotonic_decreasing
     assert table.mSA.iloc[0] > 0.5
     assert (table[table.center_distance_threshold == 0.0].mSA == 0).all()  # no seeds, no objects
     # the best row's mSA is what segmenting the images with its setting scores
     best = table.iloc[0]
-    params = replace(AisParams(), **{k: (int(best[k]) if k == "min_size" else float(best[k])) for k in AIS_KEYS})
+    params = replace(AisParams(), **{k: (int(best[k]) if k == "min_size" else float(best[k])) for k in AIS_SEARCHED})
     scores = []
     for image in images:
         tiles = {}

@@ -10,10 +10,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tilesam import schema
 from tilesam.download import parse_hash
 
 __all__ = [
-    "AIS_KEYS",
     "ARCHITECTURES",
     "DecoderRef",
     "ModelCard",
@@ -36,7 +36,6 @@ UNIT_PIXEL_MEAN = (0.0, 0.0, 0.0)
 UNIT_PIXEL_STD = (255.0, 255.0, 255.0)
 
 #: The keys of a card's ``ais`` defaults (micro-sam's ``InstanceSegmentationWithDecoder.generate``).
-AIS_KEYS = frozenset({"center_distance_threshold", "boundary_distance_threshold", "distance_smoothing", "min_size"})
 
 
 def _check_hash(owner: str, algorithm: str, value: str | None) -> None:
@@ -121,8 +120,10 @@ class ModelCard:
         if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
             raise ValueError(f"{self.name}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
         _check_hash(self.name, "xxh128", self.xxh128)
-        if self.ais is not None and not set(self.ais) <= AIS_KEYS:
-            raise ValueError(f"{self.name}: unknown AIS settings {sorted(set(self.ais) - AIS_KEYS)}; known: {AIS_KEYS}")
+        for method in ("ais", "amg"):  # a card's defaults are the schema's keys of segmentation.<method>
+            known = set(schema.section("segmentation", method)["properties"])
+            if unknown := set(getattr(self, method) or {}) - known:
+                raise ValueError(f"{self.name}: unknown {method} settings {sorted(unknown)}; known: {sorted(known)}")
         if self.status == "outdated" and not self.replacement:
             raise ValueError(f"{self.name}: an outdated model must name its replacement")
         if "@" in self.name or "@" in self.version:

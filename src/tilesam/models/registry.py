@@ -13,7 +13,6 @@ import re
 import warnings
 
 from .card import (
-    AIS_KEYS,
     ARCHITECTURES,
     SAM_PIXEL_MEAN,
     SAM_PIXEL_STD,
@@ -26,7 +25,6 @@ from .card import (
 from .cards import SEED_CARDS
 
 __all__ = [
-    "AIS_KEYS",
     "ARCHITECTURES",
     "DecoderRef",
     "ModelCard",

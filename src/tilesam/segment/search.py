@@ -48,14 +48,14 @@ def protocol_range(start: float, stop: float, step: float = 0.025) -> list[float
 PRED_IOU_GRID = protocol_range(*SearchGrid().pred_iou_thresh)
 STABILITY_GRID = protocol_range(*SearchGrid().stability_score_thresh)
 
-AIS_KEYS = tuple(f.name for f in fields(AisSearchGrid))  # what each search tunes: its grid's keys
+AIS_SEARCHED = tuple(f.name for f in fields(AisSearchGrid))  # what each search tunes: its grid's keys
 APG_KEYS = tuple(f.name for f in fields(ApgSearchGrid))
 
 
 def ais_grid(grid: AisSearchGrid | None = None) -> dict[str, list]:
     """The AIS search's values per parameter (micro-sam's protocol by default, from the schema)."""
     grid = grid or AisSearchGrid()
-    values = {key: protocol_range(*getattr(grid, key)) for key in AIS_KEYS[:3]}
+    values = {key: protocol_range(*getattr(grid, key)) for key in AIS_SEARCHED[:3]}
     values["min_size"] = sorted({int(v) for v in grid.min_size})
     for key, vals in values.items():
         if not vals or (key != "min_size" and min(vals) < 0):
@@ -154,10 +154,10 @@ def search_ais(
                     for min_size in grid["min_size"]:
                         tiles = {t: size_filter(lab, min_size) for t, lab in labels.items()}
                         msa = segmentation_scores(image.gt, stitch_in_memory(image.grid, tiles, stitch_params)).msa
-                        setting = dict(zip(AIS_KEYS, (centre, boundary, sigma, min_size)))
+                        setting = dict(zip(AIS_SEARCHED, (centre, boundary, sigma, min_size)))
                         rows.append({"image": image.name, **setting, "mSA": msa})
     per_image = pd.DataFrame(rows)
-    table = per_image.groupby(list(AIS_KEYS), as_index=False, sort=False)["mSA"].mean()
+    table = per_image.groupby(list(AIS_SEARCHED), as_index=False, sort=False)["mSA"].mean()
     return table.sort_values("mSA", ascending=False, kind="stable", ignore_index=True)
 
 
