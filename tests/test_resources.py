@@ -27,3 +27,22 @@ def test_a_request_over_the_limit_is_one_error_naming_the_job():
         ValueError, match=r"the .* job would ask for \d+ MB of memory, more than 1000 MB \(the profile's\)"
     ):
         res.check(1000, "the profile's")
+
+
+def test_tiles_per_block_auto_sizes_blocks_to_the_device(tmp_path):
+    """`auto` (the default): a GPU job takes hundreds of tiles, a CPU job tens; a number is kept as written."""
+    import tifffile
+
+    volume = tmp_path / "vol.tif"
+    tifffile.memmap(volume, shape=(16, 2048, 2048), dtype="uint8").flush()  # planning reads its header only
+    config = full_config(datasets={"v": {"images": str(volume), "ndim": 3}}, models=["vit_b"])
+    assert config["segmentation"]["tiles_per_block"] == "auto"
+    gpu, cpu = (Plan.from_config({**config, "device": device}) for device in ("cuda", "cpu"))
+    assert gpu.grid("v", "vol").n_tiles == 256  # 16 sections of 4 x 4 tiles of 512
+    assert gpu.n_blocks("v", "vol") == 1 and gpu.tiling.block_size(256) == 256  # one job of 256 tiles
+    assert 1 < cpu.tiling.tiles_per_block < 100 and cpu.n_blocks("v", "vol") == -(-256 // cpu.tiling.tiles_per_block)
+    two = Plan.from_config({**config, "device": "cuda", "segmentation": {**config["segmentation"], "min_blocks": 2}})
+    assert two.n_blocks("v", "vol") == 2  # min_blocks still keeps two local jobs busy
+    written = Plan.from_config({**config, "segmentation": {**config["segmentation"], "tiles_per_block": 8}})
+    assert written.tiling.tiles_per_block == 8 and written.n_blocks("v", "vol") == 32
+    assert gpu.resources.embed_minutes() > cpu.resources.embed_minutes()  # requests follow the block size

@@ -40,7 +40,7 @@ class Tiling:
 
     tile_shape: tuple[int, int]
     halo: tuple[int, int]
-    tiles_per_block: int
+    tiles_per_block: int  # `auto` is resolved by the plan (`Plan.block_tiles`) before any job sees it
     min_blocks: int
 
     def grid(self, shape: tuple[int, ...]) -> TileGrid:
@@ -50,6 +50,8 @@ class Tiling:
     def block_size(self, n_tiles: int) -> int:
         """Tiles per block of an image of n_tiles: at most tiles_per_block, and few enough that the
         image has at least min_blocks blocks (where it has that many tiles)."""
+        if not isinstance(self.tiles_per_block, int):
+            raise ValueError(f"segmentation.tiles_per_block {self.tiles_per_block!r}: the plan resolves it to tiles")
         return max(1, min(self.tiles_per_block, n_tiles // self.min_blocks))
 
     def n_blocks(self, shape: tuple[int, ...]) -> int:

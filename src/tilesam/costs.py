@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["COSTS", "Costs", "METHODS", "block_size", "costs_for", "tile_seconds"]
+__all__ = ["COSTS", "Costs", "METHODS", "block_size", "costs_for", "tile_seconds", "tiles_per_job"]
 
 #: what a block's jobs do per tile: embed (the image encoder), segment by AIS (instance decoder),
 #: AMG (prompt grid through the mask decoder) or APG (AIS seeds as prompts: both)
@@ -86,6 +86,22 @@ def tile_seconds(costs: Costs, method: str, prompts_per_tile: int = 64) -> float
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
+def tiles_per_job(
+    architecture: str,
+    device: str,
+    method: str,
+    *,
+    prompts_per_tile: int = 64,
+    ratio: float = 20.0,
+    table: dict[tuple[str, str], Costs] | None = None,
+) -> int:
+    """The fewest tiles that make a block's jobs worth starting: the tile work of its embed job and of
+    its ``method`` job at least ``ratio`` x the job's fixed cost."""
+    costs = (table or COSTS).get((architecture, device.partition(":")[0])) or costs_for(architecture, device)
+    per_tile = min(costs.encode, tile_seconds(costs, method, prompts_per_tile))
+    return math.ceil(ratio * costs.fixed / max(per_tile, 1e-9))
+
+
 def block_size(
     n_tiles: int,
     architecture: str,
@@ -113,9 +129,7 @@ def block_size(
         )
     if n_tiles == 0:
         return 1
-    costs = (table or COSTS).get((architecture, device.partition(":")[0])) or costs_for(architecture, device)
-    per_tile = min(costs.encode, tile_seconds(costs, method, prompts_per_tile))
-    need = math.ceil(ratio * costs.fixed / max(per_tile, 1e-9))  # the fewest tiles worth a job
+    need = tiles_per_job(architecture, device, method, prompts_per_tile=prompts_per_tile, ratio=ratio, table=table)
     cap = min(math.ceil(n_tiles / min_blocks), max_tiles or n_tiles)  # the most the caps allow
     blocks = math.ceil(n_tiles / cap) if need >= cap else max(n_tiles // need, math.ceil(n_tiles / cap))
     return math.ceil(n_tiles / blocks)  # the same tiles in as many blocks, evened out

@@ -20,7 +20,7 @@ from tilesam.data import synthetic
 from tilesam.data.datasets import DatasetError, ImageRecord, images_of
 from tilesam.models.inspect import CheckpointInspectionError, has_decoder
 from tilesam.models.inspect import card_of as _card
-from tilesam.resources import Resources
+from tilesam.resources import Resources, architecture_of
 from tilesam.roster import FINETUNED_MARK, Roster, finetuned_name, split_finetuned  # noqa: F401 (the plan's names)
 from tilesam.tiling import TileGrid
 
@@ -80,7 +80,14 @@ class Plan:
         config["compare"] = roster.compare_by_id(config["compare"])
         plan = cls(config, images, models_of, specs, finetuned, copy.deepcopy(written))  # the rules fill in `config`
         plan._check()
+        if config["segmentation"]["tiles_per_block"] == "auto":
+            config["segmentation"]["tiles_per_block"] = plan.resources.block_tiles()
+            plan.tiling = schema.build(schema.Tiling, config["segmentation"])
         return plan
+
+    def architecture(self, model: str) -> str:
+        """A planned model's architecture (a finetuned model's: its base's)."""
+        return architecture_of(self.specs[self.finetuned.get(model, (model, None))[0]])
 
     def _check(self) -> None:
         for method, search in self.search_datasets.items():

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tilesam import config as schema
+from tilesam.costs import tiles_per_job
+from tilesam.device import gpus_for
 from tilesam.models.spec import weights_file
 
 if TYPE_CHECKING:
@@ -63,9 +65,21 @@ class Resources:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
 
+    def block_tiles(self) -> int:
+        """`tiles_per_block: auto`: the most tiles any planned (model, method) needs so that its jobs' tile
+        work is 20x their start-up on the run's device (`costs.tiles_per_job`; `auto` is a GPU where one
+        is visible). One size for every image, so blocks and stores agree between jobs."""
+        device = self.plan.config["device"]
+        kind = "cuda" if device == "cuda" or (device == "auto" and gpus_for("auto")) else "cpu"
+        need = [
+            tiles_per_job(self.plan.architecture(model), kind, "ais" if method == schema.AUTO_METHOD else method)
+            for model in sorted({m for ms in self.plan.models_of.values() for m in ms})
+            for method in self.plan.methods_of(model)
+        ]
+        return max(need, default=1)
+
     def memory(self, model: str) -> ModelMemory:
-        base = self.plan.finetuned.get(model, (model, None))[0]
-        return MODEL_MEMORY[architecture_of(self.plan.specs[base])]
+        return MODEL_MEMORY[self.plan.architecture(model)]
 
     def _window_mpx(self) -> float:
         """Megapixels of the largest window (tile plus halo, clipped to the image) of any planned image."""
