@@ -105,7 +105,9 @@ def test_build_rejects_unknown_keys_naming_them():
 
 
 def test_names_come_from_the_schema():
-    assert config.METHODS == tuple(config.section("segmentation", "methods")["items"]["enum"])
+    assert (
+        config.METHODS == tuple(config.schema()["$defs"]["methods"]["items"]["enum"]) == ("amg", "ais", "apg", "auto")
+    )
     assert config.PROMPT_MODES == ("point", "box", "iterative_point", "iterative_box")
     assert set(config.TRAINABLE_PARTS) == {"image_encoder", "prompt_encoder", "mask_decoder", "decoder"}
 

@@ -191,3 +191,58 @@ def test_auto_compares_ais_and_apg_where_there_is_validation_data(decoder_checkp
     ]
     with pytest.raises(PlanError, match="'lite_medsam' .* has no instance-segmentation decoder, which apg needs"):
         Plan.from_config(full_config(segmentation={"methods": ["apg"]}))
+
+
+def test_methods_per_model_give_apg_to_the_finetuned_model_only(tmp_path):
+    """A mapping by model: the base without a decoder keeps auto (amg), its finetuned model adds apg."""
+    methods = {"lite_medsam": ["auto"], "lite_medsam-ft-train": ["auto", "apg"]}
+    cfg = full_config(models=["lite_medsam", "lite_medsam-ft-train"], segmentation={"methods": methods})
+    cfg["datasets"]["train"] = labelled_images(tmp_path, 2)
+    plan = Plan.from_config(cfg)
+    assert plan.methods_of("lite_medsam") == ["amg"] and plan.methods_of("lite_medsam-ft-train") == ["ais", "apg"]
+    assert plan.listed_methods() == ["auto", "apg"]
+    assert "results/evaluation/demo/nuclei_small/lite_medsam-ft-train/apg.json" in plan.evaluations()
+    assert not any("/lite_medsam/apg" in e for e in plan.evaluations())
+    shown = plan.qualitative("demo")
+    assert list(zip(shown["models"], shown["methods"])) == [
+        ("lite_medsam", "amg"), ("lite_medsam-ft-train", "ais"), ("lite_medsam-ft-train", "apg"), ("classical", "classical")
+    ]  # fmt: skip
+    # the list form still gives every model the same methods (apg for lite_medsam: the decoder check)
+    cfg["segmentation"]["methods"] = ["auto", "apg"]
+    with pytest.raises(PlanError, match="model 'lite_medsam' .*no instance-segmentation decoder, which apg"):
+        Plan.from_config(cfg)
+    cfg["segmentation"]["methods"] = {"lite_medsam": ["apg"], "lite_medsam-ft-train": ["auto"]}
+    with pytest.raises(PlanError, match="model 'lite_medsam' .*no instance-segmentation decoder, which apg"):
+        Plan.from_config(cfg)
+
+
+def test_methods_per_model_name_every_model_and_no_other(decoder_checkpoint):
+    with_decoder, _ = decoder_checkpoint
+    cfg = full_config(models=[with_decoder, "lite_medsam"], segmentation={"methods": {"lite_medsam": ["amg"]}})
+    with pytest.raises(PlanError, match=f"segmentation.methods: .*every model of models.*missing: '{with_decoder}'"):
+        Plan.from_config(cfg)
+    cfg["segmentation"]["methods"] = {with_decoder: ["ais"], "lite_medsam": ["amg"], "vit_b": ["amg"]}
+    with pytest.raises(PlanError, match="segmentation.methods: model 'vit_b' is not in models"):
+        Plan.from_config(cfg)
+    # a checkpoint named by its id works as by its path; both is one model named twice
+    dec = mid(with_decoder)
+    cfg["segmentation"]["methods"] = {dec: ["ais"], "lite_medsam": ["amg"]}
+    assert Plan.from_config(cfg).methods_of(dec) == ["ais"]
+    cfg["segmentation"]["methods"][with_decoder] = ["amg"]
+    with pytest.raises(PlanError, match="named twice"):
+        Plan.from_config(cfg)
+    cfg["segmentation"]["methods"] = {dec: ["ais", "nms"], "lite_medsam": ["amg"]}
+    with pytest.raises(PlanError, match="config error in segmentation.methods"):
+        Plan.from_config(cfg)
+
+
+def test_auto_in_one_models_methods_pairs_the_searches(decoder_checkpoint):
+    """`auto` listed for one model only still makes a validation dataset of ais the apg search's too."""
+    with_decoder, _ = decoder_checkpoint
+    dec = mid(with_decoder)
+    methods = {with_decoder: ["auto"], "lite_medsam": ["amg"]}
+    cfg = full_config(models=[with_decoder, "lite_medsam"], segmentation={"methods": methods})
+    cfg["datasets"] = {"val": {"source": "synthetic"}, "test": {"source": "synthetic"}}
+    cfg["segmentation"]["ais_search"] = {"dataset": "val"}
+    plan = Plan.from_config(cfg)
+    assert plan.search_datasets == {"ais": "val", "apg": "val"} and plan.methods_of(dec) == ["auto"]

@@ -46,6 +46,10 @@ def _value(v: Any) -> str:
 def type_of(node: dict[str, Any], defs: dict[str, Any]) -> str:
     """A short type: `integer >= 1`, `one of: a, b`, `list of number (3)`, `string or integer`."""
     node = _resolve(node, defs)
+    if any("required" not in alt for alt in node.get("oneOf", ())):  # a key of several forms
+        return " or ".join(type_of(alt, defs) for alt in node["oneOf"])
+    if "properties" not in node and isinstance(node.get("additionalProperties"), dict):
+        return f"mapping to {type_of(node['additionalProperties'], defs)}"
     if "enum" in node:
         return "one of: " + ", ".join(_value(v) for v in node["enum"])
     kinds = node.get("type", "object" if "properties" in node else "any")
@@ -88,7 +92,7 @@ def keys(node: dict[str, Any], defs: dict[str, Any], prefix: str = "") -> list[K
             default = f"`{_value(child['default'])}`"
         else:
             default = "required" if name in required else ""
-        one_of = [" or ".join(f"`{k}`" for k in alt.get("required", ())) for alt in child.get("oneOf", ())]
+        one_of = [" or ".join(f"`{k}`" for k in alt["required"]) for alt in child.get("oneOf", ()) if "required" in alt]
         note = f" Needs one of {', '.join(one_of)}." if one_of else ""
         rows.append(Key(path, type_of(child, defs), default, (_description(child) + note).strip()))
         rows.extend(keys(child, defs, path))

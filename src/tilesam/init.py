@@ -221,7 +221,8 @@ def render(summary: DataSummary, *, name: str, modality: str, model: str, image_
         f"    ndim: {summary.ndim}  # {'3: each file is a volume' if summary.ndim == 3 else '2: each file is one image'}",
         f"models: [{model}]  # {why} {modality} (`tilesam models list` shows all; lite_medsam works offline)",
         "segmentation:",
-        "  methods: [auto]  # ais (micro-sam's instance decoder) where the model has one, else amg (prompt grid)",
+        "  methods: [auto]  # ais (micro-sam's instance decoder; with a search, the better of ais and apg) where"
+        " the model has one, else amg (prompt grid)",
         f"  tile_shape: {tile}  # {tile_note}",
         f"  halo: {halo}  # should exceed half the largest object",
         "device: auto  # a GPU where there is one",

@@ -31,6 +31,32 @@ class PlanError(ValueError):
     """The config asks for something that cannot be planned; the message names the key."""
 
 
+def _methods_by_id(methods: list[str] | dict[str, list[str]], models: list[str], roster: Roster):
+    """`segmentation.methods` with model ids: a list as it is; a mapping keyed by the entries of `models` (or
+    their ids; `auto`'s key covers the models it picks) keyed by model id, every model named once."""
+    if isinstance(methods, list):
+        return methods
+    where = "config error in segmentation.methods"
+    planned = {m for ms in roster.models_of.values() for m in ms}
+    ids_of = {e: {roster.entries[e]} for e in models if e in roster.entries}
+    if "auto" in models:
+        ids_of["auto"] = planned - {i for ids in ids_of.values() for i in ids}
+    by_id: dict[str, list[str]] = {}
+    for key, listed in methods.items():
+        ids = ids_of[key] if key in ids_of else next((ids for ids in ids_of.values() if ids == {key}), None)
+        if ids is None:
+            raise PlanError(f"{where}: model {key!r} is not in models ({', '.join(map(repr, models))})")
+        for mid in ids:
+            if mid in by_id:
+                raise PlanError(f"{where}: model {key!r} is named twice (as its entry and as its id {mid!r})")
+            by_id[mid] = list(listed)
+    if missing := [e for e, ids in ids_of.items() if not ids <= set(by_id)]:
+        raise PlanError(
+            f"{where}: a mapping must give every model of models its methods; missing: {', '.join(map(repr, missing))}"
+        )
+    return by_id
+
+
 @dataclass
 class Plan:
     """Everything the rules ask of a config; built once by `from_config`."""
@@ -78,6 +104,7 @@ class Plan:
             raise PlanError(str(err)) from err
         models_of, specs, finetuned = roster.models_of, roster.specs, roster.finetuned
         config["compare"] = roster.compare_by_id(config["compare"])
+        config["segmentation"]["methods"] = _methods_by_id(config["segmentation"]["methods"], config["models"], roster)
         plan = cls(config, images, models_of, specs, finetuned, copy.deepcopy(written))  # the rules fill in `config`
         plan._check()
         if config["segmentation"]["tiles_per_block"] == "auto":
@@ -163,11 +190,21 @@ class Plan:
             return paths.FINETUNED.format(dataset=dataset, base=base)
         return self.specs[model]
 
+    def listed_methods(self, model: str | None = None) -> list[str]:
+        """The methods the config lists for one model (its own list where `methods` is a mapping by model),
+        or with no model, every model's."""
+        methods = self.config["segmentation"]["methods"]
+        if isinstance(methods, list):
+            return methods
+        if model is None:
+            return list(dict.fromkeys(m for listed in methods.values() for m in listed))
+        return methods.get(model, [])
+
     def methods_of(self, model: str) -> list[str]:
         """The config's methods for one model, no repeats. `auto`: amg without a decoder; with one, the
         better of ais and apg on the validation data where there is some (a row `auto`), else ais."""
         resolved = []
-        for method in self.config["segmentation"]["methods"]:
+        for method in self.listed_methods(model):
             if method == schema.AUTO_METHOD and not self.has_decoder(model):
                 method = "amg"
             elif method == schema.AUTO_METHOD and not {"ais", "apg"} <= set(self.search_datasets):
@@ -209,7 +246,7 @@ class Plan:
         the methods, a validation dataset of ais or apg is both's (auto compares the two searches)."""
         seg = self.config["segmentation"]
         found = {m: seg.get(f"{m}_search", {}).get("dataset") for m in schema.SEGMENTERS}
-        if schema.AUTO_METHOD in seg["methods"]:
+        if schema.AUTO_METHOD in self.listed_methods():
             either = found["ais"] or found["apg"]
             found["ais"], found["apg"] = found["ais"] or either, found["apg"] or either
         return {m: d for m, d in found.items() if d is not None}

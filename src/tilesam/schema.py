@@ -40,8 +40,10 @@ def defaults(*path: str) -> dict[str, Any]:
 
 
 def enum(*path: str) -> tuple:
-    """The allowed values of a key (for arrays: of its items), e.g. the prompt modes."""
+    """The allowed values of a key (for arrays: of its items; for a key of several forms: of its first's),
+    e.g. the prompt modes."""
     node = section(*path)
+    node = _resolve(node.get("oneOf", [node])[0])
     node = node.get("items", node)
     return tuple(_resolve(node)["enum"])
 

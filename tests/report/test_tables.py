@@ -204,3 +204,26 @@ def test_auto_row_compares_amg_of_a_base_with_ais_of_its_finetuned_model():
     # both models with a decoder: auto is ais for both, which the same-method row already compares
     both = pd.DataFrame([*rows, {**rows[2], "model": "base"}])
     assert "auto" not in " ".join(benchmark.compare(both, [{"vanilla": "base", "finetuned": "ft"}]).method)
+
+
+def test_apg_rows_carry_their_stage_seconds_per_tile_over_all_tiles(tmp_path):
+    """APG's maps, prompts-and-masks and NMS seconds a tile: weighted by each image's tiles; none for AIS."""
+    paths = []
+    for k, (method, image, tiles, stages) in enumerate(
+        [("apg", "a", 1, (1.0, 8.0, 0.5)), ("apg", "b", 3, (0.2, 4.0, 0.1)), ("ais", "a", 1, None)]
+    ):
+        row = {
+            "dataset": "d", "image": image, "model": "ft", "method": method, "iteration": 0, "n_true": 10,
+            "msa": 0.5, "sa50": 0.5, "sa75": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5,
+            "encoder_s_per_tile": 1.0, "segment_s_per_image": 2.0, "peak_mem_mb": 50.0, "n_tiles": tiles,
+        }  # fmt: skip
+        if stages:
+            row.update(dict(zip(benchmark.APG_STAGE_COSTS, stages)))
+        paths.append(tmp_path / f"{k}.json")
+        paths[-1].write_text(json.dumps(row))
+    table = benchmark.write_tables(paths, tmp_path / "out").set_index("method")
+    apg = table.loc["apg", benchmark.APG_STAGE_COSTS].tolist()
+    assert apg == pytest.approx([(1.0 + 3 * 0.2) / 4, (8.0 + 3 * 4.0) / 4, (0.5 + 3 * 0.1) / 4])
+    assert table.loc["ais", benchmark.APG_STAGE_COSTS].isna().all()
+    written = pd.read_csv(tmp_path / "out/table.csv")
+    assert set(benchmark.APG_STAGE_COSTS) <= set(written.columns)

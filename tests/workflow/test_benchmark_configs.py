@@ -66,14 +66,17 @@ def test_finetune_offline_plans_training_then_the_comparison(shared_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
     assert counts["finetune"] == 1 and counts["finetuned_model"] == 1 and counts["fetch_model"] == 1
-    # the test split only: AMG for both models and AIS for the finetuned one (searched on the validation
-    # split), and box and point prompts each, per image; the classical baseline once per image, searched on the
-    # finetuning's validation split
+    # the test split only: AMG for both models and AIS and APG for the finetuned one (each searched on the
+    # validation split), and box and point prompts each, per image; the classical baseline once per image,
+    # searched on the finetuning's validation split
     baseline = classical_evaluations(result.stdout)
     searches = sorted(set(re.findall(r"output: results/benchmark/(\w+)_search/", result.stdout)))
     assert counts["classical_search"] == 1 and searches == ["ais", "apg"] and counts["search"] == 2
-    assert 3 * baseline == counts["evaluate"] - baseline
+    assert 4 * baseline == counts["evaluate"] - baseline
     assert counts["evaluate_prompts"] == 2 * 2 * baseline
+    for model, methods in (("lite_medsam", {"amg"}), ("lite_medsam-ft-dsb2018_train", {"amg", "ais", "apg"})):
+        planned = set(re.findall(rf"results/evaluation/dsb2018_test/\w+/{model}/(\w+)\.json", result.stdout))
+        assert planned == {"box", "point"} | methods
 
 
 def test_online_configs_say_what_is_missing_offline():
@@ -85,13 +88,15 @@ def test_online_configs_say_what_is_missing_offline():
 
 
 @pytest.mark.parametrize(("stem", "current"), [("lm", "vit_b_lm"), ("em_organelles", "vit_b_em_organelles")])
-def test_reproduction_configs_give_ais_to_micro_sams_current_model_only(stem, current):
-    """Vanilla and the seed's v1 get AMG, the current model (which has a decoder) AMG and AIS, each compared."""
+def test_reproduction_configs_give_ais_and_apg_to_micro_sams_current_model_only(stem, current):
+    """Vanilla and the seed's v1 get AMG, the current model (which has a decoder) AMG, AIS and APG, each compared."""
     from tilesam.plan import has_decoder
 
     config = yaml.safe_load((REPO / f"config/benchmarks/{stem}.yaml").read_text())
     assert config["models"] == ["vit_b", current, f"{current}@v1"]
     assert [has_decoder(m) for m in config["models"]] == [False, True, False]
-    assert config["segmentation"]["methods"] == ["amg", "auto"]  # auto: the better of ais and apg, searched
-    assert config["segmentation"]["ais_search"]["dataset"] == config["segmentation"]["amg_search"]["dataset"]
+    methods = {"vit_b": ["amg"], current: ["amg", "ais", "apg"], f"{current}@v1": ["amg"]}
+    assert config["segmentation"]["methods"] == methods
+    searched = {config["segmentation"][f"{m}_search"]["dataset"] for m in ("amg", "ais", "apg")}
+    assert len(searched) == 1  # all three searched on the validation split
     assert [pair["finetuned"] for pair in config["compare"]] == config["models"][1:]

@@ -8,6 +8,7 @@ are tested on the run of tests/workflow/test_bad_input.py (`test_amg_and_auto_gi
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -152,15 +153,17 @@ def test_default_config_plans_the_demo_jobs():
     counts = job_counts(out)
     n = len(synthetic.DEMO)
     # the demo and its training images are made; each demo image: the vanilla model's AMG, the finetuned
-    # model's AIS (`auto`), the classical baseline's segmentation, each stitched and scored; the
+    # model's AIS (`auto`) and APG, the classical baseline's segmentation, each stitched and scored; the
     # finetuned model froze its encoder, so it reads the vanilla model's embeddings (one embed job each)
     assert counts["make_synthetic"] == n + len(synthetic.TRAIN)
     assert counts["finetune"] == 1 and counts["fetch_model"] == 1 and counts["embed"] == n
-    assert counts["stitch"] == 3 * n and counts["evaluate"] == 3 * n
+    assert counts["segment"] == 3 * n and counts["stitch"] == 4 * n and counts["evaluate"] == 4 * n
     assert counts["evaluate_prompts"] == 2 * n and counts["benchmark_table"] == 1
+    for model, methods in (("lite_medsam", {"amg"}), ("lite_medsam-ft-demo_train", {"ais", "apg"})):
+        assert set(re.findall(rf"results/evaluation/demo/\w+/{model}/(\w+)\.json", out)) == {"box"} | methods
     # on 2 cores two model jobs run at a time, one thread each (snakemake lists threads only above 1)
     model_jobs = [b for b in out.split("rule ")[1:] if b.split(":")[0] in ("embed", "segment", "finetune")]
-    assert len(model_jobs) == 3 * n + 1 and not any("threads:" in b for b in model_jobs)
+    assert len(model_jobs) == 4 * n + 1 and not any("threads:" in b for b in model_jobs)
 
 
 def test_ais_for_a_model_without_a_decoder_fails_before_any_job(tmp_path):

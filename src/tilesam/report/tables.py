@@ -25,7 +25,11 @@ from tilesam.report import notes
 KEYS = ["dataset", "model", "method"]
 BASELINE = "classical"  # the classical baseline's model and method (tilesam.segment.classical)
 SCORES = ["mSA", "SA50", "SA75", "precision", "recall", "f1"]
-COSTS = ["encoder_s_per_tile", "segment_s_per_image", "peak_mem_mb"]
+#: APG's seconds a tile per stage (`tilesam.segment.results.APG_STAGES`): the decoder's maps, the prompts decoded
+#: into masks, their NMS; empty for the other methods
+APG_STAGE_COSTS = ["maps_s_per_tile", "prompts_masks_s_per_tile", "nms_s_per_tile"]
+COSTS = ["encoder_s_per_tile", "segment_s_per_image", "peak_mem_mb", *APG_STAGE_COSTS]
+PER_TILE = ["encoder_s_per_tile", *APG_STAGE_COSTS]  # seconds a tile: over all tiles, not a mean of the images'
 
 #: column names of the tables for the keys of `tilesam.metrics.Scores.as_dict`
 COLUMNS = {"msa": "mSA", "sa50": "SA50", "sa75": "SA75"}
@@ -58,9 +62,12 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     for col in COSTS:
         if col in final:
             table[col] = grouped[col].mean() if col != "peak_mem_mb" else grouped[col].max()
-    if "encoder_s_per_tile" in final and "n_tiles" in final:  # per tile of all images, not a mean of means
-        weighted = final.assign(_s=final["encoder_s_per_tile"] * final["n_tiles"]).groupby(KEYS, sort=True)
-        table["encoder_s_per_tile"] = weighted["_s"].sum(min_count=1) / weighted["n_tiles"].sum()
+    for col in PER_TILE:  # per tile of all images, not a mean of means
+        if col in final and "n_tiles" in final:
+            timed = final[col].notna()
+            weighted = final.assign(_s=final[col] * final["n_tiles"], _n=final["n_tiles"].where(timed))
+            grouped_w = weighted.groupby(KEYS, sort=True)
+            table[col] = grouped_w["_s"].sum(min_count=1) / grouped_w["_n"].sum()
     for col in ("device", "params"):
         if col in final:
             table[col] = grouped[col].first()
