@@ -57,7 +57,7 @@ def test_every_key_has_a_row_with_its_default():
 
 def test_types_and_descriptions_come_from_the_schema():
     rows = _rows(config_docs.render())
-    assert rows["segmentation.tiles_per_block"][0] == "integer >= 1"
+    assert rows["segmentation.tiles_per_block"][0] == "integer >= 1 or auto"
     assert rows["segmentation.tile_shape"][0] == "list of (integer >= 16) (2)"
     assert rows["device"][0] == "one of: auto, cpu, cuda"
     assert rows["finetune.decoder_crop"][0] == "integer or null or string matching `^auto$` >= 1"

@@ -50,6 +50,8 @@ def type_of(node: dict[str, Any], defs: dict[str, Any]) -> str:
         return " or ".join(type_of(alt, defs) for alt in node["oneOf"])
     if "properties" not in node and isinstance(node.get("additionalProperties"), dict):
         return f"mapping to {type_of(node['additionalProperties'], defs)}"
+    if "const" in node:
+        return _value(node["const"])
     if "enum" in node:
         return "one of: " + ", ".join(_value(v) for v in node["enum"])
     kinds = node.get("type", "object" if "properties" in node else "any")

@@ -31,32 +31,6 @@ class PlanError(ValueError):
     """The config asks for something that cannot be planned; the message names the key."""
 
 
-def _methods_by_id(methods: list[str] | dict[str, list[str]], models: list[str], roster: Roster):
-    """`segmentation.methods` with model ids: a list as it is; a mapping keyed by the entries of `models` (or
-    their ids; `auto`'s key covers the models it picks) keyed by model id, every model named once."""
-    if isinstance(methods, list):
-        return methods
-    where = "config error in segmentation.methods"
-    planned = {m for ms in roster.models_of.values() for m in ms}
-    ids_of = {e: {roster.entries[e]} for e in models if e in roster.entries}
-    if "auto" in models:
-        ids_of["auto"] = planned - {i for ids in ids_of.values() for i in ids}
-    by_id: dict[str, list[str]] = {}
-    for key, listed in methods.items():
-        ids = ids_of[key] if key in ids_of else next((ids for ids in ids_of.values() if ids == {key}), None)
-        if ids is None:
-            raise PlanError(f"{where}: model {key!r} is not in models ({', '.join(map(repr, models))})")
-        for mid in ids:
-            if mid in by_id:
-                raise PlanError(f"{where}: model {key!r} is named twice (as its entry and as its id {mid!r})")
-            by_id[mid] = list(listed)
-    if missing := [e for e, ids in ids_of.items() if not ids <= set(by_id)]:
-        raise PlanError(
-            f"{where}: a mapping must give every model of models its methods; missing: {', '.join(map(repr, missing))}"
-        )
-    return by_id
-
-
 @dataclass
 class Plan:
     """Everything the rules ask of a config; built once by `from_config`."""
@@ -104,7 +78,12 @@ class Plan:
             raise PlanError(str(err)) from err
         models_of, specs, finetuned = roster.models_of, roster.specs, roster.finetuned
         config["compare"] = roster.compare_by_id(config["compare"])
-        config["segmentation"]["methods"] = _methods_by_id(config["segmentation"]["methods"], config["models"], roster)
+        try:
+            config["segmentation"]["methods"] = roster.methods_by_id(
+                config["segmentation"]["methods"], config["models"]
+            )
+        except ValueError as err:
+            raise PlanError(str(err)) from err
         plan = cls(config, images, models_of, specs, finetuned, copy.deepcopy(written))  # the rules fill in `config`
         plan._check()
         if config["segmentation"]["tiles_per_block"] == "auto":

@@ -87,3 +87,29 @@ class Roster:
                     except (KeyError, ValueError, FileNotFoundError):
                         pass  # a finetuned name is its own id; anything else is reported by the plan's check
         return [{role: ids.get(model, model) for role, model in pair.items()} for pair in pairs]
+
+    def methods_by_id(self, methods: list[str] | dict[str, list[str]], models: list[str]):
+        """`segmentation.methods` with model ids: a list as it is; a mapping keyed by the entries of `models`
+        (or their ids; `auto`'s key covers the models it picks) keyed by model id, every model named once."""
+        if isinstance(methods, list):
+            return methods
+        where = "config error in segmentation.methods"
+        planned = {m for ms in self.models_of.values() for m in ms}
+        ids_of = {e: {self.entries[e]} for e in models if e in self.entries}
+        if "auto" in models:
+            ids_of["auto"] = planned - {i for ids in ids_of.values() for i in ids}
+        by_id: dict[str, list[str]] = {}
+        for key, listed in methods.items():
+            ids = ids_of[key] if key in ids_of else next((ids for ids in ids_of.values() if ids == {key}), None)
+            if ids is None:
+                raise ValueError(f"{where}: model {key!r} is not in models ({', '.join(map(repr, models))})")
+            for mid in ids:
+                if mid in by_id:
+                    raise ValueError(f"{where}: model {key!r} is named twice (as its entry and as its id {mid!r})")
+                by_id[mid] = list(listed)
+        if missing := [e for e, ids in ids_of.items() if not ids <= set(by_id)]:
+            missing_names = ", ".join(map(repr, missing))
+            raise ValueError(
+                f"{where}: a mapping must give every model of models its methods; missing: {missing_names}"
+            )
+        return by_id
