@@ -132,9 +132,18 @@ class _UniqueKeys(yaml.SafeLoader):
 
 
 def check_file(path: str | Path) -> None:
-    """A config file gives every key once (a second `datasets: a:` would silently replace the first)."""
+    """A config file is plain YAML (no tags) and gives every key once (a second `datasets: a:` would
+    silently replace the first). Read with the safe loader: a tag never constructs anything here."""
     try:
         yaml.load(Path(path).read_text(), Loader=_UniqueKeys)  # noqa: S506 (a safe loader)
+    except yaml.constructor.ConstructorError as err:
+        if err.problem_mark is None or not (err.problem or "").startswith("could not determine a constructor"):
+            raise ValueError(f"config error in {path}: {err}") from err
+        tag = err.problem.rpartition("tag ")[2].strip("'").replace("tag:yaml.org,2002:", "!!")
+        raise ValueError(
+            f"config error in {path}, line {err.problem_mark.line + 1}: the YAML tag {tag} is not allowed "
+            "(a config is plain YAML: python/ tags make Python objects or run code when read); remove it"
+        ) from None
     except (ValueError, yaml.YAMLError) as err:
         raise ValueError(f"config error in {path}: {err}") from err
 
