@@ -175,3 +175,11 @@ def test_a_yaml_tag_in_a_config_file_is_an_error_naming_the_file_line_and_tag_an
         with pytest.raises(ValueError, match=rf"config error in {path}, line 2: the YAML tag {re.escape(name)} is not"):
             config.check_file(path)
     assert not marker.exists()
+
+
+def test_a_yte_template_is_an_error_naming_the_file(tmp_path):
+    """Snakemake runs a YTE template's `?` expressions as Python when it reads the file (`__use_yte__: true`)."""
+    path = tmp_path / "config.yaml"
+    path.write_text("__use_yte__: true\nmodels: [vit_b]\noffline: ?__import__('os').getpid() == 0\n")
+    with pytest.raises(ValueError, match=rf"config error in {path}: __use_yte__ makes it a YTE template"):
+        config.check_file(path)
