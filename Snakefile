@@ -1,13 +1,24 @@
 # tilesam: Segment Anything over large microscopy images and volumes, tiled,
 # stitched and benchmarked. Rules are thin: each calls `tilesam <command>`.
+import os
+
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
+
+from tilesam.schema import check_file
 
 min_version("9.0")
 
 
 # config/config.yaml is the default run; a --configfile replaces it instead of extending it
-# (else the demo dataset would join every benchmark config).
+# (else the demo dataset would join every benchmark config). tilesam checks it first: Snakemake's
+# loader reports a YAML tag as "not valid JSON or YAML ... tab indentation", naming no file.
 if not workflow.overwrite_configfiles:
+    if os.path.exists("config/config.yaml"):
+        try:
+            check_file("config/config.yaml")
+        except ValueError as err:
+            raise WorkflowError(str(err))
 
     configfile: "config/config.yaml"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import MISSING, dataclass, fields
 
 import pytest
@@ -165,3 +166,22 @@ def test_apg_params_are_micro_sams_defaults_and_reject_out_of_range_values_namin
     built = config.build(config.ApgParams, {"mask_threshold": 0, "min_size": 50.0})
     assert built.mask_threshold == 0.0 and isinstance(built.min_size, int)
     assert set(built.postprocessing()) == {f.name for f in fields(built)} - {"prompts_per_batch", "tiles_per_batch"}
+
+
+def test_a_yaml_tag_in_a_config_file_is_an_error_naming_the_file_line_and_tag_and_runs_nothing(tmp_path):
+    """A python/ tag that would run code when read by an unsafe loader; any other tag is refused too."""
+    path, marker = tmp_path / "config.yaml", tmp_path / "ran"
+    for tag in (f'!!python/object/apply:os.system ["touch {marker}"]', "!!python/name:os.system", "!custom 3"):
+        path.write_text(f"models: [vit_b]\noffline: {tag}\n")
+        name = tag.split(" ")[0].split("[")[0]
+        with pytest.raises(ValueError, match=rf"config error in {path}, line 2: the YAML tag {re.escape(name)} is not"):
+            config.check_file(path)
+    assert not marker.exists()
+
+
+def test_a_yte_template_is_an_error_naming_the_file(tmp_path):
+    """Snakemake runs a YTE template's `?` expressions as Python when it reads the file (`__use_yte__: true`)."""
+    path = tmp_path / "config.yaml"
+    path.write_text("__use_yte__: true\nmodels: [vit_b]\noffline: ?__import__('os').getpid() == 0\n")
+    with pytest.raises(ValueError, match=rf"config error in {path}: __use_yte__ makes it a YTE template"):
+        config.check_file(path)

@@ -134,11 +134,26 @@ class _UniqueKeys(yaml.SafeLoader):
 
 
 def check_file(path: str | Path) -> None:
-    """A config file gives every key once (a second `datasets: a:` would silently replace the first)."""
+    """A config file is plain YAML (no tags, no YTE template) and gives every key once (a second
+    `datasets: a:` would silently replace the first). Read with the safe loader: a tag never constructs
+    anything here."""
     try:
-        yaml.load(Path(path).read_text(), Loader=_UniqueKeys)  # noqa: S506 (a safe loader)
+        data = yaml.load(Path(path).read_text(), Loader=_UniqueKeys)  # noqa: S506 (a safe loader)
+    except yaml.constructor.ConstructorError as err:
+        if err.problem_mark is None or not (err.problem or "").startswith("could not determine a constructor"):
+            raise ValueError(f"config error in {path}: {err}") from err
+        tag = err.problem.rpartition("tag ")[2].strip("'").replace("tag:yaml.org,2002:", "!!")
+        raise ValueError(
+            f"config error in {path}, line {err.problem_mark.line + 1}: the YAML tag {tag} is not allowed "
+            "(a config is plain YAML: python/ tags make Python objects or run code when read); remove it"
+        ) from None
     except (ValueError, yaml.YAMLError) as err:
         raise ValueError(f"config error in {path}: {err}") from err
+    if isinstance(data, dict) and "__use_yte__" in data:
+        raise ValueError(
+            f"config error in {path}: __use_yte__ makes it a YTE template, whose `?` expressions Snakemake runs "
+            "as Python code when it reads the file; a config is plain YAML: remove __use_yte__ and write the values"
+        )
 
 
 def complete(config: dict[str, Any]) -> dict[str, Any]:

@@ -5,16 +5,22 @@ Planning cases run `snakemake -n` (the plan reads headers only, so they take sec
 jobs share one tiny run, which also runs a checkpoint path and a dataset glob with spaces end to end. That
 checkpoint has an instance decoder (fitted on the run's image, helpers.decoder_fit) and the run asks for
 `methods: [amg, auto]`, so the same run is the workflow's AIS test (`test_amg_and_auto_give_amg_and_ais_rows`):
-one Snakemake run instead of two. The last test prints "N tried / N clear errors / 0 data lost" for the
-cases that ran.
+one Snakemake run instead of two. Config files with a YAML tag or a YTE template are dry runs too; the
+model cases (a checkpoint overwritten, a model record edited, a block store another process writes) run a
+user's checkpoint file in two folders (`checkpoint_run`, `locked_run`), and images without objects one more.
+The last test prints "N tried / N clear errors / 0 silent results / 0 data lost" for the cases that ran.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pickle
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +31,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import torch
+import yaml
 import zarr
 
 from helpers.checkpoints import write_zip_bomb
@@ -33,6 +41,7 @@ from helpers.snakemake_cli import REPO, job_counts, snakemake, write_config
 from tilesam import cli
 from tilesam.data import ome, stores, synthetic
 from tilesam.metrics import segmentation_scores
+from tilesam.models import fetch
 from tilesam.models.spec import model_id, resolve_spec
 from tilesam.report import figures
 
@@ -49,6 +58,7 @@ BASE = {
     },
     "evaluation": {"prompts": []},
 }
+PROFILE = str(REPO / "workflow/profiles/default")
 
 
 @dataclass
@@ -228,6 +238,69 @@ def test_planning_stops_a_bad_input_naming_the_file_and_the_fault(case, tmp_path
     assert not (workdir / "results/images").exists()
 
 
+#: a tag that runs code when read by an unsafe loader (`ran` appears if it did); Snakemake's message for it
+APPLY = 'offline: !!python/object/apply:os.system ["touch {marker}"]'
+SNAKEMAKES = "Config file is not valid JSON or YAML"
+# case: (the config file, relative to the run folder: config/config.yaml or a --configfile; the lines added
+# to it; what the console must show)
+YAML_TAGS: dict[str, tuple[str, str, list[str]]] = {
+    "YAML tag that would run code, in config/config.yaml (was 'not valid JSON or YAML ... tabs')": (
+        "config/config.yaml",
+        APPLY,
+        ["config error in config/config.yaml, line", "the YAML tag !!python/object/apply:os.system is not allowed"],
+    ),
+    "YAML python/name tag in a --configfile (Snakemake's loader takes it)": (
+        "run.yaml",
+        "offline: !!python/name:os.system",
+        ["run.yaml, line", "the YAML tag !!python/name:os.system is not allowed"],
+    ),
+    # Snakemake evaluates a YTE template's `?` expressions as Python when it reads the file: the Snakefile checks
+    # config/config.yaml first; a --configfile's run as Snakemake parses its arguments (below), before any
+    # tilesam code, which then stops the run with this message (not a row: code has run by then).
+    "YTE template in config/config.yaml (Snakemake runs its `?` expressions)": (
+        "config/config.yaml",
+        "__use_yte__: true\noffline: ?__import__('os').system('touch {marker}') == 1",
+        ["config error in config/config.yaml: __use_yte__ makes it a YTE template"],
+    ),
+    # Snakemake reads a --configfile as it parses its arguments, before the Snakefile or any tilesam code
+    # (snakemake/cli.py:2168 ConfigSettings -> settings/types.py:416 -> common/configfile.py:24-30: yte's
+    # FullLoader refuses the tag, and the ConstructorError becomes this fixed message): all a run can show.
+    "YAML tag that would run code, in a --configfile (Snakemake's own message: an error, no code run)": (
+        "run.yaml",
+        APPLY,
+        [SNAKEMAKES],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(YAML_TAGS))
+def test_a_yaml_tag_or_template_in_a_config_file_runs_no_code_and_is_an_error(case, tmp_path):
+    name, lines, expected = YAML_TAGS[case]
+    workdir, marker = _workdir(tmp_path), tmp_path / "ran"
+    write_config(workdir, BASE)
+    config = workdir / name
+    if not config.exists():
+        config.write_text(yaml.safe_dump(BASE))
+    with config.open("a") as f:
+        f.write(lines.format(marker=marker) + "\n")
+    before = _fingerprints(workdir)
+    args = () if name == "config/config.yaml" else ("--configfile", str(config))
+    result = snakemake(workdir, "-n", *args, check=False)
+    console = result.stdout + result.stderr
+    clear = (
+        result.returncode != 0
+        and all(text in console for text in expected)
+        and not marker.exists()
+        and "Traceback" not in console
+        and ("tab indentation" not in console or SNAKEMAKES in expected)  # only Snakemake's own message says "tab"
+    )
+    outcome = _record(case, clear, before, workdir)
+    outcome.silent = marker.exists() and result.returncode == 0  # code ran, and the run went on
+    assert not marker.exists(), "reading the config ran code"
+    assert clear, f"{case}: wanted {expected} on the console, got:\n{console[-3000:]}"
+    assert not outcome.lost
+
+
 #: the run's AIS settings: the fitted decoder's distances are compressed (helpers.decoder_fit), so looser seeds
 AIS = {"min_size": 10, "center_distance_threshold": 0.55, "boundary_distance_threshold": 0.6}
 
@@ -387,6 +460,179 @@ def test_a_constant_image_is_a_warning_in_its_import_log(empty_run):
     clear = "data/images/flat.tif: constant image (every pixel 9)" in logs
     _outcome("constant image (ran without a word)", clear, lost)
     assert clear, logs[-3000:]
+
+
+def _checkpoint_folder(workdir: Path) -> Path:
+    """A run folder whose model is the user's own checkpoint file (LiteMedSAM's weights as a state dict), with
+    box prompts scored too: box mSA is the score a changed checkpoint changes (AMG finds nothing here)."""
+    _workdir(workdir, "results/earlier/table.csv")
+    torch.save(torch.load(fetch("lite_medsam"), weights_only=True), workdir / "model.pth")
+    write_config(workdir, _merge(BASE, {"models": [str(workdir / "model.pth")], "evaluation": {"prompts": ["box"]}}))
+    return workdir
+
+
+SCORES = ["method", "n_images", "n_objects", "mSA", "SA50", "SA75", "precision", "recall", "f1"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_run(tmp_path_factory):
+    """A finished run of a checkpoint file: the folder and its table."""
+    workdir = _checkpoint_folder(tmp_path_factory.mktemp("checkpoint run"))
+    snakemake(workdir, "--profile", PROFILE)
+    return workdir, pd.read_csv(workdir / "results/benchmark/table.csv")
+
+
+def _add_copy(workdir: Path, name: str) -> None:
+    """A second image identical to `a` (and its labels): the same weights must score it the same."""
+    for folder in ("data/images", "data/labels"):
+        shutil.copy(workdir / folder / "a.tif", workdir / folder / f"{name}.tif")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_overwritten_at_its_path_is_a_new_model_and_everything_is_made_again(checkpoint_run):
+    """New weights saved over the checkpoint, and an image added: the rerun said "Nothing to be done" for the
+    old image and scored the new one with the new weights under the old id (box mSA 0.971 and 0.570 for two
+    identical images in one row). Now the file's content is its id: both images are scored with the new
+    weights, under a new id; the old id's results stay where they were."""
+    workdir, table = checkpoint_run
+    model = workdir / "model.pth"
+    state = torch.load(model, weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    for key in state:  # a retrained mask decoder, as a finetuning run would save it
+        if key.startswith("mask_decoder.transformer"):
+            state[key] = state[key] + 0.01 * torch.randn(state[key].shape, generator=generator)
+    torch.save(state, model)
+    _add_copy(workdir, "b")
+    before = _fingerprints(workdir)
+    result = snakemake(workdir, "--profile", PROFILE, check=False)
+    after = _fingerprints(workdir)
+    new = pd.read_csv(workdir / "results/benchmark/table.csv")
+    per_image = pd.read_csv(workdir / "results/benchmark/per_image.csv").set_index(["image", "method"])
+    new_id = model_id(resolve_spec(str(model)))
+    clear = (
+        result.returncode == 0
+        and new_id != table.model.iloc[0]
+        and set(new.model) == {new_id}
+        and (new.n_images == 2).all()
+        and all(per_image.loc[("a", m), "mSA"] == per_image.loc[("b", m), "mSA"] for m in ("amg", "box"))
+        and per_image.loc[("a", "box"), "mSA"] != table.set_index("method").loc["box", "mSA"]  # the new weights
+        and (workdir / f"resources/models/{new_id}.json").exists()
+    )
+    # the table and its figures are this run's targets, made again by design; nothing else may change
+    remade = ("results/benchmark/", "logs/benchmark_table.log", "logs/qualitative_figure/")
+    lost = [p for p in _lost(before, after) if not p.startswith(remade)]
+    outcome = _outcome("checkpoint overwritten at its path, an image added (old id, old table)", clear, lost)
+    outcome.silent = result.returncode == 0 and not clear
+    assert clear, (result.stdout + result.stderr)[-3000:] + f"\n{new}\n{per_image[['model', 'mSA']]}"
+    assert not lost, lost
+
+
+#: an orphaned job: a process that holds a block store's write lock (flock on `<store>.lock`, its pid in it)
+_HOLDER = (
+    "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+    "os.write(fd, str(os.getpid()).encode()); print('locked', flush=True); time.sleep(3600)"
+)
+
+
+@pytest.fixture(scope="module")
+def locked_run(tmp_path_factory):
+    """The checkpoint run's inputs in a fresh folder, run while another process (as a job orphaned by a killed
+    snakemake would) holds the write lock of the embedding store the run's embed job writes; then that process
+    is stopped, as the message says, and the run is made again. Returns the folder, the store, the holder's
+    pid, what the locked run lost, whether its job left a partial store, and both runs' results."""
+    workdir = _checkpoint_folder(tmp_path_factory.mktemp("locked run"))
+    planned = snakemake(workdir, "-n").stdout
+    (store,) = set(re.findall(r"results/embeddings/d/a/[^,\n]+/block0\.zarr", planned))
+    lock = workdir / f"{store}.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _fingerprints(workdir)
+        locked = snakemake(workdir, "--profile", PROFILE, check=False)
+        lost = _lost(before, _fingerprints(workdir))
+        partial = (workdir / stores.partial_path(store)).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    rerun = snakemake(workdir, "--profile", PROFILE, check=False)
+    return workdir, store, holder.pid, lost, partial, locked, rerun
+
+
+@pytest.mark.slow
+def test_a_store_another_process_writes_stops_the_job_saying_what_to_do(locked_run, checkpoint_run):
+    """Only snakemake killed, not its jobs: an orphaned job and the rerun's job wrote the same block store
+    (a KeyError traceback). Now the rerun's job stops, naming the writer and what to do, and writes nothing;
+    once that writer is gone the run completes with the scores of a run that was never in the way."""
+    workdir, store, pid, lost, partial, locked, rerun = locked_run
+    console = locked.stdout + locked.stderr
+    table = pd.read_csv(workdir / "results/benchmark/table.csv") if rerun.returncode == 0 else None
+    clear = (
+        locked.returncode != 0
+        and f"{store} is being written by another process (pid {pid})" in console
+        and f"stop it (kill {pid}), then rerun; nothing was written" in console
+        and not partial
+        and rerun.returncode == 0
+        and table[SCORES].equals(checkpoint_run[1][SCORES])
+    )
+    _outcome("store written by an orphaned job (interleaved tiles, KeyError)", clear, lost)
+    assert clear, console[-3000:] + (rerun.stdout + rerun.stderr)[-2000:]
+    assert not lost, lost
+
+
+class _Runs:
+    """Unpickling this runs code: it creates a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _write_keeping_mtime(path: Path, data: dict, stat: os.stat_result) -> None:
+    """Write a JSON file with the mtime of `stat` (see the test below)."""
+    path.write_text(json.dumps(data, indent=1))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.slow
+def test_an_edited_model_record_is_refused_naming_the_record_and_the_config(locked_run):
+    """The model record under resources/models/ was trusted over the config: its `load` and `trust_pickle` edited
+    made a later run unpickle a file that ran code (rc 0), and an edited `sha256` was accepted and written into
+    the stores. Now each model job checks the record against the config and the file, and stops naming both.
+
+    The edits keep the record's mtime and an image is added, so that what stops the run is that check of
+    the record by the new image's jobs (the images added later of the issue): Snakemake's mtime rule would
+    otherwise rerun every job made from the record, removing their results first as for any changed input."""
+    workdir, store, *_ = locked_run
+    model = store.split("/")[4]
+    record = f"resources/models/{model}.json"
+    original, stat = json.loads((workdir / record).read_text()), (workdir / record).stat()
+    evil, marker = workdir / "evil.pth", workdir / "ran"
+    evil.write_bytes(pickle.dumps({"model_state": _Runs(marker)}))
+    _add_copy(workdir, "c")
+    wanted = {
+        "load": f"model record {record}: load is {str(evil)!r}, but the config gives {str(workdir / 'model.pth')!r}",
+        "sha256": f"model record {record}: sha256 is {'0' * 64}, but {workdir / 'model.pth'} has ",
+    }
+    edits = {
+        "load": {"load": str(evil), "path": str(evil), "trust_pickle": True, "xxh128": {str(evil): "0" * 32}},
+        "sha256": {"sha256": "0" * 64},
+    }
+    before = {path: digest for path, digest in _fingerprints(workdir).items() if path != record}  # edited here
+    clear, consoles = True, []
+    for key, changes in edits.items():
+        _write_keeping_mtime(workdir / record, {**original, **changes}, stat)
+        result = snakemake(workdir, "--profile", PROFILE, check=False)
+        consoles.append(result.stdout + result.stderr)
+        clear &= result.returncode != 0 and wanted[key] in consoles[-1] and not marker.exists()
+    lost = _lost(before, _fingerprints(workdir))
+    outcome = _outcome("model record edited: load and trust_pickle (ran code), sha256 (accepted)", clear, lost)
+    outcome.silent = marker.exists()
+    assert not marker.exists(), "the edited record made a job unpickle a file that runs code"
+    assert clear, "\n".join(c[-2500:] for c in consoles)
+    assert not lost, lost
 
 
 def _labels_store(path: Path, labels: np.ndarray) -> Path:
