@@ -19,7 +19,7 @@ class PromptDecoder:
 
     def __init__(self, model: Sam, embedding: torch.Tensor | np.ndarray, original_size: tuple[int, int]) -> None:
         self.model = model
-        self.device = next(model.parameters()).device
+        self.device = next(model.mask_decoder.parameters()).device  # a part it runs: the encoder may be unloaded
         self.embedding = torch.as_tensor(embedding, dtype=torch.float32).to(self.device)
         if self.embedding.ndim == 3:
             self.embedding = self.embedding[None]

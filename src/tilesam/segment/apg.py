@@ -110,8 +110,9 @@ def decode_prompts(
 
     ``points`` of the MaskSet are the prompts' points (for boxes: their centres).
     """
-    device = next(model.parameters()).device
-    embedding = embedding.to(device=device, dtype=next(model.mask_decoder.parameters()).dtype)
+    weight = next(model.mask_decoder.parameters())  # a part it runs: the encoder may be unloaded
+    embedding = embedding.to(device=weight.device, dtype=weight.dtype)
+    device = weight.device
     img_size = model.image_encoder.img_size
     transform = ResizeLongestSide(img_size)
     shape = (int(shape[0]), int(shape[1]))
