@@ -144,8 +144,7 @@ def child(out: str, argv: list[str]) -> None:
     clock._charge()
     clock.cpu["startup"] = startup_cpu
     Path(out).write_text(json.dumps({"cpu": clock.cpu, "wall": clock.wall, "code": code}))
-    sys.stdout.flush(), sys.stderr.flush()
-    os._exit(code)  # no interpreter teardown
+    cli._exit(code)  # the command line's own end (no interpreter teardown)
 
 
 # --- the parent: inputs, jobs, table --------------------------------------------------------------
