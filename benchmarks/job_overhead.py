@@ -8,7 +8,8 @@ process start to exit (the parent's `wait4`) split into:
 - startup: the interpreter's own start, before the first line of the job runs;
 - imports: every module import (the outermost `__import__`, so a module's imports count once);
 - model load: `load_model`/`load_parts`, the decoder state and module;
-- store checks: image info, opening/checking/finishing block stores, the encoder's identity hash;
+- store checks: the model record's check (its files' xxh128), image info, opening/checking/finishing block
+  stores, the encoder's identity hash (embed: checked against the record);
 - tile work: the block function (embed_block, segment_block, stitch, scores, prompts) less the above;
 - other: the rest (argument parsing, the settings schema, writing results);
 - exit: after the job's last line until the process ended (interpreter and library teardown).
@@ -19,7 +20,6 @@ functions named in PHASES (only those that exist, so a renamed function shows up
 
     python benchmarks/job_overhead.py                      # both models, every job
     python benchmarks/job_overhead.py --models lite_medsam --jobs embed stitch --threads 1
-    python benchmarks/job_overhead.py --lean    # the wiring proposed for jobs.py (see _lean_wiring)
 
 Run it with `nice` on a shared machine: CPU seconds are what contention changes least.
 """
@@ -49,8 +49,8 @@ PHASES: dict[str, tuple[str, ...]] = {
         "tilesam.data.stores:open_partial",
         "tilesam.data.stores:open_done",
         "tilesam.data.stores:finish",
-        "tilesam.jobs:state_sha256",
-        "tilesam.jobs:_provenance",
+        "tilesam.models.record:read_checked",
+        "tilesam.models.load:encoder_sha256",
     ),
     "tile work": (
         "tilesam.embed:embed_block",
@@ -133,74 +133,18 @@ def _instrument(clock: PhaseClock) -> None:
     importlib.import_module = timed_import_module
 
 
-#: --lean: the parts each model job loads (AIS runs only the instance decoder: the smallest part, for shapes)
-LEAN_PARTS = {
-    "embed": ("image_encoder",),
-    "amg": ("prompt_encoder", "mask_decoder"),
-    "ais": ("prompt_encoder",),
-    "prompt-eval": ("prompt_encoder", "mask_decoder"),
-}
-
-
-def _lean_wiring(argv: list[str]) -> None:
-    """The wiring proposed for jobs.py, patched in: parts per job, the encoder's identity from the record.
-
-    What jobs.py does today otherwise (a full model, the encoder hashed in every job) is what the
-    run without --lean measures; `exit` is then ended with os._exit (see `child`).
-    """
-    command = argv[0]
-    method = argv[argv.index("--method") + 1] if "--method" in argv else "amg"
-    parts = (
-        LEAN_PARTS[method if command == "segment" else command]
-        if command in ("embed", "segment", "prompt-eval")
-        else None
-    )
-    if parts is None:
-        return
-    from tilesam import jobs
-    from tilesam.models import load_model
-
-    def load_record(record_path, device="auto"):
-        record = json.loads(Path(record_path).read_text())
-        sam = load_model(
-            record["load"],
-            device=jobs.resolve_device(device),
-            trust_pickle=bool(record.get("trust_pickle")),
-            parts=parts,
-        )
-        return sam, record
-
-    def provenance(record, model, image, tiling, block, dtype):
-        from tilesam.data import io
-        from tilesam.embed import Provenance
-        from tilesam.tiling import TileGrid
-
-        info = io.read_info(image)
-        grid = TileGrid(info.shape, tiling.tile_shape, tiling.halo)
-        prov = Provenance(record["encoder_sha256"], int(model.image_encoder.img_size), grid.to_dict(), block,
-                          tiling.block_size(grid.n_tiles), info.signature, dtype)  # fmt: skip
-        return grid, prov
-
-    jobs.load_record, jobs._provenance = load_record, provenance
-
-
-def child(out: str, argv: list[str], lean: bool = False) -> int:
-    """Run `tilesam <argv>` in this process, timed by phase; write the phases as JSON to `out`."""
+def child(out: str, argv: list[str]) -> None:
+    """Run `tilesam <argv>` in this process, timed by phase; write the phases as JSON to `out`; end as `tilesam` does."""
     startup_cpu = time.process_time()  # the interpreter's start and this script's stdlib imports
     clock = PhaseClock()
     _instrument(clock)
-    from tilesam.cli import main
+    from tilesam import cli
 
-    if lean:
-        _lean_wiring(argv)
-    code = main(argv)
+    code = cli.main(argv)
     clock._charge()
     clock.cpu["startup"] = startup_cpu
     Path(out).write_text(json.dumps({"cpu": clock.cpu, "wall": clock.wall, "code": code}))
-    if lean:
-        sys.stdout.flush(), sys.stderr.flush()
-        os._exit(code)  # no interpreter teardown: the job's outputs are closed, its logs flushed
-    return code
+    cli._exit(code)  # the command line's own end (no interpreter teardown)
 
 
 # --- the parent: inputs, jobs, table --------------------------------------------------------------
@@ -248,12 +192,6 @@ def prepare(work: Path, models: list[str], env: dict) -> dict[str, Path]:
             _checkpoint(name, ckpt)
         if not record.exists():
             _run_quiet(_tilesam("models", "fetch", str(ckpt), "--record", str(record)), env)
-        entry = json.loads(record.read_text())
-        if "encoder_sha256" not in entry:  # what the lead's fetch_model would add to the record, once
-            from tilesam.models.load import encoder_sha256, load_model
-
-            sam = load_model(entry["load"], device="cpu", parts=["image_encoder"])
-            record.write_text(json.dumps({**entry, "encoder_sha256": encoder_sha256(sam)}, indent=1))
         paths[name] = record
     return paths
 
@@ -274,7 +212,8 @@ def job_args(job: str, model: str, paths: dict[str, Path], work: Path, threads: 
     out = work / "out" / model
     image, gt, record = str(paths["image"]), str(paths["gt"]), str(paths.get(model, ""))
     emb, seg = str(out / "block0.emb.zarr"), str(out / "ais" / "block0.zarr")
-    device = ["--config", json.dumps(CONFIG), "--device", "cpu", "--threads", str(threads)]
+    spec = ["--spec", str((work / f"{model}.pt").resolve())]  # the config's model: its checkpoint file
+    device = ["--config", json.dumps(CONFIG), *spec, "--device", "cpu", "--threads", str(threads)]
     if job == "embed":
         return ["embed", "--image", image, "--model", record, "--block", "0", "--out", emb, *device]
     if job.startswith("segment-"):
@@ -306,11 +245,11 @@ def _clear(args: list[str]) -> None:
             path.unlink()
 
 
-def measure(argv: list[str], env: dict, work: Path, lean: bool = False) -> dict:
+def measure(argv: list[str], env: dict, work: Path) -> dict:
     """One job in a child process: its phases, and wall and CPU seconds from its start to its exit."""
     _clear(argv)
     phases_file = work / "phases.json"
-    cmd = [sys.executable, __file__, "--child-lean" if lean else "--child", str(phases_file), "--", *argv]
+    cmd = [sys.executable, __file__, "--child", str(phases_file), "--", *argv]
     t0 = time.perf_counter()
     proc = __import__("subprocess").Popen(cmd, env=env, stderr=open(work / "job.log", "w"))
     _, status, usage = os.wait4(proc.pid, 0)
@@ -333,11 +272,6 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/tilesam_job_overhead"))
     parser.add_argument("--threads", type=int, default=1, help="the model jobs' torch threads (the rules' default 1)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument(
-        "--lean",
-        action="store_true",
-        help="with the proposed wiring of jobs.py patched in (parts, record hash, os._exit)",
-    )
     args = parser.parse_args()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     paths = prepare(args.work, args.models, env)
@@ -347,7 +281,7 @@ def main() -> None:
             if job not in MODEL_JOBS and model != args.models[0]:
                 continue  # stitch and evaluate load no model: once is enough
             row = {"job": job, "model": model if job in MODEL_JOBS else "-"}
-            row.update(measure(job_args(job, model, paths, args.work, args.threads), env, args.work, args.lean))
+            row.update(measure(job_args(job, model, paths, args.work, args.threads), env, args.work))
             rows.append(row)
             print(_line(row), flush=True)
     if args.json:
@@ -361,7 +295,6 @@ def _line(row: dict) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] in ("--child", "--child-lean"):
-        argv = sys.argv[4:] if sys.argv[3] == "--" else sys.argv[3:]
-        sys.exit(child(sys.argv[2], argv, lean=sys.argv[1] == "--child-lean"))
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[4:] if sys.argv[3] == "--" else sys.argv[3:])
     main()

@@ -157,3 +157,32 @@ def test_models_fetch_records_the_files_and_the_users_trust(tmp_path, monkeypatc
     assert entry["decoder"] == str(decoder.resolve()) and entry["load"] == f"{mine.resolve()}+{decoder.resolve()}"
     state = load_decoder_state(entry["load"], trust_pickle=entry["trust_pickle"])
     assert torch.equal(state["decoder.out.weight"], torch.ones(3, 2))
+
+
+def test_the_command_line_ends_without_teardown_yet_says_everything_and_fails_as_python_would(tmp_path):
+    """`tilesam` (no argv: the process's entry) ends with os._exit: what it printed to a pipe still arrives,
+    a clear error is status 1, a usage error 2, and an uncaught exception its traceback and status 1."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(cli.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    env["TILESAM_CACHEDIR"] = str(tmp_path / "cache")
+
+    def tilesam(*args: str) -> subprocess.CompletedProcess:
+        code = "import sys; from tilesam.cli import main; sys.exit(main()); print('not reached')"  # the console script
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
+
+    listed = tilesam("models", "list")
+    assert listed.returncode == 0 and "lite_medsam" in listed.stdout and "not reached" not in listed.stdout
+    assert listed.stdout.count("\n") > 10  # the whole table: flushed before the exit
+    missing = tmp_path / "missing.pt"
+    failed = tilesam("models", "fetch", str(missing))
+    assert (
+        failed.returncode == 1 and f"tilesam models: error: checkpoint file {missing} does not exist" in failed.stderr
+    )
+    assert tilesam("no-such-command").returncode == 2
+    raised = tilesam("-v", "models", "fetch", str(missing))  # --verbose: the error as a traceback
+    assert raised.returncode == 1 and raised.stderr.startswith("Traceback") and str(missing) in raised.stderr

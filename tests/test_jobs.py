@@ -3,6 +3,8 @@ record, its identity, the searched setting, and labels that do not depend on the
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -41,6 +43,30 @@ def test_the_decoder_comes_with_a_training_checkpoint_and_its_absence_is_an_erro
         load_instance_decoder(make_record(str(plain), "plain"), "cpu")
 
 
+def test_the_record_holds_the_encoders_identity_which_the_job_that_loads_the_encoder_checks(lite_medsam, tmp_path):
+    """Jobs that do not run the encoder take its identity from the record; the embed job compares the two."""
+    from tilesam.models.load import encoder_sha256
+    from tilesam.models.record import ModelRecord, RecordError
+    from tilesam.runtime import ENCODER, PROMPTED, load_record
+
+    weights, path = tmp_path / "lite.pt", tmp_path / "lite.json"
+    torch.save(lite_medsam.state_dict(), weights)
+    record = make_record(str(weights), "lite")
+    record.write(path)
+    assert record.encoder_sha256 == encoder_sha256(lite_medsam)
+    sam, _ = load_record(path, str(weights), False, "cpu", parts=ENCODER)
+    assert encoder_sha256(sam) == record.encoder_sha256
+    edited = record.to_dict() | {"encoder_sha256": "0" * 64}
+    path.write_text(json.dumps(edited))
+    sam, _ = load_record(path, str(weights), False, "cpu", parts=PROMPTED)  # the encoder is not loaded: not checked
+    assert all(p.is_meta for p in sam.image_encoder.parameters())
+    with pytest.raises(RecordError, match=f"model record {path}: encoder_sha256 is 0+, but .*delete {path} and rerun"):
+        load_record(path, str(weights), False, "cpu", parts=ENCODER)
+    path.write_text(json.dumps(edited | {"encoder_sha256": "vit_b"}))
+    with pytest.raises(RecordError, match="wrong type of encoder_sha256"):
+        ModelRecord.read(path)
+
+
 def test_the_searched_setting_is_the_tables_first_row(tmp_path):
     table = pd.DataFrame(
         {
@@ -71,19 +97,30 @@ def test_the_searched_setting_is_the_tables_first_row(tmp_path):
         best_setting(ClassicalParams(), tmp_path / "bad.csv", CLASSICAL_SEARCHED)
 
 
-def test_labels_do_not_depend_on_how_the_tiles_are_grouped_into_blocks(tmp_path):
-    """The embed -> segment -> stitch jobs on 2 tiles as 1 block and as 2 (min_blocks 1 and 2)."""
+def test_labels_do_not_depend_on_how_the_tiles_are_grouped_into_blocks(tmp_path, monkeypatch):
+    """The embed -> segment -> stitch jobs on 2 tiles as 1 block and as 2 (min_blocks 1 and 2); the embed
+    job builds the image encoder only, the (AMG) segment job the prompt encoder and mask decoder only."""
     from helpers.embedded import import_synthetic
+    from tilesam import runtime
     from tilesam.config import EmbedParams, StitchParams, Tiling
     from tilesam.data import ome
     from tilesam.data.synthetic import SyntheticSpec
     from tilesam.jobs import embed, segment, stitch
+    from tilesam.models.load import PARTS
     from tilesam.tiling import TileGrid
 
     image = import_synthetic(tmp_path, SyntheticSpec("cells", (128, 256), 8, (9.0, 16.0), seed=4), (128, 128))
     model = tmp_path / "lite_medsam.json"  # the record the fetch_model job writes for a registry model
     make_record("lite_medsam", "lite_medsam").write(model)
     amg = AmgParams(prompt="box", points_per_side=3, pred_iou_thresh=0.5, stability_score_thresh=0.5)
+    real_load, loaded = runtime.load_record, []  # each job's model: a job builds only the parts it runs
+
+    def load_record(*args, **kwargs):
+        sam, record = real_load(*args, **kwargs)
+        loaded.append(sam)
+        return sam, record
+
+    monkeypatch.setattr(runtime, "load_record", load_record)
     labels, n_jobs = {}, {}
     for min_blocks in (1, 2):
         tiling = Tiling(tile_shape=(128, 128), halo=(16, 16), tiles_per_block=16, min_blocks=min_blocks)
@@ -101,6 +138,13 @@ def test_labels_do_not_depend_on_how_the_tiles_are_grouped_into_blocks(tmp_path)
         labels[min_blocks], n_jobs[min_blocks] = ome.open_level0(run / "labels.ome.zarr")[...], len(blocks)
     assert n_jobs == {1: 1, 2: 2} and len(np.unique(labels[1])) > 3  # two layouts; instances found
     np.testing.assert_array_equal(labels[1], labels[2])
+    for job, sam in zip(["embed", "segment"] * 3, loaded, strict=True):
+        built = {part: not any(p.is_meta for p in getattr(sam, part).parameters()) for part in PARTS}
+        assert built == {
+            "image_encoder": job == "embed",
+            "prompt_encoder": job != "embed",
+            "mask_decoder": job != "embed",
+        }
 
 
 def test_auto_segments_with_the_method_whose_search_scored_higher_and_says_so(tmp_path):

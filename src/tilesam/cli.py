@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import fields
-from typing import Any
+from typing import Any, NoReturn
 
 from tilesam import config as schema
 from tilesam.relay import Json, Parameter, parameters
@@ -143,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status. Without ``argv`` (``tilesam``, ``python -m tilesam.cli``: the
+    process's entry) the process ends here, without interpreter teardown (see `_exit`)."""
+    if argv is None:
+        _exit(_status(sys.argv[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -160,6 +165,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tilesam {args.command}: error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _status(argv: list[str]) -> int:
+    """`main`'s status; an uncaught exception prints its traceback and is status 1, as Python's own exit."""
+    try:
+        return main(argv)
+    except SystemExit as stop:  # argparse: --help (0), a usage error (2)
+        if stop.code is None or isinstance(stop.code, int):
+            return stop.code or 0
+        print(stop.code, file=sys.stderr)
+        return 1
+    except BaseException as error:
+        import traceback
+
+        traceback.print_exc()
+        return 130 if isinstance(error, KeyboardInterrupt) else 1
+
+
+def _exit(status: int) -> NoReturn:
+    """End the process now: logs and stdio flushed, no interpreter or library teardown (0.4-1.6 CPU-s a job).
+
+    A job's outputs are complete when it returns (zarr, JSON and CSV writes are synchronous, its
+    thread pools joined); its store locks are file locks, which the kernel drops with the process.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said
+            pass
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import zarr
 from tqdm import tqdm
 
 from tilesam.data import io, stores
+from tilesam.resize import resized_shape
 from tilesam.tiling import TileGrid
 
 if TYPE_CHECKING:
@@ -62,12 +63,6 @@ def normalize(window: np.ndarray, intensity_range: tuple[float, float]) -> np.nd
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
     return img
-
-
-def resized_shape(height: int, width: int, side: int) -> tuple[int, int]:
-    """The window's shape once its longest side is ``side`` (SAM's ResizeLongestSide rounding)."""
-    scale = side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
 def model_input(model: Sam, rgb: np.ndarray) -> torch.Tensor:

@@ -114,10 +114,10 @@ def embed(
 ) -> dict:
     """Embed the tiles of one block (resumes an interrupted block)."""
     from tilesam.embed import embed_block
-    from tilesam.runtime import load_record, provenance
+    from tilesam.runtime import ENCODER, load_record, provenance
 
-    sam, record = load_record(model, spec, trust_pickle, device)
-    grid, prov = provenance(sam, image, tiling, block, params.dtype)
+    sam, record = load_record(model, spec, trust_pickle, device, parts=ENCODER)
+    grid, prov = provenance(sam, record, image, tiling, block, params.dtype)
     stats = embed_block(
         sam, prov, image, grid, out, batch_size=params.batch_size, precision=params.precision, mem_mb=mem_mb
     )
@@ -166,14 +166,14 @@ def segment(
 ) -> dict:
     """Automatic segmentation of one block from its embeddings."""
     from tilesam.models.unetr import decoder_upscale
-    from tilesam.runtime import load_instance_decoder, load_record, provenance
+    from tilesam.runtime import METHOD_PARTS, load_instance_decoder, load_record, provenance
     from tilesam.segment.blocks import segment_block
 
     chosen, table, why = choose(search) if method == AUTO_METHOD else (method, (search or [None])[0], {})
     params = {"amg": amg, "ais": ais, "apg": apg}[chosen]
     params = schema.best_row(params, table, SEARCHED[chosen]) if table else params
-    sam, record = load_record(model, spec, trust_pickle, device)
-    grid, prov = provenance(sam, image, tiling, block, embedding.dtype)
+    sam, record = load_record(model, spec, trust_pickle, device, parts=METHOD_PARTS[chosen])
+    grid, prov = provenance(sam, record, image, tiling, block, embedding.dtype)
     decoder = {}
     if chosen != "amg":
         decoder = dict(zip(("decoder", "decoder_id"), load_instance_decoder(record, sam.device, decoder_upscale(sam))))
@@ -255,10 +255,10 @@ def prompt_eval(
     """Prompted (interactive) evaluation of every ground-truth object from stored embeddings."""
     from tilesam.data import io, ome
     from tilesam.interactive.evaluate import block_embeddings, evaluate_prompts, prompt_params
-    from tilesam.runtime import load_record, provenance
+    from tilesam.runtime import PROMPTED, load_record, provenance
 
-    sam, record = load_record(model, spec, trust_pickle, device)
-    grid, prov = provenance(sam, image, tiling, 0, embedding.dtype)
+    sam, record = load_record(model, spec, trust_pickle, device, parts=PROMPTED)
+    grid, prov = provenance(sam, record, image, tiling, 0, embedding.dtype)
     embedding_of = block_embeddings(embeddings, prov)
     gt_labels = ome.open_level0(gt)[...]
     records = evaluate_prompts(sam, gt_labels, grid, embedding_of, mode, seed=seed, feed_logits=params.feed_logits)
@@ -292,13 +292,13 @@ def search(
     from tilesam.data import ome
     from tilesam.data.datasets import stem
     from tilesam.interactive.evaluate import block_embeddings
-    from tilesam.runtime import load_instance_decoder, load_record, provenance
+    from tilesam.runtime import METHOD_PARTS, load_instance_decoder, load_record, provenance
     from tilesam.segment import search as searches
 
-    sam, record = load_record(model, spec, trust_pickle, device)
+    sam, record = load_record(model, spec, trust_pickle, device, parts=METHOD_PARTS[method])
     searched = []
     for item in images:
-        grid, prov = provenance(sam, item["image"], tiling, 0, embedding.dtype)
+        grid, prov = provenance(sam, record, item["image"], tiling, 0, embedding.dtype)
         embedding_of = block_embeddings(item["embeddings"], prov)
         gt = ome.open_level0(item["gt"])[...]
         searched.append(searches.SearchImage(stem(item["image"]), grid, embedding_of, gt))

@@ -16,20 +16,43 @@ if TYPE_CHECKING:
     from tilesam.tiling import TileGrid
 
 
-def load_record(record_path: str | Path, spec: str, trust_pickle: bool, device: str = "auto"):
-    """The model of a workflow model record, and the record, checked against the config first.
+#: the SAM parts a job runs (`load_model(parts=)`); the others stay shapes, without memory
+ENCODER = ("image_encoder",)
+PROMPTED = ("prompt_encoder", "mask_decoder")
+#: per segmentation method: AMG and APG decode prompts; AIS runs only its instance decoder (SAM's shapes)
+METHOD_PARTS: dict[str, tuple[str, ...]] = {"amg": PROMPTED, "apg": PROMPTED, "ais": ()}
+
+
+def load_record(
+    record_path: str | Path, spec: str, trust_pickle: bool, device: str = "auto", *, parts: tuple[str, ...]
+):
+    """The model of a workflow model record (only its ``parts``), and the record, checked against the config first.
 
     ``spec`` and ``trust_pickle`` are the config's (the plan's resolved spec; a finetuned model: its
     checkpoint): a record is derived data and never decides what is loaded or unpickled, and its
-    files must hold the bytes they held when it was made (`tilesam.models.record.check`).
+    files must hold the bytes they held when it was made (`tilesam.models.record.check`). A job that
+    loads the image encoder checks the record's ``encoder_sha256`` against it (the identity the
+    other jobs take from the record).
     """
     from tilesam.models import load_model
-    from tilesam.models.record import read_checked
+    from tilesam.models.record import RecordError, read_checked
 
     record = read_checked(record_path, spec, trust_pickle)
     sam = load_model(
-        record.load, device=resolve_device(device), trust_pickle=record.trust_pickle, sha256=record.weights_checksum
+        record.load,
+        device=resolve_device(device),
+        trust_pickle=record.trust_pickle,
+        sha256=record.weights_checksum,
+        parts=parts,
     )
+    if "image_encoder" in parts:
+        from tilesam.models.load import encoder_sha256
+
+        if (actual := encoder_sha256(sam)) != record.encoder_sha256:
+            raise RecordError(
+                f"model record {record_path}: encoder_sha256 is {record.encoder_sha256}, but {record.load}'s image "
+                f"encoder has {actual}; the record is derived data: delete {record_path} and rerun"
+            )
     return sam, record
 
 
@@ -53,17 +76,19 @@ def load_instance_decoder(record, device, upscale: int = 16):
     return decoder.eval(), {"sha256": state_sha256(state)}  # content, not path: a moved run still resumes
 
 
-def provenance(model, image: str | Path, tiling: Tiling, block: int, dtype: str) -> tuple[TileGrid, Provenance]:
-    """The tile grid of an imported image and the provenance its block stores carry."""
+def provenance(model, record, image: str | Path, tiling: Tiling, block: int, dtype: str) -> tuple[TileGrid, Provenance]:
+    """The tile grid of an imported image and the provenance its block stores carry.
+
+    The encoder's identity is the record's (checked by the job that loads the encoder), so a job
+    that does not run the encoder need not load it.
+    """
     from tilesam.data import io
     from tilesam.embed import Provenance
 
     info = io.read_info(image)
     grid = tiling.grid(info.shape)
-    from tilesam.models.load import encoder_sha256
-
     prov = Provenance(
-        encoder_sha256=encoder_sha256(model),
+        encoder_sha256=record.encoder_sha256,
         img_size=int(model.image_encoder.img_size),
         grid=grid.to_dict(),
         block=block,

@@ -166,6 +166,10 @@ class _ClickDecoder(nn.Module):
 
     radius = {1: 3.0, 0: 1.5}
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))  # gives the decoder, the part prompts run, a device
+
     def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output):
         yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
         logits = []
@@ -199,7 +203,6 @@ class ClickSam(nn.Module):
         self.image_encoder = _Encoder()
         self.prompt_encoder = _ClickPrompts()
         self.mask_decoder = _ClickDecoder()
-        self.anchor = nn.Parameter(torch.zeros(1))  # gives the model a device
 
     def postprocess_masks(self, masks, input_size, original_size):
         masks = masks[..., : input_size[0], : input_size[1]]

@@ -21,6 +21,7 @@ from tilesam.models import (
 )
 from tilesam.models.load import detect_architecture
 from tilesam.models.tiny_vit import TinyViT
+from tilesam.models.unetr import decoder_upscale
 
 LITE_SHA = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 
@@ -250,8 +251,8 @@ def vit_t_file(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("parts", [("image_encoder",), ("prompt_encoder", "mask_decoder")])
-def test_parts_load_the_same_weights_and_an_encoder_not_loaded_stays_unbuilt(vit_t_file, parts):
+@pytest.mark.parametrize("parts", [("image_encoder",), ("prompt_encoder", "mask_decoder"), ()])
+def test_parts_load_the_same_weights_and_a_part_not_loaded_stays_unbuilt(vit_t_file, parts):
     full = load_model(vit_t_file, device="cpu")
     sam = load_model(vit_t_file, device="cpu", parts=parts)
     reference = full.state_dict()
@@ -260,10 +261,11 @@ def test_parts_load_the_same_weights_and_an_encoder_not_loaded_stays_unbuilt(vit
         if part in parts:
             for key, value in state.items():
                 torch.testing.assert_close(value, reference[f"{part}.{key}"], rtol=0, atol=0)
-        elif part == "image_encoder":
-            assert all(v.is_meta for v in state.values())  # shapes only: no memory, no random init
+        else:
+            assert all(v.is_meta for v in state.values())  # shapes only: no memory
     torch.testing.assert_close(sam.pixel_mean, full.pixel_mean)
     assert sam.device == torch.device("cpu") and sam.image_encoder.img_size == 1024 and not sam.training
+    assert decoder_upscale(sam) == 16  # AIS loads no part: SAM's shapes are all it needs
 
 
 def test_a_part_not_loaded_refuses_to_run(vit_t_file):

@@ -15,12 +15,15 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dask.array as da
 import numpy as np
 import zarr
 
 from tilesam.data import ome
+
+if TYPE_CHECKING:  # dask (~0.5 CPU-s of imports) only where an input is read: model jobs read stored zarr
+    import dask.array as da
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -64,6 +67,8 @@ def is_zarr(path: Path) -> bool:
 
 def open_lazy(path: str | Path, key: str | None = None) -> da.Array:
     """Open any supported input as a dask array without reading its pixels."""
+    import dask.array as da
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
@@ -151,6 +156,7 @@ _PICTURE_MODES = {
 
 def _open_picture(path: Path) -> da.Array:
     """A PNG or JPEG as a dask array: shape and dtype from its header, pixels decoded when computed."""
+    import dask.array as da
     from PIL import Image
 
     with Image.open(path) as picture:  # reads the header only
@@ -193,6 +199,8 @@ class _Mapped:
 
 def _open_slices(folder: Path) -> da.Array:
     """A folder of 2D slices, sorted by name, as one volume."""
+    import dask.array as da
+
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in SLICE_SUFFIXES)
     if not files:
         raise InputError(f"{folder}: a folder without image slices ({', '.join(SLICE_SUFFIXES)})")
@@ -214,6 +222,8 @@ def to_canonical(arr: da.Array, ndim: int, path: str | Path) -> tuple[da.Array, 
     Accepts channels last (RGB/RGBA, as TIFF and PNG store them) or first;
     alpha is dropped. Returns the array and its number of channels.
     """
+    import dask.array as da
+
     if arr.dtype.kind not in "uif":
         raise InputError(f"{path}: unsupported dtype {arr.dtype} (use uint8, uint16, other ints or float)")
     shape = arr.shape
@@ -276,6 +286,8 @@ def import_image(
     (min, max over the whole image) is recorded so that every tile is
     normalised the same way wherever it is embedded.
     """
+    import dask.array as da
+
     arr, channels = to_canonical(open_lazy(src, key), ndim, src)
     spatial = arr.shape[1:] if channels > 1 else arr.shape
     chunks = (1,) * (len(spatial) - 2) + tuple(min(t, s) for t, s in zip(tile_shape, spatial[-2:]))
@@ -312,6 +324,8 @@ def import_labels(src: str | Path, dst: str | Path, *, image: str | Path, key: s
     mismatch is an error that names both files. They are stored as uint32, or
     uint64 where an id needs it.
     """
+    import dask.array as da
+
     info = read_info(image)
     arr = open_lazy(src, key)
     if arr.dtype.kind not in "iu":

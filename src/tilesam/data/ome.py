@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dask.array as da
 import numpy as np
 import zarr
-from ome_zarr.dask_utils import downscale_nearest, local_mean
-from ome_zarr.format import FormatV05
-from ome_zarr.writer import add_metadata, write_multiscales_metadata
+
+if TYPE_CHECKING:  # dask and ome_zarr (~1 CPU-s of imports) only where a pyramid is built
+    import dask.array as da
 
 NGFF_VERSION = "0.5"
-FORMAT = FormatV05()
 
 
 def axis_names(ndim: int, channels: bool = False) -> list[str]:
@@ -88,6 +87,8 @@ def create(
 
 def _halve_yx(level: da.Array, *, labels: bool) -> da.Array:
     """One 2x step in y and x; odd trailing rows/columns are dropped so that every level is exactly 2x."""
+    from ome_zarr.dask_utils import downscale_nearest, local_mean
+
     trimmed = level[..., : level.shape[-2] // 2 * 2, : level.shape[-1] // 2 * 2]
     factors = (1,) * (level.ndim - 2) + (2, 2)
     if labels:
@@ -131,6 +132,10 @@ def build_pyramid(
     image they annotate: its path relative to `path` becomes the
     `image-label` source.
     """
+    import dask.array as da
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import add_metadata, write_multiscales_metadata
+
     root = zarr.open_group(str(path), mode="a", zarr_format=3)
     level0 = root["0"]
     if labels and (channels or level0.dtype.kind not in "iu"):
@@ -151,7 +156,7 @@ def build_pyramid(
     write_multiscales_metadata(
         root,
         _datasets(n_levels, level0.ndim, labels=labels),
-        fmt=FORMAT,
+        fmt=FormatV05(),
         axes=_axes(level0.ndim, channels),
         name=Path(path).name,
     )
@@ -159,7 +164,7 @@ def build_pyramid(
         label_meta: dict = {"version": NGFF_VERSION}
         if image is not None:
             label_meta["source"] = {"image": source_path(path, image)}
-        add_metadata(root, {"image-label": label_meta}, fmt=FORMAT)
+        add_metadata(root, {"image-label": label_meta}, fmt=FormatV05())
     return n_levels
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from segment_anything.modeling import Sam
-from segment_anything.utils.transforms import ResizeLongestSide
+
+from tilesam.resize import resized_shape, scale_boxes, scale_points
 
 __all__ = ["PromptDecoder"]
 
@@ -19,14 +20,13 @@ class PromptDecoder:
 
     def __init__(self, model: Sam, embedding: torch.Tensor | np.ndarray, original_size: tuple[int, int]) -> None:
         self.model = model
-        self.device = next(model.parameters()).device
+        self.device = next(model.mask_decoder.parameters()).device  # a part it runs: the encoder may be unloaded
         self.embedding = torch.as_tensor(embedding, dtype=torch.float32).to(self.device)
         if self.embedding.ndim == 3:
             self.embedding = self.embedding[None]
         self.original_size = (int(original_size[0]), int(original_size[1]))
-        img_size = model.image_encoder.img_size
-        self.transform = ResizeLongestSide(img_size)
-        self.input_size = self.transform.get_preprocess_shape(*self.original_size, img_size)
+        self.img_size = int(model.image_encoder.img_size)
+        self.input_size = resized_shape(*self.original_size, self.img_size)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(array, dtype=torch.float32, device=self.device)
@@ -46,9 +46,9 @@ class PromptDecoder:
         """
         point_prompt = None
         if points is not None:
-            coords = self.transform.apply_coords(points.astype(np.float64), self.original_size)
+            coords = scale_points(points, self.original_size, self.img_size)
             point_prompt = (self._tensor(coords), self._tensor(labels).to(torch.int64))
-        box_prompt = None if boxes is None else self._tensor(self.transform.apply_boxes(boxes, self.original_size))
+        box_prompt = None if boxes is None else self._tensor(scale_boxes(boxes, self.original_size, self.img_size))
         sparse, dense = self.model.prompt_encoder(points=point_prompt, boxes=box_prompt, masks=mask_input)
         logits, iou = self.model.mask_decoder(
             image_embeddings=self.embedding,

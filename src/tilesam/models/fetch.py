@@ -23,8 +23,7 @@ import shutil
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from tilesam.download import (
     ChecksumError,
@@ -36,6 +35,9 @@ from tilesam.download import (
 )
 
 from .registry import ModelCard, all_cards, is_registered, lookup, resolve
+
+if TYPE_CHECKING:  # pandas (~0.4 CPU-s of imports) for the models table only
+    import pandas as pd
 
 __all__ = [
     "DECODER_SEPARATOR",
@@ -268,6 +270,8 @@ def is_cached(card: ModelCard) -> bool:
 
 def models_table() -> pd.DataFrame:
     """One row per registered model version, for ``tilesam models list``; ``decoder``: has an AIS decoder."""
+    import pandas as pd
+
     rows = [
         {
             "name": card.name,

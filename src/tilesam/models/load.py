@@ -199,7 +199,10 @@ def _not_loaded(part: str, parts: tuple[str, ...]):
 
 
 def _assign_parts(sam: Sam, checkpoint: Checkpoint, parts: tuple[str, ...]) -> None:
-    """The checkpoint's tensors become the parts' weights (no copy: memory-mapped where the file is a zip)."""
+    """The checkpoint's tensors become the parts' weights (no copy: memory-mapped where the file is a zip).
+
+    A part not loaded becomes shapes on the meta device (no memory) that refuse to run.
+    """
     for part in parts:
         module = getattr(sam, part)
         state = {}
@@ -209,13 +212,13 @@ def _assign_parts(sam: Sam, checkpoint: Checkpoint, parts: tuple[str, ...]) -> N
         module.load_state_dict(state, strict=True, assign=True)
     for part in PARTS:
         if part not in parts:
-            getattr(sam, part).register_forward_pre_hook(_not_loaded(part, parts))
+            getattr(sam, part).to("meta").register_forward_pre_hook(_not_loaded(part, parts))
 
 
 def _parts(parts: Iterable[str]) -> tuple[str, ...]:
     chosen = tuple(dict.fromkeys(parts))
-    if not chosen or any(p not in PARTS for p in chosen):
-        raise ValueError(f"parts must be a non-empty selection of {PARTS}, got {chosen}")
+    if any(p not in PARTS for p in chosen):
+        raise ValueError(f"parts must be a selection of {PARTS}, got {chosen}")
     return chosen
 
 
@@ -267,9 +270,9 @@ def load_model(
     ``trust_pickle`` applies to local files only (registry files are checked by their hash).
 
     ``parts``: the modules a job runs (embed: ``("image_encoder",)``; AMG and prompts:
-    ``("prompt_encoder", "mask_decoder")``). The others refuse to run (an image encoder not
-    loaded stays shapes on the meta device, without memory); the whole checkpoint is still
-    checked against the architecture.
+    ``("prompt_encoder", "mask_decoder")``; AIS, which runs only its instance decoder: none, the
+    shapes). The others are shapes on the meta device, without memory, and refuse to run; the
+    whole checkpoint is still checked against the architecture.
     The loaded parts' weights are the checkpoint's tensors (memory-mapped, not copied, on a CPU).
     """
     parts = _parts(parts)
@@ -293,7 +296,8 @@ def state_sha256(state: Mapping[str, Any]) -> str:
         if isinstance(value, torch.Tensor):
             tensor = value.detach().cpu().contiguous()
             digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
-            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            if tensor.numel():  # the tensor's own bytes, not a copy (vit_b's encoder: 360 MB)
+                digest.update(tensor.view(-1).view(torch.uint8).numpy())
         else:
             digest.update(repr(value).encode())
     return digest.hexdigest()

@@ -14,7 +14,10 @@ model job reads it with :func:`read_checked`. A record never decides anything th
   above already proved the content is the record's, so this only catches an edited record.
 
 Not re-derived: a checkpoint file's ``name`` and ``architecture`` (labels; the load reads the
-architecture off the weights themselves).
+architecture off the weights themselves), and ``encoder_sha256``, the image encoder's identity that
+embedding stores carry (`tilesam.models.load.encoder_sha256`): hashed here once, so that a job that
+does not run the encoder need not load it; the embed job, which loads it, compares the two
+(`tilesam.runtime.load_record`), so no store is ever labelled with an identity that is not its encoder's.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ class ModelRecord:
 
     ``load``: the model string jobs load (``name@version``, or resolved checkpoint path(s) joined by
     ``+``); ``path`` / ``decoder``: the files it was (a table row names its file); ``checksum``: the
-    ``alg:hex`` the weights are verified with; ``xxh128``: each file's xxh128 when the record was made.
+    ``alg:hex`` the weights are verified with; ``xxh128``: each file's xxh128 when the record was made;
+    ``encoder_sha256``: the image encoder's identity (its weights and input normalisation).
     """
 
     id: str
@@ -55,6 +59,7 @@ class ModelRecord:
     architecture: str
     trust_pickle: bool
     xxh128: dict[str, str]
+    encoder_sha256: str
 
     @property
     def weights_checksum(self) -> str:
@@ -99,6 +104,7 @@ def _check_types(path: Path, data: dict[str, Any]) -> None:
             ("trust_pickle", isinstance(data["trust_pickle"], bool)),
             ("xxh128", isinstance(data["xxh128"], dict) and all(isinstance(v, str) for v in data["xxh128"].values())),
             *((key, isinstance(data[key], str)) for key in ("id", "name", "load", "path", "architecture")),
+            ("encoder_sha256", isinstance(data["encoder_sha256"], str) and _is_sha256(data["encoder_sha256"])),
             *((key, data[key] is None or isinstance(data[key], str)) for key in ("decoder", "sha256", "checksum")),
         )
         if not ok
@@ -108,6 +114,18 @@ def _check_types(path: Path, data: dict[str, Any]) -> None:
     expected = {data["path"], *([data["decoder"]] if data["decoder"] else [])}
     if set(data["xxh128"]) != expected:
         raise RecordError(f"model record {path}: xxh128 must name exactly its files {sorted(expected)}")
+
+
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _encoder_identity(load: str, trust_pickle: bool, offline: bool | None = None, sha256: str | None = None) -> str:
+    """The image encoder's identity, loaded the way the jobs load ``load`` (its encoder only, on the CPU)."""
+    from .load import encoder_sha256, load_model
+
+    sam = load_model(load, "cpu", offline=offline, sha256=sha256, trust_pickle=trust_pickle, parts=["image_encoder"])
+    return encoder_sha256(sam)
 
 
 def expected_load(spec: str) -> str:
@@ -221,10 +239,11 @@ def make_record(
     ref = parse(spec)
     card_sha = ref.card.sha256 if ref.card is not None else None
     sha = card_sha or rehash(weights, "sha256")
+    load = expected_load(spec)
     return ModelRecord(
         id=model_id,
         name=info["name"],
-        load=expected_load(spec),
+        load=load,
         path=str(weights),
         decoder=str(decoder) if decoder is not None else None,
         sha256=sha,
@@ -232,6 +251,7 @@ def make_record(
         architecture=info["architecture"],
         trust_pickle=bool(trust_pickle) and ref.card is None,
         xxh128=_hashes(weights, decoder),
+        encoder_sha256=_encoder_identity(load, bool(trust_pickle) and ref.card is None, offline, sha256),
     )
 
 
@@ -253,4 +273,5 @@ def finetuned_record(card_json: str | os.PathLike, model_id: str, *, trust_pickl
         architecture=model_card.architecture,
         trust_pickle=bool(trust_pickle),
         xxh128=_hashes(checkpoint),
+        encoder_sha256=_encoder_identity(str(checkpoint), bool(trust_pickle)),
     )

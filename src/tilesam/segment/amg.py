@@ -27,10 +27,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 from segment_anything.modeling import Sam
-from segment_anything.utils.transforms import ResizeLongestSide
-from torchvision.ops import batched_nms
 
 from tilesam.config import AmgParams
+from tilesam.resize import resized_shape, scale_points
 from tilesam.segment.box_amg import decode_box_candidates
 from tilesam.segment.decoder import Geometry, decode_point_batch, model_dtype
 from tilesam.segment.grids import point_grid
@@ -45,7 +44,7 @@ def _prompt_points(
     """Grid points in original pixels and their float64 model-input coordinates (as SAM)."""
     h, w = original_size
     points = point_grid(points_per_side) * np.array([w, h], dtype=np.float64)
-    coords = ResizeLongestSide(img_size).apply_coords(points, original_size)
+    coords = scale_points(points, original_size, img_size)
     return points, torch.as_tensor(coords, device=device)
 
 
@@ -76,7 +75,7 @@ def _decode_point_candidates(
     img_size = model.image_encoder.img_size
     geometry = Geometry(
         original_size=original_size,
-        input_size=ResizeLongestSide.get_preprocess_shape(*original_size, img_size),
+        input_size=resized_shape(*original_size, img_size),
         grid_hw=(int(embedding.shape[-2]), int(embedding.shape[-1])),
     )
     points, coords = _prompt_points(params.points_per_side, original_size, img_size, device)
@@ -119,6 +118,8 @@ def filter_candidates(
     ms = ms.select(keep)
     if len(ms) == 0:
         return ms
+    from torchvision.ops import batched_nms  # AMG's only use of torchvision (~1 CPU-s to import)
+
     order = batched_nms(
         ms.boxes.float(),
         ms.iou_preds,
@@ -176,6 +177,8 @@ def remove_small_regions(maskset: MaskSet, min_area: int, nms_thresh: float) -> 
     masks = torch.as_tensor(np.stack(cleaned), device=device)
     boxes = masks_to_boxes(masks)
     scores = torch.tensor(unchanged, dtype=torch.float32, device=device)
+    from torchvision.ops import batched_nms
+
     order = batched_nms(boxes.float(), scores, torch.zeros(len(boxes), dtype=torch.int64, device=device), nms_thresh)
     return replace(maskset, masks=masks, boxes=boxes).select(order)
 

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 from segment_anything.modeling import Sam
-from segment_anything.utils.transforms import ResizeLongestSide
 from skimage.measure import label as connected_components
 from skimage.segmentation import find_boundaries
 
 from tilesam.config import ApgParams
+from tilesam.resize import resized_shape, scale_boxes, scale_points
 from tilesam.segment.ais import check_maps
 from tilesam.segment.decoder import decode_mask_logits, decode_prompt_tokens
 from tilesam.segment.masks import MaskSet, masks_to_boxes
@@ -110,18 +110,18 @@ def decode_prompts(
 
     ``points`` of the MaskSet are the prompts' points (for boxes: their centres).
     """
-    device = next(model.parameters()).device
-    embedding = embedding.to(device=device, dtype=next(model.mask_decoder.parameters()).dtype)
+    weight = next(model.mask_decoder.parameters())  # a part it runs: the encoder may be unloaded
+    embedding = embedding.to(device=weight.device, dtype=weight.dtype)
+    device = weight.device
     img_size = model.image_encoder.img_size
-    transform = ResizeLongestSide(img_size)
     shape = (int(shape[0]), int(shape[1]))
-    input_size = transform.get_preprocess_shape(*shape, img_size)
+    input_size = resized_shape(*shape, img_size)
     threshold = model.mask_threshold if params.mask_threshold is None else params.mask_threshold
     if points is not None:
-        prompts = transform.apply_coords(np.asarray(points, np.float64)[:, None, :], shape)
+        prompts = scale_points(np.asarray(points, np.float64)[:, None, :], shape, img_size)
         centres = np.asarray(points, np.float64)
     else:
-        prompts = transform.apply_boxes(np.asarray(boxes, np.float64), shape)
+        prompts = scale_boxes(np.asarray(boxes, np.float64), shape, img_size)
         centres = (np.asarray(boxes, np.float64)[:, :2] + np.asarray(boxes, np.float64)[:, 2:]) / 2
     prompts = torch.as_tensor(prompts, dtype=torch.float32, device=device)
     parts = []

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from tilesam.config import SEGMENTERS, AisParams, AmgParams, ApgParams
 from tilesam.data import stores
 from tilesam.embed import Provenance, peak_mem_mb, read_embedding
+from tilesam.resize import resized_shape
 from tilesam.segment.amg import generate_masks
 from tilesam.segment.labels import masks_to_labels
 from tilesam.segment.results import APG_STAGES
@@ -160,7 +161,6 @@ def _ais_tiles(
 
     A tile's seconds are its share of its batch's decoder call plus its own post-processing.
     """
-    from segment_anything.utils.transforms import ResizeLongestSide
 
     from tilesam.models.unetr import decode_maps
     from tilesam.segment.ais import ais_labels
@@ -171,7 +171,7 @@ def _ais_tiles(
         t0 = time.perf_counter()
         window = tuple(int(v) for v in tiles[batch[0]].window_shape)
         embeddings = torch.cat([read_embedding(src, i) for i in batch]).to(device)
-        input_size = ResizeLongestSide.get_preprocess_shape(*window, img_size)
+        input_size = resized_shape(*window, img_size)
         maps = decode_maps(decoder, embeddings, input_size, window, model_size=img_size, batch_size=len(batch))
         share = (time.perf_counter() - t0) / len(batch)
         for i, tile_maps in zip(batch, maps):
@@ -195,7 +195,6 @@ def _apg_tiles(
 
     A tile's seconds per stage: its share of its batch's maps, its prompts and masks, its NMS.
     """
-    from segment_anything.utils.transforms import ResizeLongestSide
 
     from tilesam.models.unetr import decode_maps
     from tilesam.segment.apg import window_masks
@@ -210,7 +209,7 @@ def _apg_tiles(
         t0 = time.perf_counter()
         window = tuple(int(v) for v in tiles[batch[0]].window_shape)
         embeddings = torch.cat([read_embedding(src, i) for i in batch])
-        input_size = ResizeLongestSide.get_preprocess_shape(*window, img_size)
+        input_size = resized_shape(*window, img_size)
         maps = decode_maps(
             decoder, embeddings.to(device), input_size, window, model_size=img_size, batch_size=len(batch)
         )

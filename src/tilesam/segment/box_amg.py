@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 from segment_anything.modeling import Sam
-from segment_anything.utils.transforms import ResizeLongestSide
 
 from tilesam.config import AmgParams
+from tilesam.resize import resized_shape, scale_boxes
 from tilesam.segment.decoder import binarise_and_score, decode_mask_logits, decode_prompt_tokens, model_dtype
 from tilesam.segment.grids import box_grid
 from tilesam.segment.masks import Candidates, MaskSet, masks_to_boxes, passes_threshold
@@ -35,9 +35,9 @@ def decode_box_candidates(
     embedding = embedding.to(device=device, dtype=model_dtype(model))
     original_size = (int(original_size[0]), int(original_size[1]))
     img_size = model.image_encoder.img_size
-    input_size = ResizeLongestSide.get_preprocess_shape(*original_size, img_size)
+    input_size = resized_shape(*original_size, img_size)
     boxes = box_grid(params.points_per_side, params.box_sizes, original_size)
-    coords = torch.as_tensor(ResizeLongestSide(img_size).apply_boxes(boxes, original_size), device=device).float()
+    coords = torch.as_tensor(scale_boxes(boxes, original_size, img_size), device=device).float()
     centres = torch.as_tensor((boxes[:, :2] + boxes[:, 2:]) / 2, device=device)
     grid_hw = (int(embedding.shape[-2]), int(embedding.shape[-1]))
     parts = []

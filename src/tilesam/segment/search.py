@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from tilesam.config import AisParams, AisSearchGrid, AmgParams, ApgParams, ApgSearchGrid, SearchGrid, StitchParams
 from tilesam.metrics import segmentation_scores
+from tilesam.resize import resized_shape
 from tilesam.segment.amg import decode_candidates, filter_candidates
 from tilesam.segment.labels import masks_to_labels
 from tilesam.stitch.tiles import stitch_in_memory
@@ -127,7 +128,6 @@ def search_ais(
 
     `params` gives the rest (foreground threshold and smoothing); `img_size` is the model's input side.
     """
-    from segment_anything.utils.transforms import ResizeLongestSide
 
     from tilesam.models.unetr import decode_maps
     from tilesam.segment.ais import check_maps, foreground_mask, seeded_watershed, size_filter, smooth
@@ -140,7 +140,7 @@ def search_ais(
         maps, masks = {}, {}
         for tile in image.grid.tiles():
             window = tuple(int(v) for v in tile.window_shape)
-            input_size = ResizeLongestSide.get_preprocess_shape(*window, img_size)
+            input_size = resized_shape(*window, img_size)
             with torch.no_grad():
                 embedding = image.embedding_of(tile).to(device)
                 tile_maps = decode_maps(decoder, embedding, input_size, window, model_size=img_size)[0]
@@ -188,7 +188,6 @@ def search_apg(
 
     `params` gives the rest (foreground threshold, multimasking, mask threshold, box refinement).
     """
-    from segment_anything.utils.transforms import ResizeLongestSide
 
     from tilesam.models.unetr import decode_maps
     from tilesam.segment import apg
@@ -209,7 +208,7 @@ def search_apg(
         windows = {}  # tile id -> (embedding, maps)
         for tile in image.grid.tiles():
             window = tuple(int(v) for v in tile.window_shape)
-            input_size = ResizeLongestSide.get_preprocess_shape(*window, img_size)
+            input_size = resized_shape(*window, img_size)
             with torch.no_grad():
                 embedding = image.embedding_of(tile)
                 tile_maps = decode_maps(decoder, embedding.to(device), input_size, window, model_size=img_size)[0]
