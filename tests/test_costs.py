@@ -27,7 +27,10 @@ def test_a_gpu_gets_hundreds_of_tiles_a_job_for_a_volume_and_a_cpu_keeps_its_par
     assert block_size(n_tiles, "vit_b", "cuda:0", "ais", min_blocks=2) == n_tiles // 2
     cpu = block_size(n_tiles, "lite_medsam_tinyvit", "cpu", "ais")
     assert 1 < cpu < n_tiles and math.ceil(n_tiles / cpu) >= 2  # several jobs already from the ratio
-    assert math.ceil(n_tiles / block_size(n_tiles, "lite_medsam_tinyvit", "cpu", "ais", min_blocks=4)) == 4
+    by_ratio = math.ceil(n_tiles / cpu)
+    more = by_ratio + 2  # min_blocks above what the ratio gives wins; below it changes nothing
+    assert math.ceil(n_tiles / block_size(n_tiles, "lite_medsam_tinyvit", "cpu", "ais", min_blocks=more)) == more
+    assert block_size(n_tiles, "lite_medsam_tinyvit", "cpu", "ais", min_blocks=2) == cpu
 
 
 def test_min_blocks_and_max_tiles_cap_the_size_and_blocks_are_even():

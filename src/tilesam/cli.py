@@ -131,14 +131,20 @@ def _job_parser(sub, name: str, job) -> None:
         _add_settings(p, param, shared)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from tilesam.commands import COMMANDS
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with `only` (a command's name) just that subcommand, which is all a job parses."""
     from tilesam.jobs import JOBS
 
     parser = argparse.ArgumentParser(prog="tilesam", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, job in {**COMMANDS, **JOBS}.items():
+    if only in JOBS:  # a job: the user's commands (and the registry they import) are not needed
+        commands = JOBS
+    else:
+        from tilesam.commands import COMMANDS
+
+        commands = {**COMMANDS, **JOBS}
+    for name, job in commands.items() if only not in commands else [(only, commands[only])]:
         _job_parser(sub, name, job)
     return parser
 
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     process's entry) the process ends here, without interpreter teardown (see `_exit`)."""
     if argv is None:
         _exit(_status(sys.argv[1:]))
-    args = build_parser().parse_args(argv)
+    args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
