@@ -185,3 +185,13 @@ def test_a_yte_template_is_an_error_naming_the_file(tmp_path):
     path.write_text("__use_yte__: true\nmodels: [vit_b]\noffline: ?__import__('os').getpid() == 0\n")
     with pytest.raises(ValueError, match=rf"config error in {path}: __use_yte__ makes it a YTE template"):
         config.check_file(path)
+
+
+def test_a_key_of_several_forms_says_what_each_form_wants():
+    from tilesam import schema
+
+    config = {"datasets": {"d": {"source": "synthetic"}}, "models": ["lite_medsam"]}
+    with pytest.raises(ValueError, match=r"tiles_per_block: 'many' .*not of type 'integer'; 'auto' was expected"):
+        schema.complete({**config, "segmentation": {"tiles_per_block": "many"}})
+    with pytest.raises(ValueError, match=r"segmentation.methods: .*'xx' is not one of"):
+        schema.complete({**config, "segmentation": {"methods": {"lite_medsam": ["xx"]}}})

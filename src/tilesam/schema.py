@@ -115,7 +115,8 @@ def _check(node: dict[str, Any], values: Any, where: str, fill: bool = False) ->
     error = next(iter(sorted(_validator(node, fill).iter_errors(values), key=lambda e: list(e.path))), None)
     if error is not None:
         key = ".".join([where, *map(str, error.absolute_path)]).strip(".")
-        raise ValueError(f"config error in {key or 'the config'}: {error.message}")
+        why = "; ".join(dict.fromkeys(e.message for e in error.context))  # a key of several forms: each one's
+        raise ValueError(f"config error in {key or 'the config'}: {error.message}" + (f" ({why})" if why else ""))
 
 
 class _UniqueKeys(yaml.SafeLoader):
