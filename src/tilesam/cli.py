@@ -28,6 +28,8 @@ _TYPES = {"integer": int, "number": float, "string": str}
 
 def _flag_type(prop: dict[str, Any]) -> dict[str, Any]:
     """argparse keywords for one schema property (nullable types accept the value only)."""
+    if "oneOf" in prop:  # e.g. an integer or "auto": the schema checks the value
+        return {"type": lambda s: int(s) if s.strip().lstrip("-").isdigit() else s}
     kinds = prop.get("type", "string")
     kinds = [k for k in ([kinds] if isinstance(kinds, str) else kinds) if k != "null"]
     if "enum" in prop:

@@ -51,7 +51,10 @@ class Tiling:
         """Tiles per block of an image of n_tiles: at most tiles_per_block, and few enough that the
         image has at least min_blocks blocks (where it has that many tiles)."""
         if not isinstance(self.tiles_per_block, int):
-            raise ValueError(f"segmentation.tiles_per_block {self.tiles_per_block!r}: the plan resolves it to tiles")
+            raise ValueError(
+                f"segmentation.tiles_per_block is {self.tiles_per_block!r}, which the workflow's plan turns into a "
+                "number of tiles: a job run by hand needs --tiles-per-block N (the workflow's N is in its --config)"
+            )
         return max(1, min(self.tiles_per_block, n_tiles // self.min_blocks))
 
     def n_blocks(self, shape: tuple[int, ...]) -> int:
