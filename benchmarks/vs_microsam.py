@@ -34,6 +34,22 @@ The tiled AIS case of issue 15 (after `--ais-equality`, which fits the decoder):
     python benchmarks/vs_microsam.py --sizes 1024 4096 --methods ais --iou \
         --models vit_b_fitted=/tmp/vs_microsam/ais_equality/vit_b_random_fitted200x10.pt
 
+Tiled APG (`--methods apg`, issue 29): micro-sam's `TiledAutomaticPromptGenerator` as
+`automatic_instance_segmentation` runs it (`initialize(..., batch_size=1)`, `generate(**params)`: the
+prompts of the whole image's assembled maps, each decoded in the tile that holds it, one NMS over the
+image) against tilesam's workflow with `methods: [apg]` (prompts, masks and NMS per tile window, then
+the stitcher); the same settings, TILED_APG_PARAMS with `--apg-params` on top. `--fit-decoder` gives a
+bare `vit_t` / `vit_b` a decoder fitted on one synthetic image of a tile window's shape
+(`window_fitted_checkpoint`), so that the maps hold the nuclei and both tools decode thousands of
+prompts; `--iou` scores each tool's labels against the other's (mSA both ways) and says where the
+objects that differ lie. The issue's case (the 4096 x 4096 image has 2457 nuclei):
+
+    python benchmarks/vs_microsam.py --sizes 2048 4096 --models vit_t --fit-decoder --methods apg --iou \
+        --tile 1024 1024 --halo 64 64
+
+Every tilesam job's cost goes to `<out>/vs_microsam_jobs.csv`; each side's row notes the 1-minute load
+average before and after it (the two sides run one after the other, never together).
+
 AIS equality (`--ais-equality`, issues 15 and 16): on one untiled image (tilesam's synthetic 256 x 256
 nuclei demo, 14 objects), micro-sam's own `InstanceSegmentationWithDecoder` (loaded with
 `get_predictor_and_decoder` from a `{"model_state", "decoder_state"}` checkpoint, as its users do;
@@ -117,6 +133,8 @@ class Result:
     n_instances: int = -1
     labels: np.ndarray | None = None
     skipped: str = ""
+    load: str = ""  # the 1-minute load average before -> after the run (the machine is shared)
+    jobs: list[dict] = field(default_factory=list)  # tilesam: each job's rule, wall, CPU time and max RSS
 
 
 def make_image(path: Path, size: int, seed: int = 7) -> Path:
@@ -149,13 +167,18 @@ def make_checkpoint(path: Path, architecture: str) -> Path:
     return path
 
 
-def parse_models(entries: list[str], work: Path) -> dict[str, tuple[str, Path]]:
-    """name -> (micro-sam model_type, checkpoint); bare vit_b / vit_t are made with random weights."""
+def parse_models(entries: list[str], work: Path, args) -> dict[str, tuple[str, Path]]:
+    """name -> (micro-sam model_type, checkpoint); bare vit_b / vit_t are made with random weights, and with
+    `--fit-decoder` a decoder fitted on a tile window (`window_fitted_checkpoint`)."""
     models = {}
+    window = tuple(t + 2 * h for t, h in zip(args.tile, args.halo))
     for entry in entries:
         if "=" in entry:
             name, path = entry.split("=", 1)
             models[name] = (name[:5], Path(path).resolve())
+        elif entry in ("vit_b", "vit_t", "vit_l", "vit_h") and args.fit_decoder:
+            checkpoint = window_fitted_checkpoint(work, entry, window, args.fit_steps, args.fit_crop)
+            models[f"{entry}+decoder"] = (entry, checkpoint)
         elif entry in ("vit_b", "vit_t", "vit_l", "vit_h"):
             models[entry] = (entry, make_checkpoint(work / "checkpoints" / f"{entry}_random.pt", entry))
         else:
@@ -170,10 +193,10 @@ def run_microsam(args, image: Path, model_type: str, checkpoint: Path, method: s
         return Result(
             "micro-sam", skipped=f"no micro-sam venv at {args.microsam_venv}: run benchmarks/setup_microsam.sh"
         )
-    if method == "ais":
+    if method in ("ais", "apg"):
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if not (isinstance(state, dict) and "decoder_state" in state):
-            return Result("micro-sam", skipped="AIS needs a checkpoint with a decoder_state")
+            return Result("micro-sam", skipped=f"{method.upper()} needs a checkpoint with a decoder_state")
     out.parent.mkdir(parents=True, exist_ok=True)
     generate = {
         "pred_iou_thresh": args.pred_iou_thresh,
@@ -188,7 +211,7 @@ def run_microsam(args, image: Path, model_type: str, checkpoint: Path, method: s
         "--tile", *map(str, args.tile), "--halo", *map(str, args.halo),
         "--points-per-side", str(args.points_per_side), "--points-per-batch", str(args.points_per_batch),
         "--threads", str(args.cores), "--out", str(out),
-        "--generate", json.dumps(generate if method == "amg" else ais_params(args)),
+        "--generate", json.dumps({"amg": generate, "ais": ais_params(args), "apg": microsam_apg(args)}[method]),
     ]  # fmt: skip
     wall = time.perf_counter()
     with out.with_suffix(".log").open("w") as log:
@@ -216,6 +239,7 @@ def tilesam_config(args, model: str, checkpoint: Path, method: str) -> dict:
             "tiles_per_block": args.tiles_per_block,
             "min_blocks": 2,  # one image a run: a 1024^2 image's 4 tiles in two jobs, one per core
             **({"ais": ais_params(args)} if method == "ais" else {}),
+            **({"apg": tiled_apg_params(args)} if method == "apg" else {}),
             "amg": {
                 "points_per_side": args.points_per_side,
                 "points_per_batch": args.points_per_batch,
@@ -238,7 +262,9 @@ def read_benchmarks(work: Path) -> dict[str, list[dict]]:
         with path.open() as handle:
             for rec in csv.DictReader(handle, delimiter="\t"):
                 rss = float(rec["max_rss"]) if rec["max_rss"] not in ("NA", "-") else float("nan")
-                rules.setdefault(rule, []).append({"s": float(rec["s"]), "max_rss": rss, "cpu": float(rec["cpu_time"])})
+                rules.setdefault(rule, []).append(
+                    {"job": path.stem, "s": float(rec["s"]), "max_rss": rss, "cpu": float(rec["cpu_time"])}
+                )
     return rules
 
 
@@ -282,18 +308,24 @@ def run_tilesam(args, image: Path, model: str, checkpoint: Path, method: str, wo
     from tilesam.data import ome
 
     labels = np.asarray(ome.open_level0(work / target)[...])
-    return Result("tilesam", stages, int(len(np.unique(labels[labels > 0]))), labels)
+    jobs = [{"rule": rule, **job} for rule, rule_jobs in rules.items() for job in rule_jobs]
+    return Result("tilesam", stages, int(len(np.unique(labels[labels > 0]))), labels, jobs=jobs)
 
 
 def agreement(ours: Result, theirs: Result, with_iou: bool, tile: tuple[int, int]) -> str:
-    """Instance counts, and for real weights tilesam's scores with micro-sam's labels as reference,
-    plus where the objects that differ lie (`border_misses`)."""
+    """Instance counts, and (`--iou`) the mSA of tilesam's labels against micro-sam's as reference and
+    the other way round, F1 at IoU 0.5, and where the objects that differ lie (`border_misses`), each way."""
     text = f"{theirs.n_instances} / {ours.n_instances}"
     if with_iou and ours.labels is not None and theirs.labels is not None:
         from tilesam.metrics import segmentation_scores
 
         scores = segmentation_scores(theirs.labels, ours.labels, relabel=False)
-        text += f" (mSA {scores.msa:.3f}, F1@0.5 {scores.f1:.3f}; {border_misses(theirs.labels, ours.labels, tile)})"
+        back = segmentation_scores(ours.labels, theirs.labels, relabel=False)
+        text += (
+            f" (mSA {scores.msa:.3f} against micro-sam's, {back.msa:.3f} against tilesam's; F1@0.5 {scores.f1:.3f};"
+            f" micro-sam's objects: {border_misses(theirs.labels, ours.labels, tile)};"
+            f" tilesam's: {border_misses(ours.labels, theirs.labels, tile)})"
+        )
     return text
 
 
@@ -319,6 +351,16 @@ def border_misses(reference: np.ndarray, labels: np.ndarray, tile: tuple[int, in
     return f"{len(misses)} of {len(objects)} below IoU {below}{where}"
 
 
+def with_load(run, *args) -> Result:
+    """``run(*args)``, its Result noting the 1-minute load average before and after (`uptime`'s first figure)."""
+    before = os.getloadavg()[0]
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    result = run(*args)
+    print(f"load average after: {os.getloadavg()}", flush=True)
+    result.load = f"{before:.1f} -> {os.getloadavg()[0]:.1f}"
+    return result
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b > 0 and np.isfinite(a) and np.isfinite(b) else "-"
 
@@ -341,6 +383,7 @@ def rows_for(size: int, model: str, method: str, ms: Result, ts: Result, agree: 
                 "speedup_cpu": ratio(m.cpu_s, t.cpu_s),
                 "microsam_peak_mb": _mb(m.peak_mb), "tilesam_peak_mb": _mb(t.peak_mb),
                 "instances_microsam_tilesam": agree if stage == "total" else "",
+                "load_microsam_tilesam": f"{ms.load} / {ts.load}" if stage == "total" else "",
                 "skipped": "; ".join(f"{r.tool}: {r.skipped}" for r in (ms, ts) if r.skipped),
             }
         )  # fmt: skip
@@ -371,6 +414,58 @@ seed; with these, 10 of the 14 objects (adjusted Rand index 0.92 against the tru
 def ais_params(args) -> dict:
     """The AIS post-processing both tools get: AIS_PARAMS with `--ais-params` on top."""
     return {**AIS_PARAMS, **json.loads(args.ais_params)}
+
+
+# -- tiled APG (issue 29) ---------------------------------------------------------------------------
+
+TILED_APG_PARAMS = {
+    "center_distance_threshold": 0.65,
+    "boundary_distance_threshold": 0.85,
+    "foreground_threshold": 0.5,
+    "min_size": 25,
+    "multimasking": False,
+    "nms_threshold": 0.9,
+    "intersection_over_min": False,
+    "prompts_per_batch": 32,
+}
+"""micro-sam's `TiledAutomaticPromptGenerator.generate` defaults (tilesam's schema's too) except the seed
+thresholds, which the fitted decoders' maps need (as AIS_PARAMS); `prompts_per_batch` is micro-sam's
+`batch_size`. No box refinement: micro-sam's tiled APG raises NotImplementedError for it."""
+
+
+def tiled_apg_params(args) -> dict:
+    """tilesam's `segmentation.apg`: TILED_APG_PARAMS with `--apg-params` on top."""
+    return {**TILED_APG_PARAMS, **json.loads(args.apg_params)}
+
+
+def microsam_apg(args) -> dict:
+    """The same settings as micro-sam's `generate` keyword arguments."""
+    params = tiled_apg_params(args)
+    return {**{k: v for k, v in params.items() if k != "prompts_per_batch"}, "batch_size": params["prompts_per_batch"]}
+
+
+def window_fitted_checkpoint(work: Path, architecture: str, window: tuple[int, int], steps: int, crop: int) -> Path:
+    """A random-weight (seed 0) SAM with an instance decoder fitted on one synthetic image of a tile window's
+    shape (tile + 2 halo) and the benchmark images' density (seed 29), in micro-sam's checkpoint format.
+
+    Fitted at the scale the tiles are decoded at (a window is resized to the model's input as this image
+    is), so that the maps of every tile hold its nuclei; SAM's own weights stay random."""
+    path = work / "checkpoints" / f"{architecture}_random_fitted{steps}x{crop}_{window[0]}x{window[1]}.pt"
+    if path.exists():
+        return path
+    sys.path.insert(0, str(REPO / "tests"))
+    from helpers.decoder_fit import fit_decoder
+    from tilesam.models.load import build_sam
+
+    labels = make_labels(SyntheticSpec("fit", window, int(DENSITY * window[0] * window[1]), (9.0, 22.0), 29))
+    image = render(labels, 29).astype(np.float32)
+    image = np.round((image - image.min()) * (255.0 / max(float(image.max() - image.min()), 1.0))).astype(np.uint8)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    fit = fit_decoder(build_sam(architecture), image, labels, out=path, steps=steps, crop=crop)
+    print(f"fitted a {architecture} decoder on a {window} window in {time.perf_counter() - start:.0f} s, "
+          f"loss {fit.losses[0]:.3f} -> {fit.losses[-1]:.3f}")  # fmt: skip
+    return path
 
 
 def equality_inputs(work: Path) -> tuple[Path, Path]:
@@ -583,7 +678,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--models", nargs="+", default=["vit_t"], help="vit_b, vit_t (random) or NAME=PATH")
-    parser.add_argument("--methods", default="amg", help="comma-separated: amg,ais")
+    parser.add_argument("--methods", default="amg", help="comma-separated: amg,ais,apg")
     parser.add_argument("--points-per-side", type=int, default=4)
     parser.add_argument("--points-per-batch", type=int, default=64)
     parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
@@ -613,6 +708,9 @@ def main() -> int:
     parser.add_argument(
         "--finetune-iterations", type=int, default=4, help="tilesam finetuning iterations (equality check; 0: skip)"
     )
+    parser.add_argument(
+        "--fit-decoder", action="store_true", help="bare vit_b/vit_t: fit a decoder on a tile window (AIS, APG)"
+    )
     parser.add_argument("--apg-equality", action="store_true", help="only the untiled APG + AIS equality check")
     parser.add_argument("--apg-objects", type=int, default=60, help="objects of the APG equality image (>= 50)")
     parser.add_argument("--apg-params", default="{}", help="JSON overrides of every APG parameter set (both tools)")
@@ -629,8 +727,8 @@ def main() -> int:
     if args.batch_size and args.batch_size != "auto":
         args.batch_size = int(args.batch_size)
     work = args.work.resolve()
-    models = parse_models(args.models, work)
-    rows = []
+    models = parse_models(args.models, work, args)
+    rows, jobs = [], []
     for size in args.sizes:
         image = make_image(work / "images" / f"nuclei_{size}.tif", size)
         for name, (model_type, checkpoint) in models.items():
@@ -640,13 +738,16 @@ def main() -> int:
                 ms = (
                     Result("micro-sam", skipped="--only tilesam")
                     if args.only == "tilesam"
-                    else run_microsam(args, image, model_type, checkpoint, method, work / "microsam" / f"{case}.json")
+                    else with_load(
+                        run_microsam, args, image, model_type, checkpoint, method, work / "microsam" / f"{case}.json"
+                    )
                 )
                 ts = (
                     Result("tilesam", skipped="--only microsam")
                     if args.only == "microsam"
-                    else run_tilesam(args, image, name, checkpoint, method, work / "tilesam" / case)
+                    else with_load(run_tilesam, args, image, name, checkpoint, method, work / "tilesam" / case)
                 )
+                jobs += [{"case": case, **job} for job in ts.jobs]
                 rows += rows_for(size, name, method, ms, ts, agreement(ts, ms, args.iou, tuple(args.tile)))
                 print(markdown(rows[-len(STAGES) :]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -654,10 +755,16 @@ def main() -> int:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    if jobs:  # every tilesam job's cost: the largest one's memory is the peak a tilesam user needs
+        with (args.out / "vs_microsam_jobs.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(jobs[0]))
+            writer.writeheader()
+            writer.writerows(jobs)
     header = (
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
         f"--cores {args.cores}; tile {args.tile} + halo {args.halo}, {args.points_per_side}^2 points; "
         f"speedup = micro-sam / tilesam"
+        + (f"; APG {json.dumps(tiled_apg_params(args))}" if "apg" in args.methods.split(",") else "")
     )
     text = header + "\n\n" + markdown(rows)
     (args.out / "vs_microsam.md").write_text(text + "\n")
