@@ -38,14 +38,15 @@ Tiled APG (`--methods apg`, issue 29): micro-sam's `TiledAutomaticPromptGenerato
 `automatic_instance_segmentation` runs it (`initialize(..., batch_size=1)`, `generate(**params)`: the
 prompts of the whole image's assembled maps, each decoded in the tile that holds it, one NMS over the
 image) against tilesam's workflow with `methods: [apg]` (prompts, masks and NMS per tile window, then
-the stitcher); the same settings, TILED_APG_PARAMS with `--apg-params` on top. `--fit-decoder` gives a
-bare `vit_t` / `vit_b` a decoder fitted on one synthetic image of a tile window's shape
-(`window_fitted_checkpoint`), so that the maps hold the nuclei and both tools decode thousands of
-prompts; `--iou` scores each tool's labels against the other's (mSA both ways) and says where the
-objects that differ lie. The issue's case (the 4096 x 4096 image has 2457 nuclei):
+the stitcher); the same settings, TILED_APG_PARAMS with `--apg-params` on top. The checkpoint: the
+`--apg-equality` check's vit_b with a decoder fitted on a 512 x 512 image of 60 nuclei, whose maps
+hold the nuclei of these images' tile windows too (a vit_t decoder fitted 200 x 10 on a 1152 x 1152
+window, be850f6's `--fit-decoder`, gave maps in which micro-sam found no prompt at 2048 x 2048). `--iou` scores each tool's
+labels against the other's (mSA both ways) and says where the objects that differ lie. The issue's
+case (the 4096 x 4096 image has 2457 nuclei), after `--apg-equality`:
 
-    python benchmarks/vs_microsam.py --sizes 2048 4096 --models vit_t --fit-decoder --methods apg --iou \
-        --tile 1024 1024 --halo 64 64
+    python benchmarks/vs_microsam.py --sizes 2048 4096 --methods apg --iou --tile 1024 1024 --halo 64 64 \
+        --models vit_b_fitted=/tmp/vs_microsam/apg_equality/vit_b_random_fitted200x10_nuclei512_60.pt
 
 Every tilesam job's cost goes to `<out>/vs_microsam_jobs.csv`; each side's row notes the 1-minute load
 average before and after it (the two sides run one after the other, never together).
@@ -150,18 +151,13 @@ def make_checkpoint(path: Path, architecture: str) -> Path:
     return path
 
 
-def parse_models(entries: list[str], work: Path, args) -> dict[str, tuple[str, Path]]:
-    """name -> (micro-sam model_type, checkpoint); bare vit_b / vit_t are made with random weights, and with
-    `--fit-decoder` a decoder fitted on a tile window (`window_fitted_checkpoint`)."""
+def parse_models(entries: list[str], work: Path) -> dict[str, tuple[str, Path]]:
+    """name -> (micro-sam model_type, checkpoint); bare vit_b / vit_t are made with random weights."""
     models = {}
-    window = tuple(t + 2 * h for t, h in zip(args.tile, args.halo))
     for entry in entries:
         if "=" in entry:
             name, path = entry.split("=", 1)
             models[name] = (name[:5], Path(path).resolve())
-        elif entry in ("vit_b", "vit_t", "vit_l", "vit_h") and args.fit_decoder:
-            checkpoint = window_fitted_checkpoint(work, entry, window, args.fit_steps, args.fit_crop)
-            models[f"{entry}+decoder"] = (entry, checkpoint)
         elif entry in ("vit_b", "vit_t", "vit_l", "vit_h"):
             models[entry] = (entry, make_checkpoint(work / "checkpoints" / f"{entry}_random.pt", entry))
         else:
@@ -427,30 +423,6 @@ def microsam_apg(args) -> dict:
     return {**{k: v for k, v in params.items() if k != "prompts_per_batch"}, "batch_size": params["prompts_per_batch"]}
 
 
-def window_fitted_checkpoint(work: Path, architecture: str, window: tuple[int, int], steps: int, crop: int) -> Path:
-    """A random-weight (seed 0) SAM with an instance decoder fitted on one synthetic image of a tile window's
-    shape (tile + 2 halo) and the benchmark images' density (seed 29), in micro-sam's checkpoint format.
-
-    Fitted at the scale the tiles are decoded at (a window is resized to the model's input as this image
-    is), so that the maps of every tile hold its nuclei; SAM's own weights stay random."""
-    path = work / "checkpoints" / f"{architecture}_random_fitted{steps}x{crop}_{window[0]}x{window[1]}.pt"
-    if path.exists():
-        return path
-    sys.path.insert(0, str(REPO / "tests"))
-    from helpers.decoder_fit import fit_decoder
-    from tilesam.models.load import build_sam
-
-    labels = make_labels(SyntheticSpec("fit", window, int(DENSITY * window[0] * window[1]), (9.0, 22.0), 29))
-    image = render(labels, 29).astype(np.float32)
-    image = np.round((image - image.min()) * (255.0 / max(float(image.max() - image.min()), 1.0))).astype(np.uint8)
-    torch.manual_seed(0)
-    start = time.perf_counter()
-    fit = fit_decoder(build_sam(architecture), image, labels, out=path, steps=steps, crop=crop)
-    print(f"fitted a {architecture} decoder on a {window} window in {time.perf_counter() - start:.0f} s, "
-          f"loss {fit.losses[0]:.3f} -> {fit.losses[-1]:.3f}")  # fmt: skip
-    return path
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
@@ -485,9 +457,6 @@ def main() -> int:
     parser.add_argument(
         "--finetune-iterations", type=int, default=4, help="tilesam finetuning iterations (equality check; 0: skip)"
     )
-    parser.add_argument(
-        "--fit-decoder", action="store_true", help="bare vit_b/vit_t: fit a decoder on a tile window (AIS, APG)"
-    )
     parser.add_argument("--apg-equality", action="store_true", help="only the untiled APG + AIS equality check")
     parser.add_argument("--apg-objects", type=int, default=60, help="objects of the APG equality image (>= 50)")
     parser.add_argument("--apg-params", default="{}", help="JSON overrides of every APG parameter set (both tools)")
@@ -506,7 +475,7 @@ def main() -> int:
     if args.batch_size and args.batch_size != "auto":
         args.batch_size = int(args.batch_size)
     work = args.work.resolve()
-    models = parse_models(args.models, work, args)
+    models = parse_models(args.models, work)
     rows, jobs = [], []
     for size in args.sizes:
         image = make_image(work / "images" / f"nuclei_{size}.tif", size)
