@@ -194,7 +194,11 @@ def run_microsam(args, image: Path, model_type: str, checkpoint: Path, method: s
     ]  # fmt: skip
     wall = time.perf_counter()
     with out.with_suffix(".log").open("w") as log:
-        rc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+        driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            rc = driver.wait(timeout=args.microsam_timeout)
+        except subprocess.TimeoutExpired:
+            return Result("micro-sam", skipped=stopped(driver, time.perf_counter() - wall, out.with_suffix(".log")))
     wall = time.perf_counter() - wall
     if rc:
         return Result("micro-sam", skipped=f"driver failed ({rc}), see {out.with_suffix('.log')}")
@@ -203,6 +207,18 @@ def run_microsam(args, image: Path, model_type: str, checkpoint: Path, method: s
     # resetting the high-water mark per stage resets ru_maxrss too: the run's peak is the stages' largest
     stages["total"] = Measure(wall, record["cpu_s"], max(r["peak_mb"] for r in record["stages"]))
     return Result("micro-sam", stages, record["n_instances"], np.load(out.with_suffix(".npy")))
+
+
+def stopped(driver: subprocess.Popen, wall: float, log: Path) -> str:
+    """Stop a driver past `--microsam-timeout`: how long it ran, the peak memory of the stage it was in (the
+    driver resets the high-water mark per stage) and its last progress line."""
+    status = Path(f"/proc/{driver.pid}/status")
+    peak = next((ln.split()[1] for ln in status.read_text().splitlines() if ln.startswith("VmHWM:")), None)
+    driver.kill()
+    driver.wait()
+    last = log.read_text(errors="replace").replace("\r", "\n").strip().splitlines()[-1:] or [""]
+    peak_text = f"{int(peak) / 1024:.0f} MB" if peak else "unknown"
+    return f"stopped unfinished after {wall:.0f} s (its stage's peak {peak_text}); its last output: {last[0][:120]!r}"
 
 
 def tilesam_config(args, model: str, checkpoint: Path, method: str) -> dict:
@@ -443,6 +459,9 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/vs_microsam"), help="run folders (outside the repo)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--only", choices=["microsam", "tilesam"], help="run one side only")
+    parser.add_argument(
+        "--microsam-timeout", type=float, default=None, help="stop micro-sam's driver after this many seconds"
+    )
     parser.add_argument("--ais-equality", action="store_true", help="only the untiled AIS equality check")
     parser.add_argument(
         "--ais-params", default="{}", help="JSON overrides of AIS_PARAMS (both tools, tiled and untiled)"

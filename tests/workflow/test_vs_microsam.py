@@ -60,6 +60,20 @@ def test_microsam_tiled_apg_takes_every_setting_the_script_passes():
     assert set(vs_microsam.microsam_apg(_args())) <= set(done.stdout.split())
 
 
+def test_a_driver_past_its_time_is_stopped_and_reported_with_its_last_progress(tmp_path):
+    log = tmp_path / "driver.log"
+    with log.open("w") as handle:
+        driver = subprocess.Popen(
+            [sys.executable, "-c", "import time; print('tile 3/16', flush=True); time.sleep(60)"],
+            stdout=handle, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        with pytest.raises(subprocess.TimeoutExpired):
+            driver.wait(timeout=2)
+        text = vs_microsam.stopped(driver, 2.0, log)
+    assert driver.returncode is not None
+    assert text.startswith("stopped unfinished after 2 s (its stage's peak ") and "'tile 3/16'" in text
+
+
 def test_agreement_scores_each_side_against_the_other_and_says_where_they_differ():
     theirs = np.zeros((64, 64), np.uint32)
     theirs[2:10, 2:10], theirs[20:30, 28:36], theirs[40:50, 40:50] = 1, 2, 3
