@@ -8,9 +8,14 @@ stage at a time, so that each stage gets its own times:
 * load: `get_predictor_and_segmenter(model_type, checkpoint, is_tiled=True, segmentation_mode)`;
 * embedding: `util.precompute_image_embeddings(predictor, image, tile_shape, halo)`;
 * segmentation: `segmenter.initialize(image, image_embeddings)` (AMG: the decoder over every
-  tile's point grid; AIS: the decoder head over every tile);
+  tile's point grid; AIS and APG: the decoder head over every tile);
 * merging: `segmenter.generate(...)` (AMG: filtering, NMS across tiles and painting into one
-  label image; AIS: the watershed over the assembled maps).
+  label image; AIS: the watershed over the assembled maps; APG (`TiledAutomaticPromptGenerator`):
+  the point prompts of the assembled maps, each decoded by SAM in the tile (+ halo) that holds it,
+  NMS over all masks of the image and painting).
+
+As `automatic_instance_segmentation` does for a tiled decoder: `initialize(..., batch_size=1)`;
+AIS's `generate` gets the tile shape and halo, APG's does not (it takes none).
 
 `--untiled` (AIS only; the equality check of `vs_microsam.py --ais-equality`): the untiled path as
 micro-sam's users write it: `get_predictor_and_decoder(model_type, checkpoint)` (a checkpoint with
@@ -144,8 +149,9 @@ def main() -> None:
     )
     init = {"image": image, "image_embeddings": embeddings, "verbose": False}
     generate = json.loads(args.generate)
-    if args.mode == "ais":  # as automatic_instance_segmentation does for a tiled decoder
+    if args.mode in ("ais", "apg"):  # as automatic_instance_segmentation does for a tiled decoder
         init["batch_size"] = 1
+    if args.mode == "ais":
         generate.update({"tile_shape": tile, "halo": halo})
     stages.run("segmentation", segmenter.initialize, **init)
     labels = stages.run("merging", segmenter.generate, **generate)

@@ -34,26 +34,26 @@ The tiled AIS case of issue 15 (after `--ais-equality`, which fits the decoder):
     python benchmarks/vs_microsam.py --sizes 1024 4096 --methods ais --iou \
         --models vit_b_fitted=/tmp/vs_microsam/ais_equality/vit_b_random_fitted200x10.pt
 
-AIS equality (`--ais-equality`, issues 15 and 16): on one untiled image (tilesam's synthetic 256 x 256
-nuclei demo, 14 objects), micro-sam's own `InstanceSegmentationWithDecoder` (loaded with
-`get_predictor_and_decoder` from a `{"model_state", "decoder_state"}` checkpoint, as its users do;
-`microsam_driver.py --untiled`) against tilesam's AIS through its API (`load_model`,
-`load_decoder_state` + `load_decoder`, `embed.encode`, `unetr.decode_maps`, `segment.ais.ais_labels`),
-same checkpoint, image and post-processing parameters (`--ais-params`). Adjusted Rand index (sklearn,
-all pixels, background included) of the two label images, instance counts, the maps' largest
-difference (and the embeddings') and each side's wall times. Two checkpoints:
+Tiled APG (`--methods apg`, issue 29): micro-sam's `TiledAutomaticPromptGenerator` as
+`automatic_instance_segmentation` runs it (`initialize(..., batch_size=1)`, `generate(**params)`: the
+prompts of the whole image's assembled maps, each decoded in the tile that holds it, one NMS over the
+image) against tilesam's workflow with `methods: [apg]` (prompts, masks and NMS per tile window, then
+the stitcher); the same settings, TILED_APG_PARAMS with `--apg-params` on top. The checkpoint: the
+`--apg-equality` check's vit_b with a decoder fitted on a 512 x 512 image of 60 nuclei, whose maps
+hold the nuclei of these images' tile windows too (a vit_t decoder fitted 200 x 10 on a 1152 x 1152
+window, be850f6's `--fit-decoder`, gave maps in which micro-sam found no prompt at 2048 x 2048). `--iou` scores each tool's
+labels against the other's (mSA both ways) and says where the objects that differ lie. The issue's
+case (the 4096 x 4096 image has 2457 nuclei), after `--apg-equality`:
 
-* `fitted`: a random-weight (seed 0) `vit_b` (segment_anything's builder) with an instance decoder
-  fitted on the demo image (`tests/helpers/decoder_fit.py`, `--fit-steps`, `--fit-crop`), so that the maps hold
-  the objects;
-* `finetuned` (issue 16): tilesam's `finetune()` of that checkpoint on the same image with
-  `train_parts [mask_decoder, decoder]` (`--finetune-iterations`), the checkpoint in micro-sam's
-  format that tilesam's finetuning writes.
+    python benchmarks/vs_microsam.py --sizes 2048 4096 --methods apg --iou --tile 1024 1024 --halo 64 64 \
+        --models vit_b_fitted=/tmp/vs_microsam/apg_equality/vit_b_random_fitted200x10_nuclei512_60.pt
 
-A diagnostic row runs tilesam's decoder with its BatchNorm layers on the image's batch statistics
-(train mode) on micro-sam's embedding: micro-sam 1.8.14 never puts its UNETR decoder in eval mode, so
-its BatchNorm normalises with each image's statistics, not the stored running ones. Exits 1 if the
-adjusted Rand index of tilesam as it is (eval mode) is below 0.99.
+Every tilesam job's cost goes to `<out>/vs_microsam_jobs.csv`; each side's row notes the 1-minute load
+average before and after it (the two sides run one after the other, never together).
+
+AIS equality (`--ais-equality`, issues 15 and 16; `benchmarks/ais_equality.py`): micro-sam's untiled
+`InstanceSegmentationWithDecoder` against tilesam's AIS on one 256 x 256 image, for a fitted and a
+finetuned checkpoint (adjusted Rand index >= 0.99).
 
 APG and AIS equality (`--apg-equality`, issue 29; `benchmarks/apg_equality.py`): one untiled 512 x 512
 image with `--apg-objects` nuclei (>= 50) and a decoder fitted on it; micro-sam's
@@ -117,6 +117,8 @@ class Result:
     n_instances: int = -1
     labels: np.ndarray | None = None
     skipped: str = ""
+    load: str = ""  # the 1-minute load average before -> after the run (the machine is shared)
+    jobs: list[dict] = field(default_factory=list)  # tilesam: each job's rule, wall, CPU time and max RSS
 
 
 def make_image(path: Path, size: int, seed: int = 7) -> Path:
@@ -170,10 +172,10 @@ def run_microsam(args, image: Path, model_type: str, checkpoint: Path, method: s
         return Result(
             "micro-sam", skipped=f"no micro-sam venv at {args.microsam_venv}: run benchmarks/setup_microsam.sh"
         )
-    if method == "ais":
+    if method in ("ais", "apg"):
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if not (isinstance(state, dict) and "decoder_state" in state):
-            return Result("micro-sam", skipped="AIS needs a checkpoint with a decoder_state")
+            return Result("micro-sam", skipped=f"{method.upper()} needs a checkpoint with a decoder_state")
     out.parent.mkdir(parents=True, exist_ok=True)
     generate = {
         "pred_iou_thresh": args.pred_iou_thresh,
@@ -188,11 +190,15 @@ def run_microsam(args, image: Path, model_type: str, checkpoint: Path, method: s
         "--tile", *map(str, args.tile), "--halo", *map(str, args.halo),
         "--points-per-side", str(args.points_per_side), "--points-per-batch", str(args.points_per_batch),
         "--threads", str(args.cores), "--out", str(out),
-        "--generate", json.dumps(generate if method == "amg" else ais_params(args)),
+        "--generate", json.dumps({"amg": generate, "ais": ais_params(args), "apg": microsam_apg(args)}[method]),
     ]  # fmt: skip
     wall = time.perf_counter()
     with out.with_suffix(".log").open("w") as log:
-        rc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+        driver = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            rc = driver.wait(timeout=args.microsam_timeout)
+        except subprocess.TimeoutExpired:
+            return Result("micro-sam", skipped=stopped(driver, time.perf_counter() - wall, out.with_suffix(".log")))
     wall = time.perf_counter() - wall
     if rc:
         return Result("micro-sam", skipped=f"driver failed ({rc}), see {out.with_suffix('.log')}")
@@ -201,6 +207,18 @@ def run_microsam(args, image: Path, model_type: str, checkpoint: Path, method: s
     # resetting the high-water mark per stage resets ru_maxrss too: the run's peak is the stages' largest
     stages["total"] = Measure(wall, record["cpu_s"], max(r["peak_mb"] for r in record["stages"]))
     return Result("micro-sam", stages, record["n_instances"], np.load(out.with_suffix(".npy")))
+
+
+def stopped(driver: subprocess.Popen, wall: float, log: Path) -> str:
+    """Stop a driver past `--microsam-timeout`: how long it ran, the peak memory of the stage it was in (the
+    driver resets the high-water mark per stage) and its last progress line."""
+    status = Path(f"/proc/{driver.pid}/status")
+    peak = next((ln.split()[1] for ln in status.read_text().splitlines() if ln.startswith("VmHWM:")), None)
+    driver.kill()
+    driver.wait()
+    last = log.read_text(errors="replace").replace("\r", "\n").strip().splitlines()[-1:] or [""]
+    peak_text = f"{int(peak) / 1024:.0f} MB" if peak else "unknown"
+    return f"stopped unfinished after {wall:.0f} s (its stage's peak {peak_text}); its last output: {last[0][:120]!r}"
 
 
 def tilesam_config(args, model: str, checkpoint: Path, method: str) -> dict:
@@ -216,6 +234,7 @@ def tilesam_config(args, model: str, checkpoint: Path, method: str) -> dict:
             "tiles_per_block": args.tiles_per_block,
             "min_blocks": 2,  # one image a run: a 1024^2 image's 4 tiles in two jobs, one per core
             **({"ais": ais_params(args)} if method == "ais" else {}),
+            **({"apg": tiled_apg_params(args)} if method == "apg" else {}),
             "amg": {
                 "points_per_side": args.points_per_side,
                 "points_per_batch": args.points_per_batch,
@@ -238,7 +257,9 @@ def read_benchmarks(work: Path) -> dict[str, list[dict]]:
         with path.open() as handle:
             for rec in csv.DictReader(handle, delimiter="\t"):
                 rss = float(rec["max_rss"]) if rec["max_rss"] not in ("NA", "-") else float("nan")
-                rules.setdefault(rule, []).append({"s": float(rec["s"]), "max_rss": rss, "cpu": float(rec["cpu_time"])})
+                rules.setdefault(rule, []).append(
+                    {"job": path.stem, "s": float(rec["s"]), "max_rss": rss, "cpu": float(rec["cpu_time"])}
+                )
     return rules
 
 
@@ -282,18 +303,24 @@ def run_tilesam(args, image: Path, model: str, checkpoint: Path, method: str, wo
     from tilesam.data import ome
 
     labels = np.asarray(ome.open_level0(work / target)[...])
-    return Result("tilesam", stages, int(len(np.unique(labels[labels > 0]))), labels)
+    jobs = [{"rule": rule, **job} for rule, rule_jobs in rules.items() for job in rule_jobs]
+    return Result("tilesam", stages, int(len(np.unique(labels[labels > 0]))), labels, jobs=jobs)
 
 
 def agreement(ours: Result, theirs: Result, with_iou: bool, tile: tuple[int, int]) -> str:
-    """Instance counts, and for real weights tilesam's scores with micro-sam's labels as reference,
-    plus where the objects that differ lie (`border_misses`)."""
+    """Instance counts, and (`--iou`) the mSA of tilesam's labels against micro-sam's as reference and
+    the other way round, F1 at IoU 0.5, and where the objects that differ lie (`border_misses`), each way."""
     text = f"{theirs.n_instances} / {ours.n_instances}"
     if with_iou and ours.labels is not None and theirs.labels is not None:
         from tilesam.metrics import segmentation_scores
 
         scores = segmentation_scores(theirs.labels, ours.labels, relabel=False)
-        text += f" (mSA {scores.msa:.3f}, F1@0.5 {scores.f1:.3f}; {border_misses(theirs.labels, ours.labels, tile)})"
+        back = segmentation_scores(ours.labels, theirs.labels, relabel=False)
+        text += (
+            f" (mSA {scores.msa:.3f} against micro-sam's, {back.msa:.3f} against tilesam's; F1@0.5 {scores.f1:.3f};"
+            f" micro-sam's objects: {border_misses(theirs.labels, ours.labels, tile)};"
+            f" tilesam's: {border_misses(ours.labels, theirs.labels, tile)})"
+        )
     return text
 
 
@@ -319,6 +346,16 @@ def border_misses(reference: np.ndarray, labels: np.ndarray, tile: tuple[int, in
     return f"{len(misses)} of {len(objects)} below IoU {below}{where}"
 
 
+def with_load(run, *args) -> Result:
+    """``run(*args)``, its Result noting the 1-minute load average before and after (`uptime`'s first figure)."""
+    before = os.getloadavg()[0]
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    result = run(*args)
+    print(f"load average after: {os.getloadavg()}", flush=True)
+    result.load = f"{before:.1f} -> {os.getloadavg()[0]:.1f}"
+    return result
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b > 0 and np.isfinite(a) and np.isfinite(b) else "-"
 
@@ -341,6 +378,7 @@ def rows_for(size: int, model: str, method: str, ms: Result, ts: Result, agree: 
                 "speedup_cpu": ratio(m.cpu_s, t.cpu_s),
                 "microsam_peak_mb": _mb(m.peak_mb), "tilesam_peak_mb": _mb(t.peak_mb),
                 "instances_microsam_tilesam": agree if stage == "total" else "",
+                "load_microsam_tilesam": f"{ms.load} / {ts.load}" if stage == "total" else "",
                 "skipped": "; ".join(f"{r.tool}: {r.skipped}" for r in (ms, ts) if r.skipped),
             }
         )  # fmt: skip
@@ -373,217 +411,39 @@ def ais_params(args) -> dict:
     return {**AIS_PARAMS, **json.loads(args.ais_params)}
 
 
-def equality_inputs(work: Path) -> tuple[Path, Path]:
-    """The demo's synthetic nuclei (256 x 256, 14 objects) as a uint8 TIFF stretched to 0..255, and its labels."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from helpers.decoder_fit import demo_image
+# -- tiled APG (issue 29) ---------------------------------------------------------------------------
 
-    image_path, labels_path = (
-        work / "ais_equality" / "nuclei_demo.tif",
-        work / "ais_equality" / "labels" / "nuclei_demo.tif",  # finetune() pairs files by name
-    )
-    if not (image_path.exists() and labels_path.exists()):
-        image, labels = demo_image()
-        image = image.astype(np.float32)
-        image = np.round((image - image.min()) * (255.0 / max(float(image.max() - image.min()), 1.0))).astype(np.uint8)
-        labels_path.parent.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(image_path, image)
-        tifffile.imwrite(labels_path, labels.astype(np.uint16))
-    return image_path, labels_path
+TILED_APG_PARAMS = {
+    "center_distance_threshold": 0.65,
+    "boundary_distance_threshold": 0.85,
+    "foreground_threshold": 0.5,
+    "min_size": 25,
+    "multimasking": False,
+    "nms_threshold": 0.9,
+    "intersection_over_min": False,
+    "prompts_per_batch": 32,
+}
+"""micro-sam's `TiledAutomaticPromptGenerator.generate` defaults (tilesam's schema's too) except the seed
+thresholds, which the fitted decoders' maps need (as AIS_PARAMS); `prompts_per_batch` is micro-sam's
+`batch_size`. No box refinement: micro-sam's tiled APG raises NotImplementedError for it."""
 
 
-def fitted_checkpoint(
-    work: Path, architecture: str, image_path: Path, labels_path: Path, steps: int, crop: int
-) -> Path:
-    """A random-weight (seed 0) SAM with a decoder fitted on the image, in micro-sam's checkpoint format."""
-    path = work / "ais_equality" / f"{architecture}_random_fitted{steps}x{crop}.pt"
-    if path.exists():
-        return path
-    sys.path.insert(0, str(REPO / "tests"))
-    from helpers.decoder_fit import fit_decoder
-    from tilesam.models.load import build_sam
-
-    torch.manual_seed(0)
-    sam = build_sam(architecture)
-    start = time.perf_counter()
-    fit = fit_decoder(sam, tifffile.imread(image_path), tifffile.imread(labels_path), out=path, steps=steps, crop=crop)
-    print(f"fitted a decoder in {time.perf_counter() - start:.0f} s, loss {fit.losses[0]:.3f} -> {fit.losses[-1]:.3f}")
-    return path
+def tiled_apg_params(args) -> dict:
+    """tilesam's `segmentation.apg`: TILED_APG_PARAMS with `--apg-params` on top."""
+    return {**TILED_APG_PARAMS, **json.loads(args.apg_params)}
 
 
-def finetuned_checkpoint(work: Path, base: Path, image_path: Path, labels_path: Path, iterations: int) -> Path:
-    """tilesam's finetuning of ``base`` with the decoder trained (micro-sam's format), on the image itself."""
-    from tilesam.config import FinetuneConfig
-    from tilesam.finetune.trainer import finetune
-
-    out = work / "ais_equality" / f"{base.stem}_ft{iterations}.pt"
-    config = FinetuneConfig(
-        iterations=iterations, iterations_per_epoch=iterations, objects_per_image=4, sub_iterations=2,
-        augment_variants=1, train_parts=("mask_decoder", "decoder"), decoder_crop=8, seed=0,
-    )  # fmt: skip
-    start = time.perf_counter()
-    result = finetune(
-        base, [str(image_path)], [str(labels_path)], out, config=config, name=f"{base.stem}-ft", dataset="demo",
-        embedding_cache=work / "ais_equality" / "embedding_cache", progress=False,
-    )  # fmt: skip
-    before = torch.load(base, map_location="cpu", weights_only=True)
-    after = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
-    stats = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm buffers, not weights
-    moved = {
-        f"{part} {kind}": max(
-            (after[part][k].float() - v.float()).abs().max().item()
-            for k, v in before[part].items()
-            if k.endswith(stats) == (kind == "BatchNorm statistics")
-        )
-        for part, kind in (
-            ("model_state", "weights"), ("decoder_state", "weights"), ("decoder_state", "BatchNorm statistics")
-        )
-    }  # fmt: skip
-    print(
-        f"finetuned {base.name} -> {result.checkpoint} in {time.perf_counter() - start:.0f} s; keys "
-        f"{sorted(after)}; largest weight change: {', '.join(f'{k} {v:.2e}' for k, v in moved.items())}"
-    )
-    return Path(result.checkpoint)
-
-
-def microsam_untiled(args, image_path: Path, checkpoint: Path, model_type: str, params: dict, out: Path) -> dict:
-    """micro-sam's InstanceSegmentationWithDecoder on the whole image (the driver, in micro-sam's venv)."""
-    python = args.microsam_venv / "bin" / "python"
-    if not python.exists():
-        raise SystemExit(f"no micro-sam venv at {args.microsam_venv}: run benchmarks/setup_microsam.sh")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = [
-        str(python), str(REPO / "benchmarks" / "microsam_driver.py"), "--untiled", "--mode", "ais",
-        "--image", str(image_path), "--checkpoint", str(checkpoint), "--model-type", model_type,
-        "--threads", str(args.cores), "--generate", json.dumps(params), "--out", str(out),
-    ]  # fmt: skip
-    wall = time.perf_counter()
-    with out.with_suffix(".log").open("w") as log:
-        rc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
-    if rc:
-        raise SystemExit(f"micro-sam driver failed ({rc}): see {out.with_suffix('.log')}")
-    record = json.loads(out.read_text())
-    record["process_wall_s"] = time.perf_counter() - wall
-    record["labels"] = np.load(out.with_suffix(".npy"))
-    record["features"] = np.load(out.with_suffix(".features.npy"))
-    record["maps"] = np.load(out.with_suffix(".maps.npy"))
-    return record
-
-
-def tilesam_untiled(
-    image_path: Path, checkpoint: Path, params: dict, features: np.ndarray | None = None, batch_stats: bool = False
-) -> dict:
-    """tilesam's AIS on the whole image through its API; on ``features`` (an embedding) instead of its own if given.
-
-    ``batch_stats``: run the decoder in train mode, so that its BatchNorm layers normalise with the image's
-    own statistics instead of the running ones, as micro-sam 1.8.14 does (it never calls ``.eval()`` on
-    the UNETR it builds); a diagnostic, not tilesam's behaviour.
-    """
-    from tilesam.config import AisParams
-    from tilesam.embed import encode, normalize
-    from tilesam.models import load_decoder_state, load_model
-    from tilesam.models.unetr import decode_maps, load_decoder
-    from tilesam.segment.ais import ais_labels
-
-    times = {}
-    start = time.perf_counter()
-    model = load_model(checkpoint, device="cpu")
-    decoder = load_decoder(load_decoder_state(checkpoint), source=str(checkpoint))
-    if batch_stats:
-        decoder.train()  # only BatchNorm differs: the decoder has no dropout, InstanceNorm keeps no statistics
-    times["load model"] = time.perf_counter() - start
-    image = tifffile.imread(image_path)
-    model_size = model.image_encoder.img_size
-    start = time.perf_counter()
-    if features is None:
-        with torch.inference_mode():
-            embedding = encode(model, [normalize(image, (float(image.min()), float(image.max())))])
-    else:
-        embedding = torch.from_numpy(features)
-    times["embedding"] = time.perf_counter() - start
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    input_size = ResizeLongestSide.get_preprocess_shape(*image.shape[:2], model_size)
-    start = time.perf_counter()
-    maps = decode_maps(decoder, embedding, input_size, image.shape[:2], model_size=model_size)[0]
-    times["segmentation"] = time.perf_counter() - start
-    start = time.perf_counter()
-    labels = ais_labels(maps, AisParams(**params, tiles_per_batch=1))
-    times["merging"] = time.perf_counter() - start
-    return {
-        "labels": labels,
-        "maps": maps,
-        "features": embedding.numpy(),
-        "times": times,
-        "n_instances": int(len(np.unique(labels[labels > 0]))),
-    }
-
-
-def ais_equality(args) -> int:
-    """micro-sam's untiled AIS against tilesam's on the demo image, for a fitted and a finetuned checkpoint."""
-    from sklearn.metrics import adjusted_rand_score
-
-    torch.set_num_threads(args.cores)
-    work = args.work.resolve()
-    params = ais_params(args)
-    image_path, labels_path = equality_inputs(work)
-    fitted = fitted_checkpoint(work, "vit_b", image_path, labels_path, args.fit_steps, args.fit_crop)
-    checkpoints = {"fitted": lambda: fitted}
-    if args.finetune_iterations:
-        checkpoints["finetuned"] = lambda: finetuned_checkpoint(
-            work, fitted, image_path, labels_path, args.finetune_iterations
-        )
-    truth = tifffile.imread(labels_path)
-    rows, ok = [], True
-    for name, make in checkpoints.items():
-        checkpoint = make()
-        print(f"== AIS equality: {name} ({checkpoint})", flush=True)
-        ms = microsam_untiled(
-            args, image_path, checkpoint, "vit_b", params, work / "ais_equality" / f"microsam_{name}.json"
-        )
-        own = tilesam_untiled(image_path, checkpoint, params)
-        batch = tilesam_untiled(image_path, checkpoint, params, features=ms["features"], batch_stats=True)
-        ms_times = {r["stage"]: r["wall_s"] for r in ms["stages"]}
-        cases = (
-            ("tilesam (decoder in eval mode)", "each tool's own", own),
-            ("diagnostic: decoder BatchNorm on batch statistics, as micro-sam", "micro-sam's", batch),
-        )
-        for tilesam, embedding, ts in cases:
-            ari = adjusted_rand_score(ms["labels"].ravel(), ts["labels"].ravel())
-            if ts is own:
-                ok &= ari >= 0.99
-            rows.append(
-                {
-                    "checkpoint": name, "tilesam": tilesam, "embedding": embedding,
-                    "instances_microsam": ms["n_instances"], "instances_tilesam": ts["n_instances"],
-                    "ari": f"{ari:.4f}",
-                    "ari_microsam_vs_truth": f"{adjusted_rand_score(truth.ravel(), ms['labels'].ravel()):.3f}",
-                    "embedding_max_abs_diff": f"{np.abs(ms['features'] - ts['features']).max():.2e}",
-                    "maps_max_abs_diff": f"{np.abs(ms['maps'] - ts['maps']).max():.2e}",
-                    **{
-                        f"{stage}_s microsam/tilesam": f"{ms_times[stage]:.2f} / {ts['times'][stage]:.2f}"
-                        for stage in ("embedding", "segmentation", "merging")
-                    },
-                }
-            )  # fmt: skip
-        print(markdown(rows[-len(cases) :]), flush=True)
-    header = (
-        f"AIS equality, untiled 256 x 256 demo image, vit_b (random weights, seed 0) + decoder; "
-        f"generate/AisParams {json.dumps(params)}; {platform.platform()}, torch threads {args.cores}; "
-        f"times: embedding = encoder, segmentation = decoder maps, merging = post-processing"
-    )
-    text = header + "\n\n" + markdown(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vs_microsam_ais_equality.md").write_text(text + "\n")
-    print("\n" + text)
-    return 0 if ok else 1
+def microsam_apg(args) -> dict:
+    """The same settings as micro-sam's `generate` keyword arguments."""
+    params = tiled_apg_params(args)
+    return {**{k: v for k, v in params.items() if k != "prompts_per_batch"}, "batch_size": params["prompts_per_batch"]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--models", nargs="+", default=["vit_t"], help="vit_b, vit_t (random) or NAME=PATH")
-    parser.add_argument("--methods", default="amg", help="comma-separated: amg,ais")
+    parser.add_argument("--methods", default="amg", help="comma-separated: amg,ais,apg")
     parser.add_argument("--points-per-side", type=int, default=4)
     parser.add_argument("--points-per-batch", type=int, default=64)
     parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
@@ -599,6 +459,9 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/vs_microsam"), help="run folders (outside the repo)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--only", choices=["microsam", "tilesam"], help="run one side only")
+    parser.add_argument(
+        "--microsam-timeout", type=float, default=None, help="stop micro-sam's driver after this many seconds"
+    )
     parser.add_argument("--ais-equality", action="store_true", help="only the untiled AIS equality check")
     parser.add_argument(
         "--ais-params", default="{}", help="JSON overrides of AIS_PARAMS (both tools, tiled and untiled)"
@@ -621,7 +484,9 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.ais_equality:
-        return ais_equality(args)
+        from ais_equality import ais_equality
+
+        return ais_equality(args, ais_params(args), markdown)
     if args.apg_equality:
         from apg_equality import apg_equality
 
@@ -630,7 +495,7 @@ def main() -> int:
         args.batch_size = int(args.batch_size)
     work = args.work.resolve()
     models = parse_models(args.models, work)
-    rows = []
+    rows, jobs = [], []
     for size in args.sizes:
         image = make_image(work / "images" / f"nuclei_{size}.tif", size)
         for name, (model_type, checkpoint) in models.items():
@@ -640,13 +505,16 @@ def main() -> int:
                 ms = (
                     Result("micro-sam", skipped="--only tilesam")
                     if args.only == "tilesam"
-                    else run_microsam(args, image, model_type, checkpoint, method, work / "microsam" / f"{case}.json")
+                    else with_load(
+                        run_microsam, args, image, model_type, checkpoint, method, work / "microsam" / f"{case}.json"
+                    )
                 )
                 ts = (
                     Result("tilesam", skipped="--only microsam")
                     if args.only == "microsam"
-                    else run_tilesam(args, image, name, checkpoint, method, work / "tilesam" / case)
+                    else with_load(run_tilesam, args, image, name, checkpoint, method, work / "tilesam" / case)
                 )
+                jobs += [{"case": case, **job} for job in ts.jobs]
                 rows += rows_for(size, name, method, ms, ts, agreement(ts, ms, args.iou, tuple(args.tile)))
                 print(markdown(rows[-len(STAGES) :]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -654,10 +522,16 @@ def main() -> int:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    if jobs:  # every tilesam job's cost: the largest one's memory is the peak a tilesam user needs
+        with (args.out / "vs_microsam_jobs.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(jobs[0]))
+            writer.writeheader()
+            writer.writerows(jobs)
     header = (
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
         f"--cores {args.cores}; tile {args.tile} + halo {args.halo}, {args.points_per_side}^2 points; "
         f"speedup = micro-sam / tilesam"
+        + (f"; APG {json.dumps(tiled_apg_params(args))}" if "apg" in args.methods.split(",") else "")
     )
     text = header + "\n\n" + markdown(rows)
     (args.out / "vs_microsam.md").write_text(text + "\n")
