@@ -8,8 +8,10 @@ segment_anything's registry with random weights (seed 0), which is all a speed m
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -70,3 +72,20 @@ def markdown_table(head: str, rows: Iterable[str]) -> str:
     """A markdown table from its header's and rows' cells, each joined by " | "."""
     lines = [f"| {head} |", "|" + "---|" * (head.count(" | ") + 1)]
     return "\n".join(lines + [f"| {row} |" for row in rows])
+
+
+def microsam_driver(args, out: Path, driver_args: list[str]) -> dict:
+    """`microsam_driver.py --untiled` in micro-sam's venv (`args.microsam_venv`, `args.cores` threads), its log
+    beside `out`; the JSON record it wrote to `out`, with the process's wall seconds."""
+    python = args.microsam_venv / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"no micro-sam venv at {args.microsam_venv}: run benchmarks/setup_microsam.sh")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    driver = Path(__file__).with_name("microsam_driver.py")
+    command = [str(python), str(driver), "--untiled", "--threads", str(args.cores), "--out", str(out), *driver_args]
+    wall = time.perf_counter()
+    with out.with_suffix(".log").open("w") as log:
+        rc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc:
+        raise SystemExit(f"micro-sam driver failed ({rc}): see {out.with_suffix('.log')}")
+    return {**json.loads(out.read_text()), "process_wall_s": time.perf_counter() - wall}

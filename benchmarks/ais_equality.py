@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+from _common import microsam_driver
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,22 +112,10 @@ def finetuned_checkpoint(work: Path, base: Path, image_path: Path, labels_path: 
 
 def microsam_untiled(args, image_path: Path, checkpoint: Path, model_type: str, params: dict, out: Path) -> dict:
     """micro-sam's InstanceSegmentationWithDecoder on the whole image (the driver, in micro-sam's venv)."""
-    python = args.microsam_venv / "bin" / "python"
-    if not python.exists():
-        raise SystemExit(f"no micro-sam venv at {args.microsam_venv}: run benchmarks/setup_microsam.sh")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = [
-        str(python), str(REPO / "benchmarks" / "microsam_driver.py"), "--untiled", "--mode", "ais",
-        "--image", str(image_path), "--checkpoint", str(checkpoint), "--model-type", model_type,
-        "--threads", str(args.cores), "--generate", json.dumps(params), "--out", str(out),
-    ]  # fmt: skip
-    wall = time.perf_counter()
-    with out.with_suffix(".log").open("w") as log:
-        rc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
-    if rc:
-        raise SystemExit(f"micro-sam driver failed ({rc}): see {out.with_suffix('.log')}")
-    record = json.loads(out.read_text())
-    record["process_wall_s"] = time.perf_counter() - wall
+    record = microsam_driver(args, out, [
+        "--mode", "ais", "--image", str(image_path), "--checkpoint", str(checkpoint), "--model-type", model_type,
+        "--generate", json.dumps(params),
+    ])  # fmt: skip
     record["labels"] = np.load(out.with_suffix(".npy"))
     record["features"] = np.load(out.with_suffix(".features.npy"))
     record["maps"] = np.load(out.with_suffix(".maps.npy"))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+from _common import microsam_driver
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,21 +78,10 @@ def fitted_checkpoint(work: Path, image_path: Path, labels_path: Path, steps: in
 
 def microsam(args, image_path: Path, checkpoint: Path, ais: dict, apg: list[dict], out: Path) -> dict:
     """micro-sam's untiled AIS and APG (the driver in micro-sam's venv): labels and stage seconds."""
-    python = args.microsam_venv / "bin" / "python"
-    if not python.exists():
-        raise SystemExit(f"no micro-sam venv at {args.microsam_venv}: run benchmarks/setup_microsam.sh")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = [
-        str(python), str(REPO / "benchmarks" / "microsam_driver.py"), "--untiled", "--mode", "apg",
-        "--image", str(image_path), "--checkpoint", str(checkpoint), "--model-type", "vit_b",
-        "--threads", str(args.cores), "--generate", json.dumps(ais), "--generate-apg", json.dumps(apg),
-        "--out", str(out),
-    ]  # fmt: skip
-    with out.with_suffix(".log").open("w") as log:
-        rc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
-    if rc:
-        raise SystemExit(f"micro-sam driver failed ({rc}): see {out.with_suffix('.log')}")
-    record = json.loads(out.read_text())
+    record = microsam_driver(args, out, [
+        "--mode", "apg", "--image", str(image_path), "--checkpoint", str(checkpoint), "--model-type", "vit_b",
+        "--generate", json.dumps(ais), "--generate-apg", json.dumps(apg),
+    ])  # fmt: skip
     record["ais"] = np.load(out.with_suffix(".npy"))
     record["apg"] = [np.load(out.with_suffix(f".apg{k}.npy")) for k in range(len(apg))]
     record["seconds"] = {r["stage"]: r["wall_s"] for r in record["stages"]}
