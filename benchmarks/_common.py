@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
 from tilesam.device import resolve_device
@@ -42,8 +41,10 @@ def load_model(name: str, device: str) -> Sam:
         from tilesam import load_model as load
 
         return load("lite_medsam", device=device)
+    from tilesam.models.load import build_sam
+
     torch.manual_seed(0)
-    return sam_model_registry[name]().to(device).eval()
+    return build_sam(name).to(device)
 
 
 def timed(fn: Callable[[], object], device: str) -> tuple[object, float, float]:

@@ -14,6 +14,10 @@ process's peak resident memory (VmHWM, reset before each setting) on CPU.
 
     python benchmarks/encoder_speed.py                          # CPU: float32, batches 1 and 4, tiles 256 and 512
     python benchmarks/encoder_speed.py --device cuda --repeats 10   # adds bfloat16 and float16
+    python benchmarks/encoder_speed.py --models vit_b --tiles 512 --batch-sizes 1 --attention fused segment-anything
+
+`--attention` runs the ViT encoders (vit_b/l/h) with tilesam's fused attention
+(tilesam.models.vit_attention, the default) and/or segment-anything's own, for the comparison.
 
 Writes benchmarks/out/encoder_speed_<device>.csv and prints a markdown table.
 """
@@ -29,8 +33,9 @@ import torch
 from _common import load_model, machine, markdown_table, speed_parser, timed
 
 from tilesam.embed import encode
+from tilesam.models.vit_attention import FusedAttention, fuse_attention
 
-FIELDS = ["model", "input", "tile", "batch", "precision", "seconds", "tiles_per_s", "s_per_tile", "peak_mb"]
+FIELDS = ["model", "attention", "input", "tile", "batch", "precision", "seconds", "tiles_per_s", "s_per_tile", "peak_mb"]
 
 
 def reset_peak(device: str) -> None:
@@ -54,7 +59,7 @@ def peak_mb(device: str) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_case(model, name: str, tile: int, batch: int, precision: str, device: str, warmup: int, repeats: int) -> dict:
+def run_case(model, name: str, attention: str, tile: int, batch: int, precision: str, device: str, warmup: int, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     windows = [rng.integers(0, 256, (tile, tile, 3), dtype=np.uint8) for _ in range(batch)]
     reset_peak(device)
@@ -63,6 +68,7 @@ def run_case(model, name: str, tile: int, batch: int, precision: str, device: st
     seconds = min(timed(lambda: encode(model, windows, precision), device)[1] for _ in range(repeats))
     return {
         "model": name,
+        "attention": attention,
         "input": model.image_encoder.img_size,
         "tile": tile,
         "batch": batch,
@@ -76,9 +82,9 @@ def run_case(model, name: str, tile: int, batch: int, precision: str, device: st
 
 def markdown(rows: list[dict]) -> str:
     return markdown_table(
-        "model | input | tile | batch | precision | tiles/s | s/tile | peak MB",
+        "model | attention | input | tile | batch | precision | tiles/s | s/tile | peak MB",
         (
-            f"{r['model']} | {r['input']} | {r['tile']} | {r['batch']} | {r['precision']} | "
+            f"{r['model']} | {r['attention']} | {r['input']} | {r['tile']} | {r['batch']} | {r['precision']} | "
             f"{r['tiles_per_s']:.2f} | {r['s_per_tile']:.3f} | {r['peak_mb']}"
             for r in rows
         ),
@@ -91,6 +97,9 @@ def main() -> None:
     parser.add_argument(
         "--precisions", nargs="+", default=None, help="default: float32 on CPU; float32 bfloat16 float16 on CUDA"
     )
+    parser.add_argument(
+        "--attention", nargs="+", default=["fused"], choices=["fused", "segment-anything"], help="ViT encoders' attention"
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
@@ -101,11 +110,15 @@ def main() -> None:
     rows = []
     for name in args.models:
         model = load_model(name, args.device)
-        for tile in args.tiles:
-            for batch in args.batch_sizes:
-                for precision in precisions:
-                    rows.append(run_case(model, name, tile, batch, precision, args.device, args.warmup, args.repeats))
-                    print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+        vit = any(isinstance(m, FusedAttention) for m in model.image_encoder.modules())
+        for attention in args.attention if vit else ["-"]:
+            fuse_attention(model.image_encoder, fused=attention != "segment-anything")
+            for tile in args.tiles:
+                for batch in args.batch_sizes:
+                    for precision in precisions:
+                        case = (tile, batch, precision, args.device, args.warmup, args.repeats)
+                        rows.append(run_case(model, name, attention, *case))
+                        print(markdown(rows[-1:]).splitlines()[-1], flush=True)
         del model
         if cuda:
             torch.cuda.empty_cache()

@@ -51,6 +51,7 @@ from .checkpoints import (  # noqa: F401 (load's public names)
 from .fetch import ModelFiles, expected_hash, fetch_card_files, fetch_files, is_cached, model_path, parse
 from .registry import ModelCard, architecture_defaults
 from .tiny_vit import tiny_vit_5m_lite_medsam, tiny_vit_5m_mobile_sam
+from .vit_attention import fuse_attention
 
 _sam = modeling()
 MaskDecoder, PromptEncoder, Sam, TwoWayTransformer = (
@@ -151,6 +152,7 @@ def _construct(
         sam = _tiny_sam(encoder, image_size, pixel_mean, pixel_std)
     else:
         sam = sam_registry()[architecture](checkpoint=None)
+    fuse_attention(sam.image_encoder)
     for name, value in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
         sam.register_buffer(name, torch.tensor(value, dtype=torch.float32, device="cpu").view(-1, 1, 1), False)
     return sam
