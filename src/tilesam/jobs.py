@@ -194,6 +194,7 @@ def stitch(
     """Join per-tile labels into one label image."""
     from tilesam.data import io, ome
     from tilesam.segment.results import tile_reader
+    from tilesam.stitch.chunks import resolve_workers
     from tilesam.stitch.tiles import stitch as stitch_tiles
 
     info = io.read_info(image)
@@ -202,7 +203,7 @@ def stitch(
         raise ValueError(f"{image}: {len(blocks)} block stores given, the tile grid has {tiling.n_blocks(info.shape)}")
     labels = ome.create(out, info.shape, "uint32", tiling.chunks(info.shape), attrs={"tilesam": {"image": str(image)}})
     result = stitch_tiles(grid, tile_reader(blocks, grid, tiling.block_size(grid.n_tiles)), labels, params)
-    ome.build_pyramid(out, labels=True, image=image)
+    ome.build_pyramid(out, labels=True, image=image, workers=resolve_workers(params.workers))
     log.info("stitched %s: %s", image, result)
     return result
 

@@ -170,3 +170,57 @@ def test_ome_zarr_written_by_ome_zarr_py_imports(tmp_path, version):
     io.import_image(tmp_path / "in.ome.zarr", tmp_path / "a.ome.zarr", ndim=2, tile_shape=TILE)
     np.testing.assert_array_equal(ome.open_level0(tmp_path / "a.ome.zarr")[...], pixels)
     np.testing.assert_array_equal(ome.open_level0(tmp_path / "in.ome.zarr")[...], pixels)
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, labels, channels",
+    [
+        ((1041, 777), np.uint32, True, False),  # odd sides, three levels
+        ((3, 530, 601), np.uint16, True, False),  # a volume: y, x halve, z stays
+        ((611, 1029), np.uint8, False, False),  # 2x2 means truncated to the dtype
+        ((2, 4, 520, 523), np.float32, False, True),  # channels and z
+    ],
+)
+def test_pyramid_levels_and_metadata_are_ome_zarr_pys(tmp_path, shape, dtype, labels, channels):
+    """Each level equals ome-zarr-py's `downscale_nearest` / `local_mean` of the level above, and the metadata
+    equals what its `write_multiscales_metadata` and `add_metadata` write for those levels."""
+    import dask.array as da
+    from ome_zarr.dask_utils import downscale_nearest, local_mean
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import add_metadata, write_multiscales_metadata
+
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 50 if labels else 250, size=shape).astype(dtype)
+    store = tmp_path / "p.ome.zarr"
+    ome.create(store, shape, dtype, (1,) * (len(shape) - 2) + (200, 256), channels=channels)[...] = pixels
+    n_levels = ome.build_pyramid(
+        store, labels=labels, channels=channels, image=tmp_path / "i.ome.zarr" if labels else None
+    )
+    root = zarr.open_group(str(store), mode="r")
+    assert n_levels == 1 + sum(1 for k in range(1, 5) if min(shape[-2:]) // 2**k >= 256)
+    upper = pixels
+    for level in range(1, n_levels):
+        trimmed = da.from_array(upper)[..., : upper.shape[-2] // 2 * 2, : upper.shape[-1] // 2 * 2]
+        factors = (1,) * (upper.ndim - 2) + (2, 2)
+        want = (
+            downscale_nearest(trimmed, factors)
+            if labels
+            else local_mean(trimmed, tuple(s // f for s, f in zip(trimmed.shape, factors)))
+        ).compute()
+        got = root[str(level)][...]
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+        upper = got
+
+    oracle = zarr.open_group(str(tmp_path / "oracle.zarr"), mode="w", zarr_format=3)
+    write_multiscales_metadata(
+        oracle,
+        ome._datasets(n_levels, len(shape), labels=labels),
+        fmt=FormatV05(),
+        axes=ome._axes(len(shape), channels),
+        name=store.name,
+    )
+    if labels:
+        add_metadata(oracle, {"image-label": {"version": "0.5", "source": {"image": "../i.ome.zarr"}}}, fmt=FormatV05())
+    assert root.attrs.asdict() == oracle.attrs.asdict()
+    _validated(store, ImageLabel if labels else Image)

@@ -6,17 +6,17 @@ matches are joined); `build_pyramid` then adds the lower levels, each computed
 chunk by chunk from the stored level above, and writes the NGFF metadata. No
 step holds more than a few chunks in memory.
 
-The metadata is written by ome-zarr-py (`write_multiscales_metadata`, which
-checks axes and transforms against the 0.5 format, and `add_metadata`), and
-the pyramid is downsampled with its dask functions (`local_mean` for
-intensities, `downscale_nearest` for labels, whose ids must stay ids). Its
-whole-image writers (`write_image`, `write_multiscale`, `write_labels`) were
-tried for the data and are not used: they take the finished image as one numpy
-or dask array and write every level, level 0 included (ngff-zarr's
-`to_ngff_zarr`, by its documented API, works the same way). The stitcher's output is no dask graph, so going through them means
-filling a scratch array and copying it into the library's store: twice the
-level-0 disk space and writes (an 8192^2 uint32 label image, filled in 512^2
-tiles then pyramid: 22.3 s that way against 17.8 s in place, on 2 shared cores).
+Each lower level is computed chunk by chunk from the stored level above, with
+numpy: every second pixel for labels (ids must stay ids), 2x2 means for
+intensities, exactly as ome-zarr-py's `downscale_nearest` and `local_mean` do
+(tests/data/test_ome.py checks both against them, and every store against
+ome-zarr-models' 0.5 validation). The metadata is a few dicts written here.
+Going through ome-zarr-py's dask functions and writers cost a stitch job about
+0.6 CPU-s of imports (dask, ome_zarr's models) before any work, more than half
+of its start-up. Its whole-image writers (`write_image`, `write_multiscale`,
+`write_labels`) would also write level 0 from one numpy or dask array, which the
+stitcher, filling level 0 tile by tile with ids it only knows once the tiles'
+matches are joined, does not have.
 
 Every array carries `dimension_names` equal to the multiscales `axes`, as 0.5
 requires. Label images are not nested in their image's `labels/` group: images
@@ -30,15 +30,13 @@ it; a label image written without an image claims no source.
 
 from __future__ import annotations
 
+import itertools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
-
-if TYPE_CHECKING:  # dask and ome_zarr (~1 CPU-s of imports) only where a pyramid is built
-    import dask.array as da
 
 NGFF_VERSION = "0.5"
 
@@ -85,15 +83,33 @@ def create(
     return _new_array(root, "0", tuple(shape), dtype, tuple(chunks), axis_names(len(shape), channels))
 
 
-def _halve_yx(level: da.Array, *, labels: bool) -> da.Array:
-    """One 2x step in y and x; odd trailing rows/columns are dropped so that every level is exactly 2x."""
-    from ome_zarr.dask_utils import downscale_nearest, local_mean
-
-    trimmed = level[..., : level.shape[-2] // 2 * 2, : level.shape[-1] // 2 * 2]
-    factors = (1,) * (level.ndim - 2) + (2, 2)
+def _halve_yx(upper: np.ndarray, *, labels: bool) -> np.ndarray:
+    """One 2x step in y and x of an even-sized block: every second pixel (labels) or 2x2 means (truncated, as
+    skimage's `downscale_local_mean` then `astype` in ome-zarr-py's `local_mean`)."""
     if labels:
-        return downscale_nearest(trimmed, factors)
-    return local_mean(trimmed, tuple(s // f for s, f in zip(trimmed.shape, factors)))
+        return upper[..., ::2, ::2]
+    h, w = upper.shape[-2] // 2, upper.shape[-1] // 2
+    blocks = upper.reshape(*upper.shape[:-2], h, 2, w, 2)
+    return blocks.mean(axis=(-3, -1), dtype=np.float64).astype(upper.dtype)
+
+
+def _chunk_regions(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    ranges = [range(0, n, c) for n, c in zip(shape, chunks)]
+    return [
+        tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, chunks, shape))
+        for origin in itertools.product(*ranges)
+    ]
+
+
+def _write_lower(upper: zarr.Array, lower: zarr.Array, *, labels: bool, workers: int) -> None:
+    """Fill `lower` (half of `upper` in y, x; odd trailing rows/columns dropped) one output chunk at a time."""
+
+    def fill(region: tuple[slice, ...]) -> None:
+        source = region[:-2] + tuple(slice(2 * r.start, 2 * r.stop) for r in region[-2:])
+        lower[region] = _halve_yx(upper[source], labels=labels)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(fill, _chunk_regions(lower.shape, lower.chunks)))
 
 
 def _datasets(n_levels: int, ndim: int, *, labels: bool) -> list[dict]:
@@ -123,19 +139,16 @@ def build_pyramid(
     channels: bool = False,
     min_size: int = 256,
     image: str | Path | None = None,
+    workers: int | None = None,
 ) -> int:
     """Add 2x-downsampled levels ("1", "2", ...) of level "0" in yx until below `min_size`; write the metadata.
 
     Labels are downsampled by taking every second pixel (ids must stay ids),
-    images by 2x2 means; each level is read from the stored level above, chunk
-    by chunk. Returns the number of levels. For label images, `image` is the
-    image they annotate: its path relative to `path` becomes the
-    `image-label` source.
+    images by 2x2 means; each level is read from the stored level above, one
+    output chunk at a time on `workers` threads (default: the machine's cores).
+    Returns the number of levels. For label images, `image` is the image they
+    annotate: its path relative to `path` becomes the `image-label` source.
     """
-    import dask.array as da
-    from ome_zarr.format import FormatV05
-    from ome_zarr.writer import add_metadata, write_multiscales_metadata
-
     root = zarr.open_group(str(path), mode="a", zarr_format=3)
     level0 = root["0"]
     if labels and (channels or level0.dtype.kind not in "iu"):
@@ -148,23 +161,22 @@ def build_pyramid(
         )
     n_levels, current = 1, level0
     while min(current.shape[-2:]) // 2 >= min_size:
-        lower = _halve_yx(da.from_zarr(current), labels=labels).astype(level0.dtype)
-        chunks = tuple(min(c, s) for c, s in zip(level0.chunks, lower.shape))
-        current = _new_array(root, str(n_levels), lower.shape, level0.dtype, chunks, names)
-        da.store(lower.rechunk(chunks), current, lock=False)
-        n_levels += 1
-    write_multiscales_metadata(
-        root,
-        _datasets(n_levels, level0.ndim, labels=labels),
-        fmt=FormatV05(),
-        axes=_axes(level0.ndim, channels),
-        name=Path(path).name,
-    )
+        shape = (*current.shape[:-2], current.shape[-2] // 2, current.shape[-1] // 2)
+        chunks = tuple(min(c, s) for c, s in zip(level0.chunks, shape))
+        lower = _new_array(root, str(n_levels), shape, level0.dtype, chunks, names)
+        _write_lower(current, lower, labels=labels, workers=workers or os.cpu_count() or 1)
+        current, n_levels = lower, n_levels + 1
+    multiscale = {
+        "datasets": _datasets(n_levels, level0.ndim, labels=labels),
+        "name": Path(path).name,
+        "axes": _axes(level0.ndim, channels),
+    }
+    meta: dict = {"version": NGFF_VERSION, "multiscales": [multiscale]}
     if labels:
-        label_meta: dict = {"version": NGFF_VERSION}
+        meta["image-label"] = {"version": NGFF_VERSION}
         if image is not None:
-            label_meta["source"] = {"image": source_path(path, image)}
-        add_metadata(root, {"image-label": label_meta}, fmt=FormatV05())
+            meta["image-label"]["source"] = {"image": source_path(path, image)}
+    root.attrs["ome"] = meta
     return n_levels
 
 
