@@ -200,6 +200,7 @@ def prepare(work: Path, models: list[str], env: dict) -> dict[str, Path]:
 CONFIG = {
     "segmentation": {
         "tile_shape": [512, 512],
+        "tiles_per_block": 1,
         "halo": [64, 64],
         "amg": {"prompt": "box", "box_sizes": [0.12], "points_per_side": 8, "pred_iou_thresh": 0.8,
                 "stability_score_thresh": 0.9},
