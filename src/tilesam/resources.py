@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 class ModelMemory:
     """Host memory (MB) to load a model and run it, and encoder activations per tile in a batch.
 
-    Measured on CPU (benchmarks/encoder_speed.py): vit_b peaks at 3.8 GB with one tile per
-    batch and 11.2 GB with four (about 2.5 GB a tile), LiteMedSAM (256 px input) at about 2 GB;
-    the others follow their size.
+    Measured on CPU (benchmarks/encoder_speed.py, one thread, 512-pixel tiles): vit_b with the fused
+    attention (tilesam.models.vit_attention) peaks at 1.6 GB with one tile per batch and 2.1 GB with
+    four (about 0.2 GB a tile; segment-anything's attention: 3.6 and 11.1 GB), LiteMedSAM (256 px
+    input) at about 2 GB; vit_l and vit_h follow their size (estimated).
     """
 
     load_mb: int
@@ -34,9 +35,9 @@ class ModelMemory:
 
 
 MODEL_MEMORY = {
-    "vit_h": ModelMemory(8000, 2500),
-    "vit_l": ModelMemory(6000, 2500),
-    "vit_b": ModelMemory(4000, 2500),
+    "vit_h": ModelMemory(8000, 800),
+    "vit_l": ModelMemory(6000, 600),
+    "vit_b": ModelMemory(3000, 300),
     "vit_t": ModelMemory(4000, 300),
     "lite_medsam_tinyvit": ModelMemory(4000, 300),
 }
