@@ -35,7 +35,18 @@ from _common import load_model, machine, markdown_table, speed_parser, timed
 from tilesam.embed import encode
 from tilesam.models.vit_attention import FusedAttention, fuse_attention
 
-FIELDS = ["model", "attention", "input", "tile", "batch", "precision", "seconds", "tiles_per_s", "s_per_tile", "peak_mb"]
+FIELDS = [
+    "model",
+    "attention",
+    "input",
+    "tile",
+    "batch",
+    "precision",
+    "seconds",
+    "tiles_per_s",
+    "s_per_tile",
+    "peak_mb",
+]
 
 
 def reset_peak(device: str) -> None:
@@ -59,7 +70,9 @@ def peak_mb(device: str) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_case(model, name: str, attention: str, tile: int, batch: int, precision: str, device: str, warmup: int, repeats: int) -> dict:
+def run_case(
+    model, name: str, attention: str, tile: int, batch: int, precision: str, device: str, warmup: int, repeats: int
+) -> dict:
     rng = np.random.default_rng(0)
     windows = [rng.integers(0, 256, (tile, tile, 3), dtype=np.uint8) for _ in range(batch)]
     reset_peak(device)
@@ -98,7 +111,11 @@ def main() -> None:
         "--precisions", nargs="+", default=None, help="default: float32 on CPU; float32 bfloat16 float16 on CUDA"
     )
     parser.add_argument(
-        "--attention", nargs="+", default=["fused"], choices=["fused", "segment-anything"], help="ViT encoders' attention"
+        "--attention",
+        nargs="+",
+        default=["fused"],
+        choices=["fused", "segment-anything"],
+        help="ViT encoders' attention",
     )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)

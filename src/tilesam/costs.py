@@ -35,9 +35,7 @@ class Costs:
     source: str
 
 
-_CPU = (
-    "CPU-s, one thread, the 2-core development machines: docs/benchmarks.md; fixed: job_overhead.py"
-)
+_CPU = "CPU-s, one thread, the 2-core development machines: docs/benchmarks.md; fixed: job_overhead.py"
 _GPU = "estimated from FLOPs (vit_b 0.93 TFLOP a tile, ~40% of an H100's bf16 peak); gpu_check.py measures them"
 
 #: (architecture, device) -> costs. The decoders do not depend on the encoder: AIS scales with the

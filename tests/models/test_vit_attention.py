@@ -40,8 +40,15 @@ def test_fused_attention_matches_segment_anything(monkeypatch, bias_bytes, rel_p
 def test_a_small_encoder_with_windows_and_global_blocks_gives_the_same_embedding():
     torch.manual_seed(0)
     encoder = ImageEncoderViT(
-        img_size=128, patch_size=16, embed_dim=64, depth=3, num_heads=4, out_chans=32,
-        use_rel_pos=True, window_size=3, global_attn_indexes=(1,),
+        img_size=128,
+        patch_size=16,
+        embed_dim=64,
+        depth=3,
+        num_heads=4,
+        out_chans=32,
+        use_rel_pos=True,
+        window_size=3,
+        global_attn_indexes=(1,),
     ).eval()
     for block in encoder.blocks:
         torch.nn.init.normal_(block.attn.rel_pos_h)
