@@ -5,6 +5,7 @@ One command, for the day a GPU is lent (small sizes by default on a CPU; a test 
     python benchmarks/gpu_check.py                      # cuda if torch sees one, else cpu
     python benchmarks/gpu_check.py --size 4096 --volume 16 2048 2048 --stage-tiles 256   # the issue's sizes
     python benchmarks/gpu_check.py --tiny               # seconds on a CPU: that it works, not speed
+    python benchmarks/gpu_check.py --no-e2e --size 8192 --stage-tiles 2 --feed-tiles 256   # the data path on a CPU
 
 1. Stages, per model (vit_b and vit_t with random weights, LiteMedSAM with its real ones), on the
    512-pixel tiles of a synthetic uint16 image: `read` (window read and decoded on the host, one
@@ -118,8 +119,11 @@ def _masks(sam, embedding: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def stages(name: str, image: Path, work: Path, device: torch.device, n_tiles: int, batch: int) -> dict:
-    """Tiles per second of each stage of one model on the first `n_tiles` tiles of `image`."""
+def stages(
+    name: str, image: Path, work: Path, device: torch.device, n_tiles: int, batch: int, feed_tiles: int | None = None
+) -> dict:
+    """Tiles per second of each stage of one model on the first `n_tiles` tiles of `image` (the data path
+    alone, `feed`, on the first `feed_tiles`: it is fast, so it needs more tiles to be timed)."""
     sam = model_of(name, str(device))
     info = io.read_info(image)
     pixels = zarr.open_array(str(image / "0"), mode="r")
@@ -160,7 +164,11 @@ def stages(name: str, image: Path, work: Path, device: torch.device, n_tiles: in
         full = torch.cat([encode_input(sam, x, "float32") for x in inputs])
         a, b = _masks(sam, full[:1], boxes), _masks(sam, torch.cat(embeddings)[:1], boxes)
         row["bf16_mask_iou"] = float((a & b).sum() / max(int((a | b).sum()), 1))
-    row.update(feed(sam, image, grid, n, work / f"feed_{name}.zarr", batch))
+    n_feed = feed_tiles or n
+    if n_feed > grid.n_tiles:
+        raise SystemExit(f"--feed-tiles {n_feed}: the {info.shape} image has {grid.n_tiles} tiles (raise --size)")
+    row["feed_tiles"] = n_feed
+    row.update(feed(sam, image, grid, n_feed, work / f"feed_{name}.zarr", batch))
     return row
 
 
@@ -257,6 +265,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=4096 if cuda else 1024, help="side of the 2D image")
     parser.add_argument("--volume", type=int, nargs=3, default=[16, 2048, 2048] if cuda else [2, 512, 512])
     parser.add_argument("--stage-tiles", type=int, default=256 if cuda else 4, help="tiles timed per stage")
+    parser.add_argument("--feed-tiles", type=int, help="tiles through the data path alone (default: --stage-tiles)")
     parser.add_argument("--batch", type=int, default=32 if cuda else 1, help="encoder/decoder batch of the stages")
     parser.add_argument("--tiles-per-block", type=int, help="default: tilesam.costs.block_size for the device")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
@@ -280,10 +289,10 @@ def main() -> int:
     print(lines[0], flush=True)
     rows = []
     for model in args.models:
-        rows.append(stages(model, image, work, device, args.stage_tiles, args.batch))
+        rows.append(stages(model, image, work, device, args.stage_tiles, args.batch, args.feed_tiles))
         print(json.dumps(rows[-1]), flush=True)
     columns = ["model", "tiles", "batch", "precision", "read", "read_cpu_ms", "prepare", "encode", "decode",
-               "prompts", "write", "feed", "feed_per_cpu_s", "bf16_mask_iou"]  # fmt: skip
+               "prompts", "write", "feed_tiles", "feed", "feed_per_cpu_s", "bf16_mask_iou"]  # fmt: skip
     lines += ["Tiles per second per stage (feed_per_cpu_s: the data path's tiles per host CPU-second):", ""]
     lines += [table(rows, columns), ""]
     if not args.no_e2e:
