@@ -170,6 +170,29 @@ def test_nms_equals_a_brute_force_reference(seed, min_size, threshold, iomin):
     assert np.array_equal(apply_nms(ms, min_size, threshold, iomin, pairs=overlaps(ms.masks, ms.boxes)), ours)
 
 
+@pytest.mark.parametrize("shape", [(48, 64), (37, 61), (5, 203)])
+def test_overlaps_count_every_common_pixel(shape):
+    """Bit-packed counts inside each mask's box equal whole-mask counts, also where boxes cut a packed byte."""
+    ms = _random_masks(np.random.default_rng(7), 50, shape)
+    masks, boxes = ms.masks.numpy(), ms.boxes.numpy()
+    pairs = overlaps(ms.masks, ms.boxes)
+    areas = masks.sum(axis=(1, 2))
+    checked = 0
+    for i in range(len(masks)):
+        for j in set(range(len(masks))) - {i}:  # NMS never compares a mask with itself
+            gated = min(boxes[i, 2], boxes[j, 2]) > max(boxes[i, 0], boxes[j, 0]) and min(
+                boxes[i, 3], boxes[j, 3]
+            ) > max(boxes[i, 1], boxes[j, 1])
+            inter = (masks[i] & masks[j]).sum()
+            want_iou = inter / (areas[i] + areas[j] - inter) if gated else 0.0
+            want_iomin = inter / (min(areas[i], areas[j]) + 1e-6) if gated else 0.0
+            assert pairs.iou[i, j] == pytest.approx(want_iou, rel=1e-6) and pairs.iomin[i, j] == pytest.approx(
+                want_iomin, rel=1e-6
+            )
+            checked += bool(gated and 0 < inter < min(areas[i], areas[j]))
+    assert checked > 10  # partial overlaps, not only disjoint or nested masks
+
+
 def test_boxes_sharing_one_column_do_not_overlap_as_in_micro_sam():
     masks = torch.zeros((2, 20, 20), dtype=torch.bool)
     masks[0, 2:18, 2:11] = True

@@ -16,8 +16,9 @@ so that a threshold compares the same number):
    pixels removed, ids renumbered 1..n.
 
 micro-sam computes the overlaps with whole-image boolean operations for every box-overlapping
-pair; here each pair's intersection is counted inside the two boxes' common part, which holds
-every common pixel, so the counts are the same and the cost is the boxes', not the window's. The
+pair, in a Python loop over the pairs; here each mask's intersections with all its partners are
+counted at once, on bit-packed masks, inside its box, which holds every common pixel: the same
+counts, at the cost of the boxes, not the window, and one loop step per mask, not per pair. The
 overlaps do not depend on which masks survive step 1, so the parameter search computes them once
 per set of masks (`Overlaps`) and reuses them for every minimum size and NMS threshold.
 """
@@ -59,18 +60,27 @@ def _box_gate(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def overlaps(masks: torch.Tensor, boxes: torch.Tensor) -> Overlaps:
-    """IoU and intersection-over-min of every pair of (N, H, W) bool masks with inclusive XYXY `boxes`."""
+    """IoU and intersection-over-min of every pair of (N, H, W) bool masks with inclusive XYXY `boxes`.
+
+    Intersections are counted on the masks packed 8 pixels a byte, one mask against all its
+    box-gated partners at once, inside the first mask's box: a common pixel lies in both boxes, so
+    the count is exact; the partners' pixels outside that box, or in the packed bytes it cuts, are
+    outside the first mask and count nothing.
+    """
     n = masks.shape[0]
-    masks, boxes = masks.cpu(), boxes.cpu().to(torch.int64)
-    areas = masks.sum(dim=(-2, -1))
-    inter = torch.zeros((n, n), dtype=torch.int64)
+    boxes = boxes.cpu().to(torch.int64)
+    packed = np.packbits(masks.cpu().numpy(), axis=-1)  # (N, H, ceil(W / 8)) uint8
+    areas = torch.from_numpy(np.bitwise_count(packed).sum(axis=(1, 2), dtype=np.int64))
     gate = _box_gate(boxes)
-    for i, j in torch.nonzero(torch.triu(gate, diagonal=1)).tolist():
-        x0, y0 = max(boxes[i, 0], boxes[j, 0]), max(boxes[i, 1], boxes[j, 1])
-        x1, y1 = min(boxes[i, 2], boxes[j, 2]), min(boxes[i, 3], boxes[j, 3])
-        common = (slice(int(y0), int(y1) + 1), slice(int(x0), int(x1) + 1))
-        inter[i, j] = (masks[i][common] & masks[j][common]).sum()
-    inter = inter + inter.T
+    upper = torch.triu(gate, diagonal=1).numpy()
+    inter = np.zeros((n, n), dtype=np.int64)
+    for i in np.flatnonzero(upper.any(axis=1)):
+        partners = np.flatnonzero(upper[i])
+        x0, y0, x1, y1 = boxes[i].tolist()
+        rows, cols = slice(y0, y1 + 1), slice(x0 // 8, x1 // 8 + 1)
+        common = packed[partners, rows, cols] & packed[i, rows, cols]
+        inter[i, partners] = np.bitwise_count(common).sum(axis=(1, 2), dtype=np.int64)
+    inter = torch.from_numpy(inter + inter.T)
     union = areas[:, None] + areas[None, :] - inter
     iou = torch.where(gate, inter / union.clamp(min=1), torch.zeros((), dtype=torch.float32))
     smaller = torch.minimum(areas[:, None], areas[None, :]).to(torch.float32)
