@@ -23,6 +23,7 @@ MAY_IMPORT_TORCH = {
     "tilesam.models.load": "builds SAM and loads checkpoints into it",
     "tilesam.models.checkpoints": "reads checkpoint files (torch.load)",
     "tilesam.models.tiny_vit": "the TinyViT image encoder, an nn.Module",
+    "tilesam.models.vit_attention": "SAM's ViT attention, an nn.Module",
     "tilesam.models.unetr": "the instance-segmentation decoder, an nn.Module",
     "tilesam.embed": "runs the image encoder",
     "tilesam.interactive.decoder": "runs SAM's prompt encoder and mask decoder",
