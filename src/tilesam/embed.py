@@ -230,8 +230,10 @@ def embed_block(
     tiles = grid.block(prov.block, prov.tiles_per_block)
     dtype = prov.dtype
     root = stores.open_partial(out, "embeddings", asdict(prov), len(tiles))
-    if "embeddings" not in root:
-        root.create_array("embeddings", shape=(len(tiles), 256, 64, 64), chunks=(1, 256, 64, 64), dtype=dtype)
+    if "embeddings" not in root:  # uncompressed: zstd saves ~7 % of a float32 embedding at 3x the write time
+        root.create_array(
+            "embeddings", shape=(len(tiles), 256, 64, 64), chunks=(1, 256, 64, 64), dtype=dtype, compressors=None
+        )
     done = root["done"][:]
     todo = [i for i in range(len(tiles)) if not done[i]]
     if len(todo) < len(tiles):
