@@ -151,7 +151,8 @@ def stages(
     boxes = _boxes(64, int(sam.image_encoder.img_size), device)
     _, wall, _ = timed(device, lambda: [_masks(sam, e[j : j + 1], boxes) for e in embeddings for j in range(len(e))])
     row["prompts"] = n / wall
-    store = zarr.open_array(str(work / f"write_{name}.zarr"), mode="w", shape=(n, 256, 64, 64), chunks=(1, 256, 64, 64), dtype="float32")  # fmt: skip
+    # uncompressed, as the embed jobs' stores
+    store = zarr.create_array(str(work / f"write_{name}.zarr"), shape=(n, 256, 64, 64), chunks=(1, 256, 64, 64), dtype="float32", compressors=None, overwrite=True)  # fmt: skip
     flat = torch.cat(embeddings).cpu().numpy()
 
     def write():
