@@ -250,11 +250,14 @@ def embed_block(
             return encode_input(model, device_input(model, windows, info.intensity_range), precision)
         return encode(model, windows, precision)
 
+    # opened once: `root[name]` reads the array's metadata from disk on every access (~0.5 ms)
+    embeddings_array, seconds_array, done_array = root["embeddings"], root["seconds"], root["done"]
+
     def write(idx: list[int], emb: np.ndarray, per_tile_seconds: float) -> int:
         for j, i in enumerate(idx):
-            root["embeddings"][i] = emb[j].astype(dtype)
-            root["seconds"][i] = per_tile_seconds
-            root["done"][i] = True  # written after the embedding: a killed job never marks a tile done early
+            embeddings_array[i] = emb[j].astype(dtype)
+            seconds_array[i] = per_tile_seconds
+            done_array[i] = True  # written after the embedding: a killed job never marks a tile done early
         return len(idx)
 
     auto = batch_size == AUTO
