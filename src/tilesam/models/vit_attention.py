@@ -6,8 +6,9 @@ relative-position terms to it and softmaxes it: in vit_b's four global blocks th
 `F.scaled_dot_product_attention` with the bias as its mask, and the bias is built only for as many
 heads as fit in `BIAS_BYTES`, so the large matrices are never all held at once. On a CPU, one
 thread, a vit_b tile encodes 1.2x as fast in 43 % of the memory at batch 1, 2x as fast in 19 % at
-batch 4 (`benchmarks/encoder_speed.py --attention fused segment-anything`; docs/benchmarks.md). Outputs and gradients differ from
-segment-anything's by float rounding (~5e-6), so finetuning runs through it as well.
+batch 4 (`benchmarks/encoder_speed.py --attention fused segment-anything`; docs/benchmarks.md).
+Outputs and gradients differ from segment-anything's by float rounding (~5e-6), so finetuning runs
+through it as well.
 """
 
 from __future__ import annotations
