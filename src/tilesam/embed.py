@@ -230,7 +230,7 @@ def embed_block(
     tiles = grid.block(prov.block, prov.tiles_per_block)
     dtype = prov.dtype
     root = stores.open_partial(out, "embeddings", asdict(prov), len(tiles))
-    if "embeddings" not in root:  # uncompressed: zstd saves ~7 % of a float32 embedding at 3x the write time
+    if "embeddings" not in root:  # uncompressed: float embeddings barely compress, and zstd slowed the data path
         root.create_array(
             "embeddings", shape=(len(tiles), 256, 64, 64), chunks=(1, 256, 64, 64), dtype=dtype, compressors=None
         )
@@ -250,7 +250,7 @@ def embed_block(
             return encode_input(model, device_input(model, windows, info.intensity_range), precision)
         return encode(model, windows, precision)
 
-    # opened once: `root[name]` reads the array's metadata from disk on every access (~0.5 ms)
+    # opened once: `root[name]` reads the array's metadata from disk on every access
     embeddings_array, seconds_array, done_array = root["embeddings"], root["seconds"], root["done"]
 
     def write(idx: list[int], emb: np.ndarray, per_tile_seconds: float) -> int:
