@@ -30,13 +30,13 @@ it; a label image written without an image claims no source.
 
 from __future__ import annotations
 
-import itertools
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import zarr
+
+from tilesam.stitch.chunks import chunk_regions, thread_map
 
 NGFF_VERSION = "0.5"
 
@@ -93,14 +93,6 @@ def _halve_yx(upper: np.ndarray, *, labels: bool) -> np.ndarray:
     return blocks.mean(axis=(-3, -1), dtype=np.float64).astype(upper.dtype)
 
 
-def _chunk_regions(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[slice, ...]]:
-    ranges = [range(0, n, c) for n, c in zip(shape, chunks)]
-    return [
-        tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, chunks, shape))
-        for origin in itertools.product(*ranges)
-    ]
-
-
 def _write_lower(upper: zarr.Array, lower: zarr.Array, *, labels: bool, workers: int) -> None:
     """Fill `lower` (half of `upper` in y, x; odd trailing rows/columns dropped) one output chunk at a time."""
 
@@ -108,8 +100,8 @@ def _write_lower(upper: zarr.Array, lower: zarr.Array, *, labels: bool, workers:
         source = region[:-2] + tuple(slice(2 * r.start, 2 * r.stop) for r in region[-2:])
         lower[region] = _halve_yx(upper[source], labels=labels)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(fill, _chunk_regions(lower.shape, lower.chunks)))
+    with thread_map(workers) as mapper:
+        list(mapper(fill, chunk_regions(lower.shape, lower.chunks)))
 
 
 def _datasets(n_levels: int, ndim: int, *, labels: bool) -> list[dict]:
