@@ -87,9 +87,14 @@ class _BilinearUp(nn.Module):
         self.doubles = doubles
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.doubles:
-            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        return self.conv(x)
+        if not self.doubles:
+            return self.conv(x)
+        # A 1x1 conv and bilinear resizing commute (bilinear weights sum to one, so the bias passes
+        # through): narrowing before resizing does the conv on a quarter of the pixels and resizes
+        # fewer channels; widening resizes first, as torch-em does.
+        if self.conv.out_channels <= self.conv.in_channels:
+            return F.interpolate(self.conv(x), scale_factor=2, mode="bilinear", align_corners=False)
+        return self.conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
 
 
 class _TransposedUp(nn.Module):
@@ -100,7 +105,13 @@ class _TransposedUp(nn.Module):
         self.block = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.block(x)
+        # A 2x2 stride-2 transposed conv writes each input pixel to its own 2x2 output block: a 1x1
+        # conv to 4x the channels and a pixel shuffle are the same sums, and much faster on a CPU
+        # than torch's transposed-conv kernel (which copies its output several times).
+        weight, bias = self.block.weight, self.block.bias  # (in, out, 2, 2), (out,)
+        out_channels = weight.shape[1]
+        kernel = weight.permute(1, 2, 3, 0).reshape(4 * out_channels, weight.shape[0], 1, 1)
+        return F.pixel_shuffle(F.conv2d(x, kernel, bias.repeat_interleave(4)), 2)
 
 
 def _up(in_channels: int, out_channels: int, conv_transpose: bool, doubles: bool = True) -> nn.Module:

@@ -56,9 +56,11 @@ def _bias(q: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, height: int
     """The decomposed relative-position term of SAM's attention logits for the heads in `q`."""
     batch, heads, tokens, dim = q.shape
     grid = q.reshape(batch, heads, height, width, dim)
-    along_h = torch.einsum("bnhwc,hkc->bnhwk", grid, rel_h)
-    along_w = torch.einsum("bnhwc,wkc->bnhwk", grid, rel_w)
-    return (along_h[..., :, None] + along_w[..., None, :]).reshape(batch, heads, tokens, tokens).to(q.dtype)
+    # einsum returns permuted views; a sum of those would follow their strides and the reshape would
+    # copy the whole bias once more, so the (small) terms are made contiguous first
+    along_h = torch.einsum("bnhwc,hkc->bnhwk", grid, rel_h).contiguous()
+    along_w = torch.einsum("bnhwc,wkc->bnhwk", grid, rel_w).contiguous()
+    return (along_h[..., :, None] + along_w[..., None, :]).view(batch, heads, tokens, tokens).to(q.dtype)
 
 
 def fuse_attention(encoder: torch.nn.Module, fused: bool = True) -> torch.nn.Module:
