@@ -76,7 +76,7 @@ class Profile:
 def instrumented(profile: Profile, model: torch.nn.Module) -> Iterator[None]:
     """Patch the AMG modules' functions (module globals, looked up at call time) with timed ones."""
     patches = [
-        (decoder, "_run_transformer", "transformer"),
+        (decoder, "run_transformer", "transformer"),
         (decoder, "decode_mask_logits", "mask head"),
         (decoder, "binarise_and_score", "upscaling + stability"),
         (box_amg, "binarise_and_score", "upscaling + stability"),

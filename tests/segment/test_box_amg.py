@@ -63,6 +63,8 @@ def test_box_candidates_equal_mask_decoder(lite_medsam, lite_embedding, threshol
     ours = decode_box_candidates(lite_medsam, embedding, shape, params).maskset
     masks, ious, scores = _reference(lite_medsam, embedding, shape, params)
     assert len(ours) == len(masks) > 0
-    assert torch.equal(ours.masks, masks)
-    np.testing.assert_array_equal(ours.iou_preds.numpy(), ious.float().numpy())
-    np.testing.assert_array_equal(ours.stability_scores.numpy(), scores.float().numpy())
+    # within float rounding (tilesam.segment.two_way reassociates the decoder's products)
+    differ = (ours.masks != masks).sum(dim=(1, 2))
+    assert (differ <= torch.clamp(masks.sum(dim=(1, 2)) // 500, min=2)).all(), differ
+    np.testing.assert_allclose(ours.iou_preds.numpy(), ious.float().numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ours.stability_scores.numpy(), scores.float().numpy(), rtol=0, atol=1e-3)

@@ -1,8 +1,8 @@
 """Automatic mask generation (AMG) on a stored SAM image embedding.
 
 This returns what ``segment_anything.SamAutomaticMaskGenerator`` returns for one crop
-(``crop_n_layers=0``: the crop is the whole tile window), bit for bit on CPU (the tests check
-it), but starts from an embedding that was computed once and stored, and does less work:
+(``crop_n_layers=0``: the crop is the whole tile window), up to float rounding (a pixel here and
+there where a logit sits at the threshold; the tests check it), but starts from an embedding that was computed once and stored, and does less work:
 
 * the point grid, prompt transform and prompt encoder are SAM's, fed the same float64 point
   coordinates in the same batches;

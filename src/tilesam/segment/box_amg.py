@@ -8,7 +8,7 @@ box-NMS filters as point-grid AMG (`tilesam.segment.amg.filter_candidates`).
 
 The decoder is split as for points (`tilesam.segment.decoder`): the first transformer block's
 image side is computed once per batch, and the mask head and upscaling run only for boxes whose
-predicted IoU passes ``pred_iou_thresh``; the masks equal ``MaskDecoder``'s, bit for bit on CPU.
+predicted IoU passes ``pred_iou_thresh``; the masks equal ``MaskDecoder``'s up to float rounding.
 """
 
 from __future__ import annotations

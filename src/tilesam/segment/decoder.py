@@ -1,24 +1,18 @@
-"""SAM's mask decoder for a batch of point prompts on one embedding, with the image side shared.
+"""SAM's mask decoder for a batch of point prompts on one embedding, split and batched for AMG.
 
-The same arithmetic as ``MaskDecoder`` (so the outputs are SAM's, bit for bit on CPU), split and
-batched for AMG:
-
-* the first transformer block computes the image-side projections once per batch instead of
-  once per point (they do not depend on the point until that block's image-to-token attention);
-* the transformer (which yields the predicted IoUs) runs for every point, the mask head
-  (upscaling convolutions + hypernetwork) only for points with a mask passing
-  ``pred_iou_thresh``: its outputs are per point, so survivors get SAM's logits;
+* the transformer (``two_way.run_transformer``: SAM's, with the image side shared in its first
+  block and its products reassociated) yields the predicted IoUs for every point; the mask head
+  runs only for points with a mask passing ``pred_iou_thresh``: its outputs are per point, so
+  survivors get the logits they would get alone;
 * only those masks are upscaled to the original size (the model's own ``postprocess_masks``, in
   chunks to bound memory) and binarised, with SAM's stability score, vectorised.
 
-On CUDA the shared projections are matrix products of another shape than SAM's per-point
-ones; cuBLAS may pick other kernels for them, so results can differ from SAM's in the last
-bits of some logits (a pixel here and there), as SAM's own results do across batch sizes.
+Outputs equal SAM's up to float rounding: a pixel here and there where a logit sits at the
+threshold, as SAM's own results differ across batch sizes (``tests/segment/test_amg.py``).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +20,7 @@ from segment_anything.modeling import Sam
 
 from tilesam.config import AmgParams
 from tilesam.segment.masks import MaskSet, masks_to_boxes, passes_threshold
+from tilesam.segment.two_way import mask_logits, run_transformer
 
 __all__ = ["Geometry", "binarise_and_score", "decode_point_batch", "decode_prompt_tokens", "model_dtype"]
 
@@ -37,80 +32,6 @@ _UPSCALE_BUDGET_BYTES = 256 * 2**20
 def model_dtype(model: Sam) -> torch.dtype:
     """The dtype of the decoder's weights, which embeddings are cast to."""
     return next(model.mask_decoder.parameters()).dtype
-
-
-def _linear_rows(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``linear(x)`` as F.linear computes it for SAM's strided batched image tokens.
-
-    SAM feeds permuted (non-contiguous) token tensors, for which F.linear copies the rows
-    contiguous, multiplies and then adds the bias; doing the same here keeps a projection
-    computed once for the whole batch bitwise equal to SAM's per-point ones.
-    """
-    out = x.reshape(-1, x.shape[-1]).contiguous() @ linear.weight.t()
-    out.add_(linear.bias)
-    return out.view(*x.shape[:-1], out.shape[-1])
-
-
-def _attend(attention: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The part of SAM's ``Attention.forward`` after the q/k/v projections."""
-    heads = attention.num_heads
-
-    def split(x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        return x.reshape(b, n, heads, c // heads).transpose(1, 2)
-
-    q, k, v = split(q), split(k), split(v)
-    weights = torch.softmax((q @ k.permute(0, 1, 3, 2)) / math.sqrt(q.shape[-1]), dim=-1)
-    out = weights @ v
-    b, _, n, c = out.shape
-    return attention.out_proj(out.transpose(1, 2).reshape(b, n, heads * c))
-
-
-def _first_block_shared(
-    block: torch.nn.Module, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM's first ``TwoWayAttentionBlock`` with the image side computed once per batch.
-
-    Before the image-to-token attention updates them, the image tokens are the same for
-    every point, so their key/value projections (token-to-image) and query projection
-    (image-to-token) are shared instead of repeated for each point: about a third of the
-    transformer's work. ``image``/``image_pe`` are (1, N, C), ``tokens`` (B, T, C).
-    """
-    n = tokens.shape[0]
-    queries = block.norm1(block.self_attn(q=tokens, k=tokens, v=tokens))
-    image_keys = image + image_pe
-    t2i = block.cross_attn_token_to_image
-    k = _linear_rows(t2i.k_proj, image_keys).expand(n, -1, -1)
-    v = _linear_rows(t2i.v_proj, image).expand(n, -1, -1)
-    queries = block.norm2(queries + _attend(t2i, t2i.q_proj(queries + tokens), k, v))
-    queries = block.norm3(queries + block.mlp(queries))
-    i2t = block.cross_attn_image_to_token
-    q = _linear_rows(i2t.q_proj, image_keys).expand(n, -1, -1)
-    attn_out = _attend(i2t, q, i2t.k_proj(queries + tokens), i2t.v_proj(queries))
-    return queries, block.norm4(image + attn_out)
-
-
-def _run_transformer(
-    transformer: torch.nn.Module, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``TwoWayTransformer.forward`` for one image (1, C, h, w) and a batch of prompts.
-
-    Returns the output tokens (B, T, C) and the image tokens (B, h*w, C), equal to SAM's.
-    """
-    image = image.flatten(2).permute(0, 2, 1)
-    image_pe = image_pe.flatten(2).permute(0, 2, 1)
-    n = tokens.shape[0]
-    layers = list(transformer.layers)
-    if layers and layers[0].skip_first_layer_pe:
-        queries, keys = _first_block_shared(layers[0], image, image_pe, tokens)
-        layers = layers[1:]
-    else:
-        queries, keys = tokens, image.expand(n, -1, -1)
-    image_pe = image_pe.expand(n, -1, -1)
-    for layer in layers:
-        queries, keys = layer(queries=queries, keys=keys, query_pe=tokens, key_pe=image_pe)
-    attn_out = transformer.final_attn_token_to_image(q=queries + tokens, k=keys + image_pe, v=keys)
-    return transformer.norm_final_attn(queries + attn_out), keys
 
 
 def decode_prompt_tokens(
@@ -129,7 +50,7 @@ def decode_prompt_tokens(
     tokens = torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
     # Without a mask prompt the dense embedding is one learned vector, the same for every prompt.
     image = embedding + dense[:1]
-    hs, image_tokens = _run_transformer(decoder.transformer, image, model.prompt_encoder.get_dense_pe(), tokens)
+    hs, image_tokens = run_transformer(decoder.transformer, image, model.prompt_encoder.get_dense_pe(), tokens)
     iou_preds = decoder.iou_prediction_head(hs[:, 0, :])
     mask_tokens = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
     return iou_preds, mask_tokens, image_tokens
@@ -157,17 +78,8 @@ def decode_mask_logits(
     multimask: bool = True,
 ) -> torch.Tensor:
     """Mask head of ``MaskDecoder.predict_masks``: low-res logits (B, 3, 256, 256), or (B, 1, ...) single-mask."""
-    decoder = model.mask_decoder
-    b, _, c = image_tokens.shape
-    image = image_tokens.transpose(1, 2).view(b, c, *grid_hw)
-    upscaled = decoder.output_upscaling(image)
-    hyper_in = torch.stack(
-        [mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
-        dim=1,
-    )
-    b, c, h, w = upscaled.shape
-    logits = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
-    return logits[:, 1:] if multimask else logits[:, :1]
+    which = slice(1, None) if multimask else slice(0, 1)
+    return mask_logits(model.mask_decoder, mask_tokens, image_tokens, grid_hw, which)
 
 
 def binarise_and_score(
