@@ -39,6 +39,7 @@ from tilesam.segment.ais import check_maps
 from tilesam.segment.decoder import decode_mask_logits, decode_prompt_tokens
 from tilesam.segment.masks import MaskSet, masks_to_boxes
 from tilesam.segment.nms import apply_nms
+from tilesam.segment.upscale import binarise, is_sams_postprocessing
 
 __all__ = ["BOX_EXTENSION", "apg_labels", "component_centres", "decode_prompts", "extended_boxes", "point_prompts"]
 
@@ -89,11 +90,18 @@ def extended_boxes(boxes: torch.Tensor, shape: tuple[int, int], extension: float
 
 
 def _binarise(model: Sam, low_res: torch.Tensor, input_size, shape, threshold: float):
-    """Window-size masks and stability scores of low-res logits (B, 1, h, w), as micro-sam's batched_inference."""
+    """Window-size masks, stability scores and boxes of low-res logits (B, 1, h, w), as micro-sam's batched_inference.
+
+    On a CPU only where a mask can be (``upscale.binarise``); on a GPU the model's whole-plane upscaling.
+    """
+    if low_res.device.type == "cpu" and is_sams_postprocessing(model):
+        img_size = model.image_encoder.img_size
+        return binarise(low_res[:, 0], img_size, input_size, shape, threshold, STABILITY_OFFSET)
     logits = model.postprocess_masks(low_res, input_size, shape)[:, 0]
     inner = (logits > threshold + STABILITY_OFFSET).sum(dim=(-2, -1)).to(torch.int32)
     outer = (logits > threshold - STABILITY_OFFSET).sum(dim=(-2, -1)).to(torch.int32)
-    return logits > threshold, inner / outer
+    masks = logits > threshold
+    return masks, inner / outer, masks_to_boxes(masks)
 
 
 @torch.no_grad()
@@ -137,13 +145,13 @@ def decode_prompts(
         ious = iou_preds[:, 1:] if params.multimasking else iou_preds[:, :1]
         best = ious.max(dim=1).indices  # the single mask, or the multimask output the model rates best
         rows = torch.arange(len(best), device=device)
-        masks, stability = _binarise(model, low_res[rows, best][:, None], input_size, shape, threshold)
+        masks, stability, boxes = _binarise(model, low_res[rows, best][:, None], input_size, shape, threshold)
         parts.append(
             MaskSet(
                 masks=masks,
                 iou_preds=ious[rows, best].to(torch.float32),
                 stability_scores=stability.to(torch.float32),
-                boxes=masks_to_boxes(masks),
+                boxes=boxes,
                 points=torch.as_tensor(centres[start : start + len(batch)], device=device),
             )
         )
