@@ -30,6 +30,7 @@ MAY_IMPORT_TORCH = {
     "tilesam.segment.amg": "decodes point-grid prompts with SAM's mask decoder",
     "tilesam.segment.decoder": "the batched mask decoder of AMG",
     "tilesam.segment.two_way": "SAM's mask decoder arranged for many prompts",
+    "tilesam.segment.upscale": "upscales SAM's torch mask logits",
     "tilesam.segment.masks": "mask sets are torch tensors on the model's device",
     "tilesam.segment.labels": "paints the kept torch masks into a label image",
     "tilesam.segment.box_amg": "decodes box-grid prompts with SAM's mask decoder",

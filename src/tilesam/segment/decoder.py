@@ -4,8 +4,9 @@
   block and its products reassociated) yields the predicted IoUs for every point; the mask head
   runs only for points with a mask passing ``pred_iou_thresh``: its outputs are per point, so
   survivors get the logits they would get alone;
-* only those masks are upscaled to the original size (the model's own ``postprocess_masks``, in
-  chunks to bound memory) and binarised, with SAM's stability score, vectorised.
+* only those masks are upscaled to the original size and binarised, with SAM's stability score: on a
+  CPU only where a mask can be (``upscale.binarise``), on a GPU with the model's own
+  ``postprocess_masks`` in chunks to bound memory.
 
 Outputs equal SAM's up to float rounding: a pixel here and there where a logit sits at the
 threshold, as SAM's own results differ across batch sizes (``tests/segment/test_amg.py``).
@@ -21,6 +22,7 @@ from segment_anything.modeling import Sam
 from tilesam.config import AmgParams
 from tilesam.segment.masks import MaskSet, masks_to_boxes, passes_threshold
 from tilesam.segment.two_way import mask_logits, run_transformer
+from tilesam.segment.upscale import binarise, is_sams_postprocessing
 
 __all__ = ["Geometry", "binarise_and_score", "decode_point_batch", "decode_prompt_tokens", "model_dtype"]
 
@@ -97,6 +99,9 @@ def binarise_and_score(
     """
     t = model.mask_threshold
     img = model.image_encoder.img_size
+    if low_res.device.type == "cpu" and is_sams_postprocessing(model):  # only where a mask can be
+        masks, scores, _ = binarise(low_res, img, input_size, original_size, t, offset)
+        return masks, scores
     chunk = max(1, _UPSCALE_BUDGET_BYTES // (4 * (img * img + original_size[0] * original_size[1])))
     masks, scores = [], []
     for start in range(0, low_res.shape[0], chunk):
