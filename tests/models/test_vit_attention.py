@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT
+from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT, PatchEmbed
 
 from tilesam.models import vit_attention
 from tilesam.models.load import build_sam
-from tilesam.models.vit_attention import FusedAttention, fuse_attention
+from tilesam.models.vit_attention import ContiguousPatchEmbed, FusedAttention, fuse_attention
 
 
 def _pair(rel_pos: bool, size: int) -> tuple[Attention, FusedAttention]:
@@ -65,6 +65,7 @@ def test_a_small_encoder_with_windows_and_global_blocks_gives_the_same_embedding
 def test_built_vit_encoders_use_the_fused_attention_with_unchanged_weights():
     sam = build_sam("vit_b")
     kinds = {type(block.attn) for block in sam.image_encoder.blocks}
-    assert kinds == {FusedAttention}
+    assert kinds == {FusedAttention} and type(sam.image_encoder.patch_embed) is ContiguousPatchEmbed
     fuse_attention(sam.image_encoder, fused=False)
     assert {type(block.attn) for block in sam.image_encoder.blocks} == {Attention}
+    assert type(sam.image_encoder.patch_embed) is PatchEmbed
