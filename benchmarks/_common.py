@@ -26,6 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out"
 
 
+#: the C allocator's settings in this process (`parse_speed_args`)
+ALLOCATOR = "glibc's default allocator"
+
+
 def speed_parser(doc: str) -> argparse.ArgumentParser:
     """The options every speed benchmark takes: device, models, tile sizes, CPU threads, output folder."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,7 +38,25 @@ def speed_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--tiles", nargs="+", type=int, default=[256, 512], help="window sides (tile + halo)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--allocator",
+        choices=["jobs", "default"],
+        default="jobs",
+        help="jobs: glibc keeps freed memory, as tilesam's model jobs (runtime.keep_freed_memory); default: glibc's",
+    )
     return parser
+
+
+def parse_speed_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse a speed parser's arguments and apply them to the process: torch threads, the allocator."""
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.allocator == "jobs":
+        from tilesam.runtime import keep_freed_memory
+
+        global ALLOCATOR
+        ALLOCATOR = "the jobs' allocator" if keep_freed_memory() else ALLOCATOR
+    return args
 
 
 def load_model(name: str, device: str) -> Sam:
@@ -63,7 +85,7 @@ def machine(device: str) -> str:
     """Platform, CPUs, torch threads and version, and the GPU when the device is one."""
     line = (
         f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
-        f"({torch.get_num_threads()} torch threads), Python {platform.python_version()}, torch {torch.__version__}"
+        f"({torch.get_num_threads()} torch threads, {ALLOCATOR}), Python {platform.python_version()}, torch {torch.__version__}"
     )
     if device.startswith("cuda"):
         line += f", GPU {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"

@@ -16,7 +16,7 @@ To compare with the decoder that doubled in its first steps, run it with another
 from __future__ import annotations
 
 import torch
-from _common import machine, markdown_table, speed_parser, timed
+from _common import machine, markdown_table, parse_speed_args, speed_parser, timed
 
 from tilesam.finetune.targets import decoder_loss
 from tilesam.models.unetr import InstanceDecoder
@@ -64,8 +64,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=64, help="embedding side (64: every model here)")
     parser.add_argument("--crop", type=int, default=32, help="training crop side in embedding tokens")
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_speed_args(parser)
     rows = [
         row
         for u in args.upscales

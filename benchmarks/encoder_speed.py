@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import load_model, machine, markdown_table, speed_parser, timed
+from _common import load_model, machine, markdown_table, parse_speed_args, speed_parser, timed
 
 from tilesam.embed import encode
 from tilesam.models.vit_attention import FusedAttention, fuse_attention
@@ -119,8 +119,7 @@ def main() -> None:
     )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_speed_args(parser)
     cuda = args.device.startswith("cuda")
     precisions = args.precisions or (["float32", "bfloat16", "float16"] if cuda else ["float32"])
 
