@@ -162,10 +162,6 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if hasattr(args, "threads"):  # a model job: its large tensors reuse freed memory
-            from tilesam.runtime import keep_freed_memory
-
-            keep_freed_memory()
         if getattr(args, "threads", None):
             import torch
 

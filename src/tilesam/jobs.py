@@ -114,8 +114,9 @@ def embed(
 ) -> dict:
     """Embed the tiles of one block (resumes an interrupted block)."""
     from tilesam.embed import embed_block
-    from tilesam.runtime import ENCODER, load_record, provenance
+    from tilesam.runtime import ENCODER, keep_freed_memory, load_record, provenance
 
+    keep_freed_memory()  # the encoder's large tensors reuse freed memory; its peak is small (1.6 GB, vit_b)
     sam, record = load_record(model, spec, trust_pickle, device, parts=ENCODER)
     grid, prov = provenance(sam, record, image, tiling, block, params.dtype)
     stats = embed_block(

@@ -27,11 +27,11 @@ def keep_freed_memory() -> bool:
     """Let the C allocator keep freed memory for the next tensor (glibc; elsewhere a no-op, False).
 
     By default glibc maps every block above its threshold (at most 32 MB) freshly from the system and
-    unmaps it when freed, so each large tensor pays a page fault per 4 kB page on first touch: the
-    instance decoder's 256 MB activations at 1024 x 1024, the encoder's attention bias. Serving them
-    from a heap that is not trimmed, one CPU thread runs the decoder 1.25x and the encoder 1.1x as
-    fast (docs/benchmarks.md); the price is a job's resident memory staying at its peak, a tenth
-    above it at most (measured on the decoder: 3.58 against 3.22 GB).
+    unmaps it when freed, so each large tensor pays a page fault per 4 kB page on first touch. Served
+    from a heap that is not trimmed, one CPU thread runs the vit_b encoder about 1.1x and the instance
+    decoder 1.25x as fast; the price is fragmentation: a segment job's resident memory grew from 3.1
+    to 5.6 GB over its windows (APG, vit_b, 1152-pixel windows), so only the embed jobs, whose peak
+    is small, use it (`jobs.embed`).
     """
     import ctypes
     import ctypes.util
