@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torchvision.ops
 from _common import load_model, machine, markdown_table, speed_parser
 from amg_speed import load_tile
 
@@ -82,7 +83,7 @@ def instrumented(profile: Profile, model: torch.nn.Module) -> Iterator[None]:
         (box_amg, "binarise_and_score", "upscaling + stability"),
         (decoder, "masks_to_boxes", "boxes"),
         (box_amg, "masks_to_boxes", "boxes"),
-        (amg, "batched_nms", "NMS"),
+        (torchvision.ops, "batched_nms", "NMS"),  # amg imports it at call time
     ]
     originals = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in patches]
     prompt_forward = model.prompt_encoder.forward
