@@ -17,7 +17,8 @@ instead:
   products on the token layout, with ``LayerNorm2d`` as a layer norm over the channels, and only the
   mask tokens asked for are applied.
 
-Together about 2.3x fewer multiply-adds a prompt and no per-prompt 4096 x 128 intermediates. The
+The transformer then costs 0.94 GFLOP a prompt instead of 2.80 (torch's FlopCounterMode, 16 prompts a
+batch; docs/benchmarks.md), without per-prompt 4096 x 128 intermediates. The
 results are SAM's up to float rounding (``tests/segment/test_two_way.py``: against segment-anything's
 ``MaskDecoder`` on real and random weights), as SAM's own results differ across batch sizes.
 """
