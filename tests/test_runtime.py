@@ -12,11 +12,10 @@ import resource, sys
 import torch
 from tilesam.runtime import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
-for _ in range(2):
-    block = torch.ones(64 * 2**20, dtype=torch.uint8)  # a fresh 64 MB block, every page touched
-    del block
+block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MB, every page touched
+del block
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-block = torch.ones(64 * 2**20, dtype=torch.uint8)
+block = torch.ones(16 * 2**20, dtype=torch.uint8)  # the next, smaller tensor
 print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
@@ -25,7 +24,9 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     sys.platform != "linux", reason="glibc's allocator settings (elsewhere keep_freed_memory is a no-op)"
 )
 def test_keep_freed_memory_serves_large_blocks_without_page_faults():
-    """A freed 64 MB block is reused: the next one costs no page faults (16384 without the setting)."""
+    """A freed 64 MB block serves the next, smaller tensor without page faults (4096 without the setting).
+
+    (An equal-sized one need not fit: torch's aligned allocations ask for a little more than they free.)"""
     runs = {
         mode: subprocess.run(
             [sys.executable, "-c", FAULTS_AFTER_FREE, mode], capture_output=True, text=True, check=True
@@ -35,4 +36,4 @@ def test_keep_freed_memory_serves_large_blocks_without_page_faults():
     kept, faults = runs["keep"].stdout.split()
     _, default_faults = runs["default"].stdout.split()
     assert kept == "True"
-    assert int(faults) < 100 < 10000 < int(default_faults)
+    assert int(faults) < 100 < 4000 < int(default_faults)
