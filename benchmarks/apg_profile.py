@@ -65,7 +65,7 @@ def main() -> None:
     maps = charged("maps", decode_maps)(decoder, embedding, resized_shape(*shape, sam.image_encoder.img_size), shape)[0]
     points = charged("prompts (seeds)", apg.point_prompts)(maps, params)
     for name, attr in [("transformer", "decode_prompt_tokens"), ("mask head", "decode_mask_logits"),
-                       ("upscale + binarise", "_binarise"), ("mask boxes", "masks_to_boxes")]:  # fmt: skip
+                       ("upscale + binarise", "binarise_and_score")]:  # fmt: skip
         setattr(apg, attr, charged(name, getattr(apg, attr)))
     masks = charged("decode prompts (all)", apg.decode_prompts)(sam, embedding, shape, params, points=points)
     pairs = charged("NMS overlaps", nms.overlaps)(masks.masks, masks.boxes)

@@ -39,7 +39,9 @@ def _reference(model, embedding, original_size, params):
         keep = passes_threshold(iou[:, 0], params.pred_iou_thresh, strict=True)
         if not keep.any():
             continue
-        m, s = binarise_and_score(model, low_res[keep][:, 0], input_size, original_size, params.stability_score_offset)
+        m, s, _ = binarise_and_score(
+            model, low_res[keep][:, 0], input_size, original_size, params.stability_score_offset
+        )
         stable = passes_threshold(s, params.stability_score_thresh, strict=False)
         masks.append(m[stable])
         ious.append(iou[:, 0][keep][stable])

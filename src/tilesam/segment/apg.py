@@ -36,10 +36,9 @@ from skimage.segmentation import find_boundaries
 from tilesam.config import ApgParams
 from tilesam.resize import resized_shape, scale_boxes, scale_points
 from tilesam.segment.ais import check_maps
-from tilesam.segment.decoder import decode_mask_logits, decode_prompt_tokens
-from tilesam.segment.masks import MaskSet, masks_to_boxes
+from tilesam.segment.decoder import binarise_and_score, decode_mask_logits, decode_prompt_tokens
+from tilesam.segment.masks import MaskSet
 from tilesam.segment.nms import apply_nms
-from tilesam.segment.upscale import binarise, is_sams_postprocessing
 
 __all__ = ["BOX_EXTENSION", "apg_labels", "component_centres", "decode_prompts", "extended_boxes", "point_prompts"]
 
@@ -89,21 +88,6 @@ def extended_boxes(boxes: torch.Tensor, shape: tuple[int, int], extension: float
     return np.stack([x0, y0, x1, y1], axis=1)
 
 
-def _binarise(model: Sam, low_res: torch.Tensor, input_size, shape, threshold: float):
-    """Window-size masks, stability scores and boxes of low-res logits (B, 1, h, w), as micro-sam's batched_inference.
-
-    On a CPU only where a mask can be (``upscale.binarise``); on a GPU the model's whole-plane upscaling.
-    """
-    if low_res.device.type == "cpu" and is_sams_postprocessing(model):
-        img_size = model.image_encoder.img_size
-        return binarise(low_res[:, 0], img_size, input_size, shape, threshold, STABILITY_OFFSET)
-    logits = model.postprocess_masks(low_res, input_size, shape)[:, 0]
-    inner = (logits > threshold + STABILITY_OFFSET).sum(dim=(-2, -1)).to(torch.int32)
-    outer = (logits > threshold - STABILITY_OFFSET).sum(dim=(-2, -1)).to(torch.int32)
-    masks = logits > threshold
-    return masks, inner / outer, masks_to_boxes(masks)
-
-
 @torch.no_grad()
 def decode_prompts(
     model: Sam,
@@ -145,7 +129,9 @@ def decode_prompts(
         ious = iou_preds[:, 1:] if params.multimasking else iou_preds[:, :1]
         best = ious.max(dim=1).indices  # the single mask, or the multimask output the model rates best
         rows = torch.arange(len(best), device=device)
-        masks, stability, boxes = _binarise(model, low_res[rows, best][:, None], input_size, shape, threshold)
+        masks, stability, boxes = binarise_and_score(
+            model, low_res[rows, best], input_size, shape, STABILITY_OFFSET, threshold
+        )
         parts.append(
             MaskSet(
                 masks=masks,

@@ -20,7 +20,7 @@ from tilesam.config import AmgParams
 from tilesam.resize import resized_shape, scale_boxes
 from tilesam.segment.decoder import binarise_and_score, decode_mask_logits, decode_prompt_tokens, model_dtype
 from tilesam.segment.grids import box_grid
-from tilesam.segment.masks import Candidates, MaskSet, masks_to_boxes, passes_threshold
+from tilesam.segment.masks import Candidates, MaskSet, passes_threshold
 
 
 @torch.inference_mode()
@@ -53,7 +53,7 @@ def decode_box_candidates(
             rows = keep.nonzero()[:, 0]
             mask_tokens, image_tokens = mask_tokens[rows], image_tokens[rows]
         low_res = decode_mask_logits(model, mask_tokens, image_tokens, grid_hw, multimask=False)
-        masks, stability = binarise_and_score(
+        masks, stability, boxes = binarise_and_score(
             model, low_res[:, 0], input_size, original_size, params.stability_score_offset
         )
         stable = passes_threshold(stability, params.stability_score_thresh, strict=False)
@@ -63,7 +63,7 @@ def decode_box_candidates(
                 masks=masks,
                 iou_preds=iou[keep][stable].float(),
                 stability_scores=stability[stable].float(),
-                boxes=masks_to_boxes(masks),
+                boxes=boxes[stable],
                 points=centres[batch][keep][stable],
             )
         )

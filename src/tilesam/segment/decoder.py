@@ -90,18 +90,19 @@ def binarise_and_score(
     input_size: tuple[int, int],
     original_size: tuple[int, int],
     offset: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upscale low-res logits (N, h, w) as SAM does; return bool masks and stability scores.
+    threshold: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Upscale low-res logits (N, h, w) as SAM does; return bool masks, stability scores and XYXY boxes.
 
     The stability score is |logit > t + offset| / |logit > t - offset| at original size, t being
-    ``model.mask_threshold``; it is computed in chunks so the img_size^2 intermediates of
-    ``postprocess_masks`` stay within ``_UPSCALE_BUDGET_BYTES``.
+    ``threshold`` (default ``model.mask_threshold``). On a CPU only where a mask can be
+    (``upscale.binarise``); elsewhere with the model's ``postprocess_masks``, in chunks so its
+    img_size^2 intermediates stay within ``_UPSCALE_BUDGET_BYTES``.
     """
-    t = model.mask_threshold
+    t = model.mask_threshold if threshold is None else threshold
     img = model.image_encoder.img_size
-    if low_res.device.type == "cpu" and is_sams_postprocessing(model):  # only where a mask can be
-        masks, scores, _ = binarise(low_res, img, input_size, original_size, t, offset)
-        return masks, scores
+    if low_res.device.type == "cpu" and is_sams_postprocessing(model):
+        return binarise(low_res, img, input_size, original_size, t, offset)
     chunk = max(1, _UPSCALE_BUDGET_BYTES // (4 * (img * img + original_size[0] * original_size[1])))
     masks, scores = [], []
     for start in range(0, low_res.shape[0], chunk):
@@ -110,7 +111,8 @@ def binarise_and_score(
         outer = (logits > t - offset).sum(dim=(-2, -1))
         scores.append(inner.to(torch.int32) / outer.to(torch.int32))
         masks.append(logits > t)
-    return torch.cat(masks), torch.cat(scores)
+    masks = torch.cat(masks)
+    return masks, torch.cat(scores), masks_to_boxes(masks)
 
 
 @dataclass
@@ -140,7 +142,7 @@ def decode_point_batch(
         mask_tokens, image_tokens = mask_tokens[rows], image_tokens[rows]
     keep = keep[rows]
     low_res = decode_mask_logits(model, mask_tokens, image_tokens, geometry.grid_hw)
-    masks, stability = binarise_and_score(
+    masks, stability, boxes = binarise_and_score(
         model, low_res[keep], geometry.input_size, geometry.original_size, params.stability_score_offset
     )
     stable = passes_threshold(stability, params.stability_score_thresh, strict=False)
@@ -150,6 +152,6 @@ def decode_point_batch(
         masks=masks,
         iou_preds=iou_preds[rows][keep][stable],
         stability_scores=stability[stable],
-        boxes=masks_to_boxes(masks),
+        boxes=boxes[stable],
         points=points[point_index],
     )
