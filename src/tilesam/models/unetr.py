@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tilesam.models.unetr_tail import decode_tail
+
 __all__ = [
     "DecoderError",
     "InstanceDecoder",
@@ -238,8 +240,10 @@ class InstanceDecoder(nn.Module):
         z9 = self.deconv1(embedding)  # 2x, 512 channels (scales at upscale 16; at 4: 1x, 1x, 2x, 4x)
         z6 = self.deconv2(z9)  # 4x, 256
         z3 = self.deconv3(z6)  # 8x, 128
-        z0 = self.deconv4(z3)  # 16x, 64
         x = self.decoder(self.base(embedding), [z9, z6, z3])  # 8x, 64
+        if not self.training and not torch.is_grad_enabled():  # inference: the same sums, in bands, into kept buffers
+            return decode_tail(self, z3, x)
+        z0 = self.deconv4(z3)  # 16x, 64
         x = self.deconv_out(x)  # 16x, 64
         x = self.decoder_head(torch.cat([x, z0], dim=1))
         return torch.sigmoid(self.out_conv(x))
