@@ -167,10 +167,12 @@ def segment(
 ) -> dict:
     """Automatic segmentation of one block from its embeddings."""
     from tilesam.models.unetr import decoder_upscale
-    from tilesam.runtime import METHOD_PARTS, load_instance_decoder, load_record, provenance
+    from tilesam.runtime import METHOD_PARTS, keep_freed_memory, load_instance_decoder, load_record, provenance
     from tilesam.segment.blocks import segment_block
 
     chosen, table, why = choose(search) if method == AUTO_METHOD else (method, (search or [None])[0], {})
+    if chosen == "ais":  # the decoder's allocations repeat tile by tile: freed memory serves the next tile
+        keep_freed_memory()
     params = {"amg": amg, "ais": ais, "apg": apg}[chosen]
     params = schema.best_row(params, table, SEARCHED[chosen]) if table else params
     sam, record = load_record(model, spec, trust_pickle, device, parts=METHOD_PARTS[chosen])

@@ -30,8 +30,8 @@ def keep_freed_memory() -> bool:
     unmaps it when freed, so each large tensor pays a page fault per 4 kB page on first touch. Served
     from a heap that is not trimmed, one CPU thread runs the vit_b encoder about 1.1x and the instance
     decoder 1.25x as fast; the price is fragmentation: a segment job's resident memory grew from 3.1
-    to 5.6 GB over its windows (APG, vit_b, 1152-pixel windows), so only the embed jobs, whose peak
-    is small, use it (`jobs.embed`).
+    to 5.6 GB over its windows (APG, vit_b, 1152-pixel windows), so only the jobs whose allocations
+    repeat tile by tile use it: embed jobs (`jobs.embed`) and AIS segment jobs (`jobs.segment`).
     """
     import ctypes
     import ctypes.util
