@@ -45,6 +45,7 @@ from large_run import write_synthetic
 
 from tilesam.costs import block_size
 from tilesam.data import headers, io
+from tilesam.data.windows import WindowReader
 from tilesam.embed import Provenance, device_input, embed_block, encode_input, resolve_precision
 from tilesam.models.load import build_sam, load_model
 from tilesam.models.spec import model_id
@@ -132,8 +133,9 @@ def stages(
     n = len(tiles)
     row: dict = {"model": name, "tiles": n, "batch": batch}
 
-    def read():
-        return [io.read_window(pixels, t.window_slices(), info.channels) for t in tiles]
+    def read():  # as the embed jobs read: each chunk decoded once (`WindowReader`)
+        reader = WindowReader(pixels, info.channels)
+        return [reader(t.window_slices()) for t in tiles]
 
     windows, wall, cpu = timed(device, read)
     row["read"], row["read_cpu_ms"] = n / wall, 1000 * cpu / n

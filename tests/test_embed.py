@@ -23,6 +23,7 @@ from tilesam.embed import (
     encode,
     encode_input,
     host_bytes_per_tile,
+    levels,
     model_input,
     normalize,
     read_embedding,
@@ -61,6 +62,17 @@ def test_normalize_uses_the_image_range():
     assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
     np.testing.assert_array_equal(rgb[..., 0], np.round(window * 2.55).astype(np.uint8))
     assert (normalize(np.full((3, 3), 7.0), (7.0, 7.0)) == 0).all()  # constant image: no division by zero
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+@pytest.mark.parametrize("intensity_range", [(0.0, 255.0), (100.5, 3000.0), (7.0, 7.0), (-20.0, 70000.0)])
+def test_levels_of_8_and_16_bit_windows_are_the_float_arithmetic_on_every_value(dtype, intensity_range):
+    values = np.arange(np.iinfo(dtype).max + 1, dtype=dtype).reshape(-1, 256)
+    lo, hi = intensity_range
+    expected = np.clip((values.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1e-12)), 0, 255).round()
+    np.testing.assert_array_equal(levels(values, intensity_range), expected.astype(np.uint8))
+    floats = values.astype(np.float32)  # a float window takes the arithmetic itself
+    np.testing.assert_array_equal(levels(floats, intensity_range), expected.astype(np.uint8))
 
 
 def test_float16_store_and_mismatch_is_refused(lite_medsam, image, tmp_path):

@@ -25,6 +25,7 @@ MAY_IMPORT_TORCH = {
     "tilesam.models.tiny_vit": "the TinyViT image encoder, an nn.Module",
     "tilesam.models.vit_attention": "SAM's ViT attention, an nn.Module",
     "tilesam.models.unetr": "the instance-segmentation decoder, an nn.Module",
+    "tilesam.models.unetr_tail": "the decoder's full-resolution layers at inference",
     "tilesam.embed": "runs the image encoder",
     "tilesam.interactive.decoder": "runs SAM's prompt encoder and mask decoder",
     "tilesam.segment.amg": "decodes point-grid prompts with SAM's mask decoder",

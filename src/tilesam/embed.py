@@ -7,6 +7,7 @@ resumable (see `tilesam.data.stores`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +23,7 @@ import zarr
 from tqdm import tqdm
 
 from tilesam.data import io, stores
+from tilesam.data.windows import WindowReader
 from tilesam.resize import resized_shape
 from tilesam.tiling import TileGrid
 
@@ -50,16 +52,32 @@ class Provenance:
     dtype: str
 
 
-def normalize(window: np.ndarray, intensity_range: tuple[float, float]) -> np.ndarray:
-    """A window as the uint8 RGB image SAM expects: min-max to 0..255 over the image's range.
+def levels(window: np.ndarray, intensity_range: tuple[float, float]) -> np.ndarray:
+    """A window's grey levels as SAM sees them: min-max to 0..255 over the image's range, rounded (uint8).
 
-    The range is the whole image's (recorded at import), not the window's, so a
-    tile is normalised identically in a block job and in a whole-image call, and
-    a background-only tile is not stretched into noise.
+    The range is the whole image's (recorded at import), not the window's, so a tile is normalised
+    identically in a block job and in a whole-image call, and a background-only tile is not stretched
+    into noise. 8- and 16-bit windows go through a table of the same arithmetic on every value.
     """
     lo, hi = intensity_range
-    scaled = (window.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1e-12))
-    img = np.clip(scaled, 0, 255).round().astype(np.uint8)
+    if window.dtype in (np.uint8, np.uint16):
+        return np.take(_level_table(window.dtype.str, float(lo), float(hi)), window)
+    return _to_levels(window, lo, hi)
+
+
+def _to_levels(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    scaled = (values.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1e-12))
+    return np.clip(scaled, 0, 255).round().astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _level_table(dtype: str, lo: float, hi: float) -> np.ndarray:
+    return _to_levels(np.arange(np.iinfo(dtype).max + 1, dtype=dtype), lo, hi)
+
+
+def normalize(window: np.ndarray, intensity_range: tuple[float, float]) -> np.ndarray:
+    """A window as the uint8 RGB image SAM expects: its :func:`levels`, grey repeated to three channels."""
+    img = levels(window, intensity_range)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
     return img
@@ -84,27 +102,25 @@ def device_input(model: Sam, windows: list[np.ndarray], intensity_range: tuple[f
 
     The same steps as :func:`normalize` then :func:`model_input`: min-max to 0..255 over the image's
     range and rounded, grey repeated to RGB, the longest side resized to S (bilinear, antialiased,
-    rounded to 0..255 as PIL does), normalised with the model's mean/std, padded with zeros. Only
-    the raw window crosses to the device, so a GPU job's host does nothing but read and decode.
+    rounded to 0..255 as PIL does), normalised with the model's mean/std, padded with zeros. The
+    host reads the window and looks up its :func:`levels` (a byte a pixel crosses to a GPU); the rest
+    runs on the device.
     On a CPU the resize is torch's uint8 kernel, which computes as PIL does (the same pixels when
     enlarging, one grey level on a few % of them when shrinking); on a GPU it is in float32
     (one grey level apart from PIL on up to ~20 % of the pixels).
     """
     side = int(model.image_encoder.img_size)
-    lo, hi = intensity_range
-    scale = 255.0 / max(hi - lo, 1e-12)
     device = model.device
     batch = torch.empty((len(windows), 3, side, side), device=device)
     for i, window in enumerate(windows):
-        x = torch.from_numpy(np.asarray(window, dtype=np.float32)).to(device, non_blocking=True)
-        x = ((x - lo) * scale).clamp_(0, 255).round_()
+        x = torch.from_numpy(levels(window, intensity_range)).to(device, non_blocking=True)  # a byte a pixel
         x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)  # (C, H, W): 1 grey or 3 RGB channels
         h, w = resized_shape(x.shape[-2], x.shape[-1], side)
         if device.type == "cpu":  # PIL's arithmetic: uint8, three channels, channels last
-            x = x.to(torch.uint8).expand(3, -1, -1)[None].contiguous(memory_format=torch.channels_last)
+            x = x.expand(3, -1, -1)[None].contiguous(memory_format=torch.channels_last)
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
         else:
-            x = F.interpolate(x[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+            x = F.interpolate(x[None].float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
             x = x.clamp_(0, 255).round_()
         out = batch[i]
         out[:, :h, :w].copy_(x).sub_(model.pixel_mean).div_(model.pixel_std)
@@ -241,8 +257,10 @@ def embed_block(
     cuda = model.device.type == "cuda"
     on_device = cuda if on_device is None else on_device
 
+    read = WindowReader(image, info.channels)  # used by the reader thread alone
+
     def load(idx: list[int]) -> list[np.ndarray]:
-        windows = [io.read_window(image, tiles[i].window_slices(), info.channels) for i in idx]
+        windows = [read(tiles[i].window_slices()) for i in idx]
         return windows if on_device else [normalize(w, info.intensity_range) for w in windows]
 
     def run(windows: list[np.ndarray]) -> torch.Tensor:
@@ -252,10 +270,12 @@ def embed_block(
 
     # opened once: `root[name]` reads the array's metadata from disk on every access
     embeddings_array, seconds_array, done_array = root["embeddings"], root["seconds"], root["done"]
+    # every chunk written as it is: zarr's check for a chunk of fill values compared all 4 MB of each
+    embeddings_array = embeddings_array.with_config({"write_empty_chunks": True})
 
     def write(idx: list[int], emb: np.ndarray, per_tile_seconds: float) -> int:
         for j, i in enumerate(idx):
-            embeddings_array[i] = emb[j].astype(dtype)
+            embeddings_array[i] = emb[j].astype(dtype, copy=False)
             seconds_array[i] = per_tile_seconds
             done_array[i] = True  # written after the embedding: a killed job never marks a tile done early
         return len(idx)
