@@ -5,11 +5,12 @@ One command, for the day a GPU is lent (small sizes by default on a CPU; a test 
     python benchmarks/gpu_check.py                      # cuda if torch sees one, else cpu
     python benchmarks/gpu_check.py --size 4096 --volume 16 2048 2048 --stage-tiles 256   # the issue's sizes
     python benchmarks/gpu_check.py --tiny               # seconds on a CPU: that it works, not speed
-    python benchmarks/gpu_check.py --no-e2e --size 8192 --stage-tiles 2 --feed-tiles 256   # the data path on a CPU
+    python benchmarks/gpu_check.py --no-e2e --size 8192 --stage-tiles 2 --feed-tiles 256 --feed-repeats 3   # the data path on a CPU
 
 1. Stages, per model (vit_b and vit_t with random weights, LiteMedSAM with its real ones), on the
    512-pixel tiles of a synthetic uint16 image: `read` (window read and decoded on the host, one
-   thread), `prepare` (raw window to the device, resized and normalised there), `encode` (the image
+   thread, each chunk once as the embed jobs read), `prepare` (grey levels to the device, resized and
+   normalised there), `encode` (the image
    encoder, batched, `precision: auto`), `decode` (the instance decoder's maps, batched), `prompts`
    (the mask decoder on 64 box prompts a tile), `write` (a float32 embedding into a zarr store);
    and `feed`: `embed_block` with the encoder replaced by one that returns zeros, i.e. the whole
@@ -121,7 +122,14 @@ def _masks(sam, embedding: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def stages(
-    name: str, image: Path, work: Path, device: torch.device, n_tiles: int, batch: int, feed_tiles: int | None = None
+    name: str,
+    image: Path,
+    work: Path,
+    device: torch.device,
+    n_tiles: int,
+    batch: int,
+    feed_tiles: int | None = None,
+    feed_repeats: int = 1,
 ) -> dict:
     """Tiles per second of each stage of one model on the first `n_tiles` tiles of `image` (the data path
     alone, `feed`, on the first `feed_tiles`: it is fast, so it needs more tiles to be timed)."""
@@ -171,7 +179,8 @@ def stages(
     if n_feed > grid.n_tiles:
         raise SystemExit(f"--feed-tiles {n_feed}: the {info.shape} image has {grid.n_tiles} tiles (raise --size)")
     row["feed_tiles"] = n_feed
-    row.update(feed(sam, image, grid, n_feed, work / f"feed_{name}.zarr", batch))
+    runs = [feed(sam, image, grid, n_feed, work / f"feed_{name}.zarr", batch) for _ in range(feed_repeats)]
+    row.update({k: " / ".join(f"{run[k]:.3g}" for run in runs) for k in runs[0]})
     return row
 
 
@@ -269,6 +278,9 @@ def main() -> int:
     parser.add_argument("--volume", type=int, nargs=3, default=[16, 2048, 2048] if cuda else [2, 512, 512])
     parser.add_argument("--stage-tiles", type=int, default=256 if cuda else 4, help="tiles timed per stage")
     parser.add_argument("--feed-tiles", type=int, help="tiles through the data path alone (default: --stage-tiles)")
+    parser.add_argument(
+        "--feed-repeats", type=int, default=1, help="data path runs, each into a fresh store (all reported)"
+    )
     parser.add_argument("--batch", type=int, default=32 if cuda else 1, help="encoder/decoder batch of the stages")
     parser.add_argument("--tiles-per-block", type=int, help="default: tilesam.costs.block_size for the device")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
@@ -292,7 +304,9 @@ def main() -> int:
     print(lines[0], flush=True)
     rows = []
     for model in args.models:
-        rows.append(stages(model, image, work, device, args.stage_tiles, args.batch, args.feed_tiles))
+        rows.append(
+            stages(model, image, work, device, args.stage_tiles, args.batch, args.feed_tiles, args.feed_repeats)
+        )
         print(json.dumps(rows[-1]), flush=True)
     columns = ["model", "tiles", "batch", "precision", "read", "read_cpu_ms", "prepare", "encode", "decode",
                "prompts", "write", "feed_tiles", "feed", "feed_per_cpu_s", "bf16_mask_iou"]  # fmt: skip

@@ -41,17 +41,18 @@ _GPU = "estimated from FLOPs (vit_b 0.93 TFLOP a tile, ~40% of an H100's bf16 pe
 #: (architecture, device) -> costs. The decoders do not depend on the encoder: AIS scales with the
 #: input side (1024: 16x upscaling; LiteMedSAM's 256: 4x), a prompt costs the same for every model.
 #: CPU, measured with job_overhead.py (one 512-pixel tile, one thread): LiteMedSAM encode 2.1-2.9, AIS 1.2
-#: (4949fd8, EPYC-2); vit_b encode 11.1-12.8, AIS 9.5-10.7, with the fused attention (XEON-2, where
-#: segment-anything's attention takes 14.9: encoder_speed.py). vit_t, vit_l and vit_h are scaled from
-#: encoder_speed figures (vit_l, vit_h by vit_b's: estimated). `fixed`: job_overhead.py, 1.6-2.4 CPU-s a
+#: (4949fd8, EPYC-2); vit_b from the tiled AIS run of vs_microsam.py at 27163ed (XEON-2, 16-tile jobs,
+#: job wall over tiles): encode 7.0, AIS 5.7 (the decoder at 1024, the same for every 1024-pixel model).
+#: vit_t, vit_l and vit_h encoders are scaled from encoder_speed figures (vit_l, vit_h by vit_b's:
+#: estimated). `fixed`: job_overhead.py, 1.6-2.4 CPU-s a
 #: model job with LiteMedSAM or vit_b (f63fe03, 8f3b1ae); vit_l and vit_h add their encoder's hash in the
 #: embed job (0.4 CPU-s for vit_b's 375 MB, so ~1 and ~2.5 for theirs: estimated, not measured).
 COSTS: dict[tuple[str, str], Costs] = {
     ("lite_medsam_tinyvit", "cpu"): Costs(encode=2.5, ais=1.2, prompt=0.1, fixed=2.4, source=_CPU),
-    ("vit_t", "cpu"): Costs(encode=4.0, ais=15.5, prompt=0.1, fixed=2.4, source=_CPU),
-    ("vit_b", "cpu"): Costs(encode=11.0, ais=12.0, prompt=0.1, fixed=2.4, source=_CPU),
-    ("vit_l", "cpu"): Costs(encode=33.0, ais=12.0, prompt=0.1, fixed=3.0, source=_CPU),
-    ("vit_h", "cpu"): Costs(encode=58.0, ais=12.0, prompt=0.1, fixed=4.0, source=_CPU),
+    ("vit_t", "cpu"): Costs(encode=4.0, ais=6.0, prompt=0.1, fixed=2.4, source=_CPU),
+    ("vit_b", "cpu"): Costs(encode=7.0, ais=6.0, prompt=0.1, fixed=2.4, source=_CPU),
+    ("vit_l", "cpu"): Costs(encode=21.0, ais=6.0, prompt=0.1, fixed=3.0, source=_CPU),
+    ("vit_h", "cpu"): Costs(encode=37.0, ais=6.0, prompt=0.1, fixed=4.0, source=_CPU),
     ("lite_medsam_tinyvit", "cuda"): Costs(encode=0.0005, ais=0.001, prompt=0.0002, fixed=5.0, source=_GPU),
     ("vit_t", "cuda"): Costs(encode=0.001, ais=0.01, prompt=0.0002, fixed=5.0, source=_GPU),
     ("vit_b", "cuda"): Costs(encode=0.004, ais=0.01, prompt=0.0002, fixed=5.0, source=_GPU),

@@ -111,9 +111,10 @@ class Resources:
     def segment_mb(self, model: str, method: str, attempt: int = 1) -> int:
         """AMG: model + one batch of candidate masks at window resolution + the kept masks.
 
-        AIS: model + decoder + its activations per tile of a batch (the decoder's last layers run at
-        1024 x 1024 with 64 channels: ~2 GB a tile; a one-tile LiteMedSAM job peaked at 3.4 GB on CPU)
-        + the maps and watershed of one window.
+        AIS: model + decoder + its activations per tile of a batch (at 1024 x 1024 the decoder keeps
+        0.8 GB of full-resolution buffers a tile and makes about 1 GB more: 2 GB a tile leaves room;
+        vit_b AIS jobs peaked at 2.6 GB on CPU, vs_microsam.py at 27163ed) + the maps and watershed of
+        one window.
         """
         if method in ("ais", "apg", "auto"):  # the decoder's maps; apg adds a batch of prompts' masks
             batch = max(self.plan.settings(model, m)["tiles_per_batch"] for m in ("ais", "apg"))
