@@ -67,6 +67,18 @@ def test_buffers_are_kept_for_one_shape_and_replaced_for_another():
         assert model._full_resolution[0].shape == (2, 64, 64, 64)
 
 
+def test_buffers_made_in_inference_mode_are_replaced_outside_it():
+    model = decoder(False, 16)
+    embedding = torch.randn(1, 256, 4, 4)
+    with torch.inference_mode():
+        first = model(embedding)
+    with torch.no_grad():  # an inference tensor cannot be written here: new buffers, the same maps
+        torch.testing.assert_close(model(embedding), first, rtol=0, atol=0)
+        assert not model._full_resolution[0].is_inference()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(embedding), first, rtol=0, atol=0)
+
+
 def test_training_runs_the_plain_layers_with_gradients():
     model = decoder(False, 4).train()
     out = model(torch.randn(2, 256, 8, 8))

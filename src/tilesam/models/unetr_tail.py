@@ -84,9 +84,11 @@ def _normalise_(x: Tensor, eps: float, weight: Tensor | None = None, bias: Tenso
 
 
 def _buffers(decoder: nn.Module, like: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    """The decoder's three full-resolution buffers for ``shape``: kept while calls share shape, device and dtype."""
+    """The decoder's three full-resolution buffers for ``shape``: kept while calls share shape, device, dtype
+    and inference mode (a tensor made in ``torch.inference_mode`` cannot be written outside it)."""
     kept = getattr(decoder, "_full_resolution", None)
-    if kept is None or kept[0].shape != shape or kept[0].device != like.device or kept[0].dtype != like.dtype:
+    same = kept is not None and (kept[0].shape, kept[0].device, kept[0].dtype) == (shape, like.device, like.dtype)
+    if not same or kept[0].is_inference() != torch.is_inference_mode_enabled():
         decoder._full_resolution = None  # freed before the new ones are made
         kept = tuple(like.new_empty(shape) for _ in range(3))
         decoder._full_resolution = kept
