@@ -135,6 +135,7 @@ def segment_block(
 ) -> dict:
     """Segment every tile of a block into `<out>` (arrays `t<i>`), the layout the stitcher reads."""
     from tilesam.data import io, ome, stores
+    from tilesam.data.windows import WindowReader
 
     info = io.read_info(image)
     pixels = ome.open_level0(image)
@@ -152,11 +153,12 @@ def segment_block(
     root = stores.open_partial(out, "segmentation", provenance, len(tiles))
     done = root["done"][:]
     seconds = 0.0
+    read = WindowReader(pixels, info.channels)  # each chunk decoded once, not for every window it touches
     for i, tile in enumerate(tiles):
         if done[i]:
             continue
         t0 = time.perf_counter()
-        labels = segment_window(io.read_window(pixels, tile.window_slices(), info.channels), foreground, params)
+        labels = segment_window(read(tile.window_slices()), foreground, params)
         seconds += time.perf_counter() - t0
         root.create_array(f"t{i}", data=labels, chunks=labels.shape, overwrite=True)
         root["done"][i] = True
