@@ -49,10 +49,10 @@ _GPU = "estimated from FLOPs (vit_b 0.93 TFLOP a tile, ~40% of an H100's bf16 pe
 #: embed job (0.4 CPU-s for vit_b's 375 MB, so ~1 and ~2.5 for theirs: estimated, not measured).
 COSTS: dict[tuple[str, str], Costs] = {
     ("lite_medsam_tinyvit", "cpu"): Costs(encode=2.5, ais=1.2, prompt=0.1, fixed=2.4, source=_CPU),
-    ("vit_t", "cpu"): Costs(encode=4.0, ais=6.0, prompt=0.1, fixed=2.4, source=_CPU),
-    ("vit_b", "cpu"): Costs(encode=7.0, ais=6.0, prompt=0.1, fixed=2.4, source=_CPU),
-    ("vit_l", "cpu"): Costs(encode=21.0, ais=6.0, prompt=0.1, fixed=3.0, source=_CPU),
-    ("vit_h", "cpu"): Costs(encode=37.0, ais=6.0, prompt=0.1, fixed=4.0, source=_CPU),
+    ("vit_t", "cpu"): Costs(encode=4.0, ais=5.7, prompt=0.1, fixed=2.4, source=_CPU),
+    ("vit_b", "cpu"): Costs(encode=7.0, ais=5.7, prompt=0.1, fixed=2.4, source=_CPU),
+    ("vit_l", "cpu"): Costs(encode=21.0, ais=5.7, prompt=0.1, fixed=3.0, source=_CPU),
+    ("vit_h", "cpu"): Costs(encode=37.0, ais=5.7, prompt=0.1, fixed=4.0, source=_CPU),
     ("lite_medsam_tinyvit", "cuda"): Costs(encode=0.0005, ais=0.001, prompt=0.0002, fixed=5.0, source=_GPU),
     ("vit_t", "cuda"): Costs(encode=0.001, ais=0.01, prompt=0.0002, fixed=5.0, source=_GPU),
     ("vit_b", "cuda"): Costs(encode=0.004, ais=0.01, prompt=0.0002, fixed=5.0, source=_GPU),

@@ -354,7 +354,7 @@ def decode_maps(
     ``input_size`` is the tile resized so its longest side is the model's input side (SAM's
     ``ResizeLongestSide.get_preprocess_shape``), ``model_size`` that side (default 16 x the embedding
     side: right for the 1024-pixel SAM models; pass 256 for LiteMedSAM). Tiles go through the decoder
-    ``batch_size`` at a time (each costs about 1.5 GB of activations at 1024 x 1024).
+    ``batch_size`` at a time (each costs about 2 GB at 1024 x 1024, 0.8 GB of it buffers kept for the next call).
     """
     if embeddings.ndim != 4:
         raise ValueError(f"decode_maps: embeddings must be [B, C, h, w], got {tuple(embeddings.shape)}")
