@@ -116,6 +116,10 @@ def test_pyramid_and_ngff_metadata(tmp_path):
     assert [d["path"] for d in ms["datasets"]] == ["0", "1"]
     level1 = zarr.open_array(str(tmp_path / "a.ome.zarr" / "1"))[...]
     np.testing.assert_allclose(level1, arr.reshape(300, 2, 260, 2).mean(axis=(1, 3)).astype(np.uint8), atol=1)
+    for level in ("0", "1"):  # the image codec (fast to decode) on every level
+        (codec,) = zarr.open_array(str(tmp_path / "a.ome.zarr" / level)).compressors
+        (expected,) = io.IMAGE_COMPRESSORS
+        assert (codec.cname, codec.clevel, codec.shuffle) == (expected.cname, expected.clevel, expected.shuffle)
 
 
 @pytest.mark.parametrize("pages", [3, 4])

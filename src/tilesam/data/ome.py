@@ -52,11 +52,24 @@ def _axes(ndim: int, channels: bool) -> list[dict]:
 
 
 def _new_array(
-    root: zarr.Group, name: str, shape: tuple[int, ...], dtype, chunks: tuple[int, ...], names: list[str]
+    root: zarr.Group,
+    name: str,
+    shape: tuple[int, ...],
+    dtype,
+    chunks: tuple[int, ...],
+    names: list[str],
+    compressors="auto",
 ) -> zarr.Array:
     fill = 0 if np.issubdtype(np.dtype(dtype), np.integer) else 0.0
     return root.create_array(
-        name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill, dimension_names=names, overwrite=True
+        name,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        fill_value=fill,
+        dimension_names=names,
+        compressors=compressors,
+        overwrite=True,
     )
 
 
@@ -69,10 +82,12 @@ def create(
     channels: bool = False,
     overwrite: bool = True,
     attrs: dict | None = None,
+    compressors="auto",
 ) -> zarr.Array:
     """Create an OME-Zarr group with an empty level "0" and return that array, for the caller to fill.
 
-    With `channels`, the first axis is the channel axis (OME's c,z,y,x order).
+    With `channels`, the first axis is the channel axis (OME's c,z,y,x order). `compressors` as
+    zarr's `create_array` takes them ("auto": zarr's default, zstd); the lower levels get level 0's.
     The multiscales metadata is written by `build_pyramid` once level 0 is full.
     """
     if not 2 <= len(shape) - int(channels) <= 3:
@@ -80,7 +95,7 @@ def create(
     root = zarr.open_group(str(path), mode="w" if overwrite else "a", zarr_format=3)
     if attrs:
         root.attrs.update(attrs)
-    return _new_array(root, "0", tuple(shape), dtype, tuple(chunks), axis_names(len(shape), channels))
+    return _new_array(root, "0", tuple(shape), dtype, tuple(chunks), axis_names(len(shape), channels), compressors)
 
 
 def _halve_yx(upper: np.ndarray, *, labels: bool) -> np.ndarray:
@@ -155,7 +170,7 @@ def build_pyramid(
     while min(current.shape[-2:]) // 2 >= min_size:
         shape = (*current.shape[:-2], current.shape[-2] // 2, current.shape[-1] // 2)
         chunks = tuple(min(c, s) for c, s in zip(level0.chunks, shape))
-        lower = _new_array(root, str(n_levels), shape, level0.dtype, chunks, names)
+        lower = _new_array(root, str(n_levels), shape, level0.dtype, chunks, names, level0.compressors)
         _write_lower(current, lower, labels=labels, workers=workers or os.cpu_count() or 1)
         current, n_levels = lower, n_levels + 1
     multiscale = {
