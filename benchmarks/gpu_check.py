@@ -8,14 +8,18 @@ One command, for the day a GPU is lent (small sizes by default on a CPU; a test 
     python benchmarks/gpu_check.py --no-e2e --size 8192 --stage-tiles 2 --feed-tiles 256 --feed-repeats 3   # the data path on a CPU
 
 1. Stages, per model (vit_b and vit_t with random weights, LiteMedSAM with its real ones), on the
-   512-pixel tiles of a synthetic uint16 image: `read` (window read and decoded on the host, one
-   thread, each chunk once as the embed jobs read), `prepare` (grey levels to the device, resized and
-   normalised there), `encode` (the image
-   encoder, batched, `precision: auto`), `decode` (the instance decoder's maps, batched), `prompts`
-   (the mask decoder on 64 box prompts a tile), `write` (a float32 embedding into a zarr store);
-   and `feed`: `embed_block` with the encoder replaced by one that returns zeros, i.e. the whole
-   data path (background reader, device preparation, writer). Its tiles per CPU-second is what one
-   host core can feed a GPU. On a GPU also the bfloat16 encoder's mask IoU against float32.
+   512-pixel tiles of a synthetic uint16 image: `read` (window read, decoded and mapped to grey
+   levels on the host, one thread, each chunk once as the embed jobs read), `prepare` (the levels to
+   the device, resized and normalised there), `encode` (the image encoder, batched, `precision:
+   auto`), `decode` (the instance decoder's maps, batched), `prompts` (the mask decoder on 64 box
+   prompts a tile), `write` (a float32 embedding into a zarr store). Then the data path alone on
+   `--feed-tiles` tiles: `supply`, tiles read, decoded and prepared per host CPU-second on one torch
+   thread (what one host core can feed a GPU: "reading, decoding, resizing"; on a CPU device the
+   resize and normalisation count, on a GPU they run there), and `feed`: `embed_block`
+   with the encoder replaced by one that returns zeros (reader thread, device preparation and the
+   writer of the 4 MB float32 embeddings), per second and per CPU-second. The process keeps freed
+   memory as embed jobs do (`tilesam.runtime.keep_freed_memory`). On a GPU also the bfloat16
+   encoder's mask IoU against float32.
 2. End to end: `snakemake` on a `--size`^2 image and a `--volume` stack per model (AIS with a
    random decoder; blocks sized by `tilesam.costs.block_size` for the device), tiles per second of
    the whole run, and per job the fraction of its wall time spent on tiles (the block stores'
@@ -35,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +52,11 @@ from large_run import write_synthetic
 from tilesam.costs import block_size
 from tilesam.data import headers, io
 from tilesam.data.windows import WindowReader
-from tilesam.embed import Provenance, device_input, embed_block, encode_input, resolve_precision
+from tilesam.embed import Provenance, device_input, embed_block, encode_input, levels, resolve_precision
 from tilesam.models.load import build_sam, load_model
 from tilesam.models.spec import model_id
 from tilesam.models.unetr import InstanceDecoder, decoder_upscale
+from tilesam.runtime import keep_freed_memory
 from tilesam.tiling import TileGrid
 
 MODELS = {"vit_b": "vit_b", "vit_t": "vit_t", "lite_medsam": "lite_medsam_tinyvit"}
@@ -141,14 +147,14 @@ def stages(
     n = len(tiles)
     row: dict = {"model": name, "tiles": n, "batch": batch}
 
-    def read():  # as the embed jobs read: each chunk decoded once (`WindowReader`)
-        reader = WindowReader(pixels, info.channels)
+    def read():  # as the embed jobs read: each chunk decoded and mapped to grey levels once (`WindowReader`)
+        reader = WindowReader(pixels, info.channels, transform=partial(levels, intensity_range=info.intensity_range))
         return [reader(t.window_slices()) for t in tiles]
 
     windows, wall, cpu = timed(device, read)
     row["read"], row["read_cpu_ms"] = n / wall, 1000 * cpu / n
     batches = [windows[i : i + batch] for i in range(0, n, batch)]
-    inputs, wall, _ = timed(device, lambda: [device_input(sam, b, info.intensity_range) for b in batches])
+    inputs, wall, _ = timed(device, lambda: [device_input(sam, b) for b in batches])
     row["prepare"] = n / wall
     precision = resolve_precision("auto", sam)
     encode_input(sam, inputs[0], precision)  # warm-up: kernels, cuDNN autotuning
@@ -185,7 +191,25 @@ def stages(
 
 
 def feed(sam, image: Path, grid: TileGrid, n: int, out: Path, batch: int) -> dict:
-    """The data path alone: embed_block with a zero encoder, on the device; tiles per second and per CPU-second."""
+    """The data path alone, on the first n tiles: tiles per host CPU-second of reading, decoding and preparing
+    them (grey levels, resize, normalise: the encoder's input on the device, then dropped), and tiles per
+    second and per CPU-second of embed_block with a zero encoder (that path plus the writer)."""
+    info = io.read_info(image)
+    pixels = zarr.open_array(str(image / "0"), mode="r")
+    reader = WindowReader(pixels, info.channels, transform=partial(levels, intensity_range=info.intensity_range))
+    tiles = grid.block(0, n)
+
+    def supply():
+        for i in range(0, n, batch):
+            device_input(sam, [reader(t.window_slices()) for t in tiles[i : i + batch]])
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per core: with more, a CPU device's idle threads spin and count as CPU time
+    try:
+        _, _, cpu = timed(sam.device, supply)
+    finally:
+        torch.set_num_threads(threads)
+    row = {"supply_per_cpu_s": n / max(cpu, 1e-9)}
     encoder, sam.image_encoder = sam.image_encoder, ZeroEncoder(int(sam.image_encoder.img_size))
     try:
         prov = Provenance("gpu-check", int(encoder.img_size), grid.to_dict(), 0, n, io.read_info(image).signature, "float32")  # fmt: skip
@@ -195,7 +219,7 @@ def feed(sam, image: Path, grid: TileGrid, n: int, out: Path, batch: int) -> dic
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:
         sam.image_encoder = encoder
-    return {"feed": n / wall, "feed_per_cpu_s": n / max(cpu, 1e-9)}
+    return {**row, "feed": n / wall, "feed_per_cpu_s": n / max(cpu, 1e-9)}
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -289,6 +313,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/tilesam_gpu_check"))
     parser.add_argument("--out", type=Path, default=OUT / "gpu_check.md")
     args = parser.parse_args()
+    keep_freed_memory()  # as the embed jobs
     if args.tiny:
         args.size, args.volume, args.stage_tiles = 512, [2, 256, 256], 2
     work = args.work.resolve()
@@ -309,8 +334,12 @@ def main() -> int:
         )
         print(json.dumps(rows[-1]), flush=True)
     columns = ["model", "tiles", "batch", "precision", "read", "read_cpu_ms", "prepare", "encode", "decode",
-               "prompts", "write", "feed_tiles", "feed", "feed_per_cpu_s", "bf16_mask_iou"]  # fmt: skip
-    lines += ["Tiles per second per stage (feed_per_cpu_s: the data path's tiles per host CPU-second):", ""]
+               "prompts", "write", "feed_tiles", "supply_per_cpu_s", "feed", "feed_per_cpu_s", "bf16_mask_iou"]  # fmt: skip
+    lines += [
+        "Tiles per second per stage; supply_per_cpu_s: tiles read, decoded and prepared (levels, resize,",
+        "normalise) per host CPU-second; feed_per_cpu_s: the same plus the writer (embed_block, zero encoder):",
+        "",
+    ]
     lines += [table(rows, columns), ""]
     if not args.no_e2e:
         e2e = []

@@ -309,13 +309,19 @@ def test_device_input_equals_the_host_path_to_one_grey_level(lite_medsam):
     window, _ = _scene()
     intensity = (float(window.min()), float(window.max()))
     host = model_input(lite_medsam, normalize(window, intensity))
-    device = device_input(lite_medsam, [window, window[:150, :90]], intensity)
+    grey = levels(window, intensity)
+    device = device_input(lite_medsam, [grey, grey[:150, :90]])
     assert device.shape == (2, 3, 256, 256)
-    levels = (device[:1] - host) * lite_medsam.pixel_std  # back to the 0..255 steps
-    assert levels.abs().max() <= 1.0 + 1e-4
-    assert levels.abs().mean() < 0.25  # one level apart on ~1 % of the pixels on a CPU (~16 % in float32)
+    steps = (device[:1] - host) * lite_medsam.pixel_std  # back to the 0..255 steps
+    assert steps.abs().max() <= 1.0 + 1e-4
+    assert steps.abs().mean() < 0.25  # one level apart on ~1 % of the pixels on a CPU (~16 % in float32)
     small = model_input(lite_medsam, normalize(window[:150, :90], intensity))
     assert ((device[1:] - small) * lite_medsam.pixel_std).abs().max() <= 1.0 + 1e-4  # its own size and padding
+
+
+def test_device_input_refuses_raw_windows(lite_medsam):
+    with pytest.raises(TypeError, match="grey levels"):
+        device_input(lite_medsam, [np.zeros((64, 64), np.uint16)])
 
 
 def test_embed_block_on_device_gives_the_host_paths_masks(lite_medsam, image, tmp_path):
@@ -338,7 +344,7 @@ def test_embed_block_on_device_gives_the_host_paths_masks(lite_medsam, image, tm
 
 def test_bfloat16_autocast_gives_the_float32_masks(lite_medsam):
     window, labels = _scene(seed=11, shape=(256, 256))
-    x = device_input(lite_medsam, [window], (float(window.min()), float(window.max())))
+    x = device_input(lite_medsam, [levels(window, (float(window.min()), float(window.max())))])
     full = encode_input(lite_medsam, x, "float32")
     half = encode_input(lite_medsam, x, "bfloat16")
     assert full.dtype == half.dtype == torch.float32 and not torch.equal(full, half)  # bf16 really ran

@@ -77,10 +77,12 @@ def _level_table(dtype: str, lo: float, hi: float) -> np.ndarray:
 
 def normalize(window: np.ndarray, intensity_range: tuple[float, float]) -> np.ndarray:
     """A window as the uint8 RGB image SAM expects: its :func:`levels`, grey repeated to three channels."""
-    img = levels(window, intensity_range)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=-1)
-    return img
+    return rgb(levels(window, intensity_range))
+
+
+def rgb(grey: np.ndarray) -> np.ndarray:
+    """Grey levels (H, W) as three equal channels (H, W, 3); an RGB image as it is."""
+    return np.repeat(grey[..., None], 3, axis=-1) if grey.ndim == 2 else grey
 
 
 def model_input(model: Sam, rgb: np.ndarray) -> torch.Tensor:
@@ -97,23 +99,26 @@ def model_input(model: Sam, rgb: np.ndarray) -> torch.Tensor:
     return model.preprocess(x.float())
 
 
-def device_input(model: Sam, windows: list[np.ndarray], intensity_range: tuple[float, float]) -> torch.Tensor:
-    """Raw windows as read -> the encoder's (B, 3, S, S) input, every step after the read on the model's device.
+def device_input(model: Sam, windows: list[np.ndarray]) -> torch.Tensor:
+    """Windows' grey levels (:func:`levels`, uint8) -> the encoder's (B, 3, S, S) input, on the model's device.
 
-    The same steps as :func:`normalize` then :func:`model_input`: min-max to 0..255 over the image's
-    range and rounded, grey repeated to RGB, the longest side resized to S (bilinear, antialiased,
-    rounded to 0..255 as PIL does), normalised with the model's mean/std, padded with zeros. The
-    host reads the window and looks up its :func:`levels` (a byte a pixel crosses to a GPU); the rest
-    runs on the device.
+    The same steps as :func:`rgb` then :func:`model_input`: grey repeated to RGB, the longest side
+    resized to S (bilinear, antialiased, rounded to 0..255 as PIL does), normalised with the model's
+    mean/std, padded with zeros. The host has read the window and looked up its levels (a byte a
+    pixel crosses to a GPU); the rest runs on the device.
     On a CPU the resize is torch's uint8 kernel, which computes as PIL does (the same pixels when
     enlarging, one grey level on a few % of them when shrinking); on a GPU it is in float32
     (one grey level apart from PIL on up to ~20 % of the pixels).
     """
+    if any(w.dtype != np.uint8 for w in windows):
+        raise TypeError(
+            f"device_input takes grey levels (uint8, see levels()), got {sorted({str(w.dtype) for w in windows})}"
+        )
     side = int(model.image_encoder.img_size)
     device = model.device
     batch = torch.empty((len(windows), 3, side, side), device=device)
     for i, window in enumerate(windows):
-        x = torch.from_numpy(levels(window, intensity_range)).to(device, non_blocking=True)  # a byte a pixel
+        x = torch.from_numpy(window).to(device, non_blocking=True)  # a byte a pixel
         x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)  # (C, H, W): 1 grey or 3 RGB channels
         h, w = resized_shape(x.shape[-2], x.shape[-1], side)
         if device.type == "cpu":  # PIL's arithmetic: uint8, three channels, channels last
@@ -257,15 +262,16 @@ def embed_block(
     cuda = model.device.type == "cuda"
     on_device = cuda if on_device is None else on_device
 
-    read = WindowReader(image, info.channels)  # used by the reader thread alone
+    # used by the reader thread alone; each chunk decoded and mapped to grey levels once
+    read = WindowReader(image, info.channels, transform=functools.partial(levels, intensity_range=info.intensity_range))
 
     def load(idx: list[int]) -> list[np.ndarray]:
         windows = [read(tiles[i].window_slices()) for i in idx]
-        return windows if on_device else [normalize(w, info.intensity_range) for w in windows]
+        return windows if on_device else [rgb(w) for w in windows]
 
     def run(windows: list[np.ndarray]) -> torch.Tensor:
         if on_device:
-            return encode_input(model, device_input(model, windows, info.intensity_range), precision)
+            return encode_input(model, device_input(model, windows), precision)
         return encode(model, windows, precision)
 
     # opened once: `root[name]` reads the array's metadata from disk on every access
@@ -276,8 +282,10 @@ def embed_block(
     def write(idx: list[int], emb: np.ndarray, per_tile_seconds: float) -> int:
         for j, i in enumerate(idx):
             embeddings_array[i] = emb[j].astype(dtype, copy=False)
-            seconds_array[i] = per_tile_seconds
-            done_array[i] = True  # written after the embedding: a killed job never marks a tile done early
+        # then the batch's seconds and done flags, one zarr call each (a call costs about a ms of CPU):
+        # done after the embeddings, so a killed job never marks a tile done early
+        seconds_array.oindex[idx] = np.full(len(idx), per_tile_seconds)
+        done_array.oindex[idx] = True
         return len(idx)
 
     auto = batch_size == AUTO

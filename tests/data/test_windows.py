@@ -1,11 +1,13 @@
 """A window reader gives zarr's own windows, decoding each chunk about once in a block's order."""
 
+import itertools
+
 import numpy as np
 import pytest
 import zarr
 
 from tilesam.data import io
-from tilesam.data.windows import WindowReader
+from tilesam.data.windows import WindowReader, chunk_decoder
 from tilesam.tiling import TileGrid
 
 
@@ -57,3 +59,60 @@ def test_indexes_outside_or_of_the_wrong_rank_are_refused(tmp_path):
         reader((slice(0, 4), slice(0, 4)))
     with pytest.raises(IndexError, match="non-empty"):
         reader((0, slice(4, 4), slice(0, 4)))
+
+
+def test_a_transform_runs_once_per_chunk_and_gives_the_transformed_window(tmp_path):
+    array = store(tmp_path, (3, 130, 150), (3, 32, 32))  # channels first, as an imported RGB image
+    calls = []
+
+    def halve(block):
+        calls.append(block.shape)
+        return (block // 257).astype(np.uint8)
+
+    reader = WindowReader(array, 3, transform=halve)
+    grid = TileGrid((130, 150), (32, 32), (8, 8))
+    for t in grid.block(0, grid.n_tiles):
+        got = reader(t.window_slices())
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, (io.read_window(array, t.window_slices(), 3) // 257).astype(np.uint8))
+    assert len(calls) == reader.decoded == 5 * 5
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+@pytest.mark.parametrize(
+    "compressors",
+    [None, zarr.codecs.ZstdCodec(), zarr.codecs.BloscCodec(cname="lz4", shuffle="bitshuffle")],
+    ids=["raw", "zstd", "blosc"],
+)
+def test_chunks_decoded_directly_equal_zarrs_and_missing_ones_are_the_fill_value(tmp_path, dtype, compressors):
+    data = np.random.default_rng(2).integers(0, 250, (70, 90)).astype(dtype)
+    array = zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, chunks=(32, 32), dtype=dtype,
+                              compressors=compressors, fill_value=7)  # fmt: skip
+    array[:64, :] = data[:64]  # the last chunk row is never written: zarr reads it as the fill value
+    decode = chunk_decoder(array)
+    assert decode is not None
+    for key in itertools.product(range(3), range(3)):
+        index = tuple(slice(k * 32, min((k + 1) * 32, s)) for k, s in zip(key, data.shape))
+        np.testing.assert_array_equal(decode(key), array[index])
+    assert (decode((2, 1)) == 7).all() and decode((2, 2)).shape == (6, 26)
+
+
+def test_arrays_zarr_must_read_have_no_direct_decoder_and_read_the_same(tmp_path):
+    data = np.random.default_rng(3).integers(0, 60000, (100, 90)).astype("uint16")
+    sharded = zarr.create_array(str(tmp_path / "s.zarr"), shape=data.shape, chunks=(16, 16), shards=(32, 32), dtype="uint16")  # fmt: skip
+    v2 = zarr.create_array(str(tmp_path / "v2.zarr"), shape=data.shape, chunks=(32, 32), dtype="uint16", zarr_format=2)
+    memory = zarr.create_array(zarr.storage.MemoryStore(), shape=data.shape, chunks=(32, 32), dtype="uint16")
+    for array in (sharded, v2, memory):
+        array[...] = data
+        assert chunk_decoder(array) is None
+        reader = WindowReader(array, 1)
+        np.testing.assert_array_equal(reader((slice(5, 77), slice(20, 90))), data[5:77, 20:90])
+
+
+def test_a_chunk_that_does_not_decode_is_an_error_naming_its_file(tmp_path):
+    array = store(tmp_path, (64, 64), (32, 32))
+    (tmp_path / "image.zarr" / "c" / "1" / "0").write_bytes(b"not a zstd frame")
+    reader = WindowReader(array, 1)
+    reader((slice(0, 32), slice(0, 64)))  # the intact chunks read
+    with pytest.raises(ValueError, match=r"image\.zarr/c/1/0"):
+        reader((slice(30, 40), slice(0, 10)))
