@@ -199,9 +199,16 @@ def feed(sam, image: Path, grid: TileGrid, n: int, out: Path, batch: int) -> dic
     reader = WindowReader(pixels, info.channels, transform=partial(levels, intensity_range=info.intensity_range))
     tiles = grid.block(0, n)
 
+    parts = {"read": 0.0, "prepare": 0.0}  # CPU seconds of each
+
     def supply():
         for i in range(0, n, batch):
-            device_input(sam, [reader(t.window_slices()) for t in tiles[i : i + batch]])
+            t0 = time.process_time()
+            windows = [reader(t.window_slices()) for t in tiles[i : i + batch]]
+            t1 = time.process_time()
+            device_input(sam, windows)
+            sync(sam.device)
+            parts["read"], parts["prepare"] = parts["read"] + t1 - t0, parts["prepare"] + time.process_time() - t1
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # per core: with more, a CPU device's idle threads spin and count as CPU time
@@ -209,7 +216,7 @@ def feed(sam, image: Path, grid: TileGrid, n: int, out: Path, batch: int) -> dic
         _, _, cpu = timed(sam.device, supply)
     finally:
         torch.set_num_threads(threads)
-    row = {"supply_per_cpu_s": n / max(cpu, 1e-9)}
+    row = {"supply_per_cpu_s": n / max(cpu, 1e-9), **{f"supply_{k}_ms": 1000 * v / n for k, v in parts.items()}}
     encoder, sam.image_encoder = sam.image_encoder, ZeroEncoder(int(sam.image_encoder.img_size))
     try:
         prov = Provenance("gpu-check", int(encoder.img_size), grid.to_dict(), 0, n, io.read_info(image).signature, "float32")  # fmt: skip
@@ -334,10 +341,12 @@ def main() -> int:
         )
         print(json.dumps(rows[-1]), flush=True)
     columns = ["model", "tiles", "batch", "precision", "read", "read_cpu_ms", "prepare", "encode", "decode",
-               "prompts", "write", "feed_tiles", "supply_per_cpu_s", "feed", "feed_per_cpu_s", "bf16_mask_iou"]  # fmt: skip
+               "prompts", "write", "feed_tiles", "supply_per_cpu_s", "supply_read_ms", "supply_prepare_ms", "feed",
+               "feed_per_cpu_s", "bf16_mask_iou"]  # fmt: skip
     lines += [
         "Tiles per second per stage; supply_per_cpu_s: tiles read, decoded and prepared (levels, resize,",
-        "normalise) per host CPU-second; feed_per_cpu_s: the same plus the writer (embed_block, zero encoder):",
+        "normalise) per host CPU-second, one torch thread (supply_read_ms, supply_prepare_ms: CPU ms a tile",
+        "of each); feed_per_cpu_s: the same plus the writer (embed_block, zero encoder):",
         "",
     ]
     lines += [table(rows, columns), ""]

@@ -6,21 +6,29 @@ Every embed job decodes every chunk of its tiles' windows, so decoding is on the
 the encoder (`gpu_check.py`'s supply); the import writes each chunk once. Each image is cut into
 512 x 512 chunks (the default tile grid), encoded with each codec in turn and decoded three times on
 one thread; reported: the compression ratio and the decode speed in raw MB per CPU-second.
+Then the cost of reading one stored chunk of the synthetic image (a zarr v3 array on disk, 512 x 512
+uint16 chunks): through zarr's indexing, and read and decoded directly as the window readers of the
+embed jobs do (`tilesam.data.windows.chunk_decoder`), CPU ms a chunk.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numcodecs
 import numpy as np
 import tifffile
+import zarr
 from _common import OUT, REPO
 from large_run import render_piece
 from numcodecs import Blosc, Zstd
+
+from tilesam.data.io import IMAGE_COMPRESSORS
+from tilesam.data.windows import chunk_decoder
 
 # numcodecs' codecs, which zarr's ZstdCodec and BloscCodec call; level 0 is zstd's default (3)
 CODECS = {
@@ -66,6 +74,27 @@ def measure(codec, chunks: list[np.ndarray]) -> tuple[float, float]:
     return raw / sum(len(e) for e in encoded), raw / 1e6 / max(seconds, 1e-9)
 
 
+def read_costs(image: np.ndarray, compressors, repeats: int = 5) -> tuple[float, float]:
+    """CPU ms a chunk to read every 512 x 512 chunk of `image` stored with `compressors`: (zarr, direct)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        array = zarr.create_array(f"{tmp}/a.zarr", shape=image.shape, chunks=(512, 512), dtype=image.dtype,
+                                  compressors=compressors)  # fmt: skip
+        array[...] = image
+        keys = [(y, x) for y in range(image.shape[0] // 512) for x in range(image.shape[1] // 512)]
+        decode = chunk_decoder(array)
+        t0 = time.process_time()
+        for _ in range(repeats):
+            for y, x in keys:
+                array[y * 512 : (y + 1) * 512, x * 512 : (x + 1) * 512]
+        t1 = time.process_time()
+        for _ in range(repeats):
+            for key in keys:
+                decode(key)
+        t2 = time.process_time()
+    n = repeats * len(keys)
+    return 1000 * (t1 - t0) / n, 1000 * (t2 - t1) / n
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=OUT / "image_codec.md")
@@ -77,13 +106,23 @@ def main() -> int:
             sets[name] = chunks_of([tifffile.imread(f) for f in files])
         else:
             print(f"skipped {name}: no {patterns} under {DATA}", file=sys.stderr)
-    sets["synthetic nuclei, uint16 (gpu_check's image)"] = chunks_of([render_piece((2048, 2048), 100)])
+    synthetic = render_piece((2048, 2048), 100)
+    sets["synthetic nuclei, uint16 (gpu_check's image)"] = chunks_of([synthetic])
     lines = ["| data | chunks | dtype | codec | ratio | decode MB/CPU-s |", "|---|---|---|---|---|---|"]
     for name, chunks in sets.items():
         for codec_name, codec in CODECS.items():
             ratio, speed = measure(codec, chunks)
             lines.append(f"| {name} | {len(chunks)} | {chunks[0].dtype} | {codec_name} | {ratio:.2f} | {speed:.0f} |")
             print(lines[-1], flush=True)
+    lines += [
+        "",
+        "| reading a stored chunk (synthetic, uint16) | through zarr, CPU ms | directly, CPU ms |",
+        "|---|---|---|",
+    ]
+    for codec_name, compressors in [("zstd (zarr's default)", "auto"), ("blosc lz4 bitshuffle (tilesam)", IMAGE_COMPRESSORS)]:  # fmt: skip
+        through_zarr, direct = read_costs(synthetic, compressors)
+        lines.append(f"| {codec_name} | {through_zarr:.2f} | {direct:.2f} |")
+        print(lines[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
