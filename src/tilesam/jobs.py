@@ -166,6 +166,8 @@ def segment(
     device: Device = "auto",
 ) -> dict:
     """Automatic segmentation of one block from its embeddings."""
+    import torch
+
     from tilesam.models.unetr import decoder_upscale
     from tilesam.runtime import METHOD_PARTS, keep_freed_memory, load_instance_decoder, load_record, provenance
     from tilesam.segment.blocks import segment_block
@@ -181,7 +183,10 @@ def segment(
     if chosen != "amg":
         decoder = dict(zip(("decoder", "decoder_id"), load_instance_decoder(record, sam.device, decoder_upscale(sam))))
     model_id = {"model": record.name, "model_sha256": record.sha256, **why}
-    stats = segment_block(sam, embeddings, prov, grid, out, method=chosen, params=params, model_id=model_id, **decoder)
+    workers = torch.get_num_threads() if sam.device.type == "cuda" else 1  # AIS post-processing beside the GPU
+    stats = segment_block(
+        sam, embeddings, prov, grid, out, method=chosen, params=params, model_id=model_id, workers=workers, **decoder
+    )
     log.info("segmented block %d (%s): %s", block, f"auto: {chosen}" if why else method, stats)
     return stats
 

@@ -202,11 +202,11 @@ def test_ais_block_stores_each_windows_labels_whatever_the_batch(decoder, tmp_pa
         ]
         assert min(ious) > 0.6, ious
     assert n_big >= 5
-    for batch in (1, 3):
-        out = tmp_path / f"seg{batch}.zarr"
+    for batch, workers in ((1, 1), (3, 1), (1, 3), (2, 2)):  # workers: post-processing beside the decoder (GPU)
+        out = tmp_path / f"seg{batch}_{workers}.zarr"
         stats = segment_block(
             None, tmp_path / "emb.zarr", prov, GRID, out, method="ais",
-            params=replace(params, tiles_per_batch=batch), decoder=decoder, decoder_id=DECODER_ID,
+            params=replace(params, tiles_per_batch=batch), decoder=decoder, decoder_id=DECODER_ID, workers=workers,
         )  # fmt: skip
         assert stats["tiles"] == stats["computed"] == 3 and stats["device"] == "cpu"
         root = zarr.open_group(str(out), mode="r")
@@ -214,7 +214,7 @@ def test_ais_block_stores_each_windows_labels_whatever_the_batch(decoder, tmp_pa
             labels = root[f"t{i}"][...]
             assert labels.dtype == np.uint32 and labels.shape == tile.window_shape
             np.testing.assert_array_equal(labels, expected[i])
-    record = dict(zarr.open_group(str(tmp_path / "seg3.zarr"), mode="r").attrs["tilesam"]["segmentation"])
+    record = dict(zarr.open_group(str(tmp_path / "seg3_1.zarr"), mode="r").attrs["tilesam"]["segmentation"])
     assert {k: record[k] for k in asdict(prov)} == asdict(prov)
     assert record["method"] == "ais" and record["decoder"] == DECODER_ID
     assert record["params"] == params.postprocessing()  # the batch size is not part of what made the labels
@@ -233,7 +233,8 @@ def test_batches_hold_one_window_shape_and_skip_done_tiles():
     assert ais_batches(same, [0, 1, 2, 3], 3) == [[0, 1, 2], [3]]
 
 
-def test_an_interrupted_ais_block_resumes_at_its_first_missing_tile(decoder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_interrupted_ais_block_resumes_at_its_first_missing_tile(decoder, tmp_path, monkeypatch, workers):
     prov = embedding_store(tmp_path / "emb.zarr", GRID, truth_of(GRID, 3))
     params = AisParams(tiles_per_batch=1)
     calls = {"n": 0}
@@ -246,7 +247,7 @@ def test_an_interrupted_ais_block_resumes_at_its_first_missing_tile(decoder, tmp
 
     monkeypatch.setattr(ais_module, "ais_labels", failing)
     out = tmp_path / "seg.zarr"
-    kwargs = {"method": "ais", "params": params, "decoder": decoder, "decoder_id": DECODER_ID}
+    kwargs = {"method": "ais", "params": params, "decoder": decoder, "decoder_id": DECODER_ID, "workers": workers}
     with pytest.raises(RuntimeError, match="killed"):
         segment_block(None, tmp_path / "emb.zarr", prov, GRID, out, **kwargs)
     assert not out.exists() and zarr.open_group(str(stores.partial_path(out)))["done"][:].tolist() == [1, 0, 0]

@@ -26,6 +26,7 @@ the whole image's tiled embeddings and holds whole-image masks until its NMS.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def segment_block(
     decoder: torch.nn.Module | None = None,
     decoder_id: dict | None = None,
     model_id: dict | None = None,
+    workers: int = 1,
 ) -> dict:
     """Segment every tile of a block into `<out>` (arrays `t<i>`: window-sized uint32 labels).
 
@@ -71,6 +73,8 @@ def segment_block(
     finetuned model may share with its base.
     `apg`: `params` are ApgParams, `decoder` as for ais and `model` the SAM that decodes the prompts;
     each tile's seconds per stage (maps, prompts + masks, NMS) go into the array `stage_seconds`.
+    `workers`: threads that post-process AIS windows while the device decodes the next batch (a GPU
+    job's; 1 on a CPU, where the decoder itself keeps the cores busy).
     """
     if method not in METHODS:
         raise ValueError(f"unknown segmentation method {method!r}; known: {', '.join(METHODS)}")
@@ -94,7 +98,7 @@ def segment_block(
     root = stores.open_partial(out, "segmentation", provenance, len(tiles))
     done = root["done"][:]
     if method == "ais":
-        _ais_tiles(decoder, src, tiles, done, root, params, prov.img_size, out)
+        _ais_tiles(decoder, src, tiles, done, root, params, prov.img_size, out, workers)
     elif method == "apg":
         _apg_tiles(model, decoder, src, tiles, done, root, params, prov.img_size, out)
     else:
@@ -156,10 +160,15 @@ def _ais_tiles(
     params: AisParams,
     img_size: int,
     out: str | Path,
+    workers: int = 1,
 ) -> None:
     """Decoder maps per batch of windows, then AIS per window; labels stored tile by tile.
 
-    A tile's seconds are its share of its batch's decoder call plus its own post-processing.
+    A tile's seconds are its share of its batch's decoder call plus its own post-processing. With
+    ``workers`` > 1 (a GPU job: the device makes maps far faster than one core post-processes them)
+    the next batch's embeddings are read in the background and the windows' post-processing runs on
+    that many threads (the watershed releases the GIL) while the device decodes the next batch; at
+    most two batches of maps are held. One worker: all in this thread, one step after the other.
     """
 
     from tilesam.models.unetr import decode_maps
@@ -167,17 +176,46 @@ def _ais_tiles(
 
     device = next(decoder.parameters()).device
     todo = [i for i in range(len(tiles)) if not done[i]]
-    for batch in tqdm(ais_batches(tiles, todo, params.tiles_per_batch), desc=f"ais {Path(out).name}"):
+    batches = ais_batches(tiles, todo, params.tiles_per_batch)
+
+    def read(batch: list[int]) -> torch.Tensor:
+        return torch.cat([read_embedding(src, i) for i in batch])
+
+    def finish(i: int, tile_maps: np.ndarray, share: float) -> None:
         t0 = time.perf_counter()
-        window = tuple(int(v) for v in tiles[batch[0]].window_shape)
-        embeddings = torch.cat([read_embedding(src, i) for i in batch]).to(device)
-        input_size = resized_shape(*window, img_size)
-        maps = decode_maps(decoder, embeddings, input_size, window, model_size=img_size, batch_size=len(batch))
-        share = (time.perf_counter() - t0) / len(batch)
-        for i, tile_maps in zip(batch, maps):
+        labels = ais_labels(tile_maps, params, source=f"{out} tile {i}")
+        _store_tile(root, i, labels, share + time.perf_counter() - t0)
+
+    with (
+        ThreadPoolExecutor(max_workers=1) as reader,
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        tqdm(total=len(todo), desc=f"ais {Path(out).name}") as bar,
+    ):
+        pending = reader.submit(read, batches[0]) if batches and workers > 1 else None
+        previous: list[Future] = []
+        for k, batch in enumerate(batches):
             t0 = time.perf_counter()
-            labels = ais_labels(tile_maps, params, source=f"{out} tile {i}")
-            _store_tile(root, i, labels, share + time.perf_counter() - t0)
+            embeddings = pending.result() if pending is not None else read(batch)
+            if workers > 1 and k + 1 < len(batches):
+                pending = reader.submit(read, batches[k + 1])
+            window = tuple(int(v) for v in tiles[batch[0]].window_shape)
+            input_size = resized_shape(*window, img_size)
+            maps = decode_maps(
+                decoder, embeddings.to(device), input_size, window, model_size=img_size, batch_size=len(batch)
+            )
+            share = (time.perf_counter() - t0) / len(batch)
+            if workers == 1:
+                for i, tile_maps in zip(batch, maps):
+                    finish(i, tile_maps, share)
+                bar.update(len(batch))
+                continue
+            for future in previous:  # the batch before last is post-processed: at most two batches of maps held
+                future.result()
+            bar.update(len(previous))
+            previous = [pool.submit(finish, i, tile_maps, share) for i, tile_maps in zip(batch, maps)]
+        for future in previous:
+            future.result()
+        bar.update(len(previous))
 
 
 def _apg_tiles(
