@@ -143,11 +143,15 @@ def resolve_precision(precision: str, model: Sam) -> str:
     """
     if precision != AUTO:
         return precision
-    device = model.device
-    tiny = type(model.image_encoder).__name__ == "TinyViT"
-    if device.type == "cuda" and torch.cuda.is_bf16_supported() and not tiny:
+    if model.device.type == "cuda" and torch.cuda.is_bf16_supported() and autocast_encoder(model):
         return "bfloat16"
     return "float32"
+
+
+def autocast_encoder(model: Sam) -> bool:
+    """Whether ``auto`` runs this model's encoder in bfloat16 on a GPU that has it: a ViT, not TinyViT
+    (`benchmarks/precision_check.py` measures both)."""
+    return type(model.image_encoder).__name__ != "TinyViT"
 
 
 def _autocast(model: Sam, precision: str):
