@@ -139,7 +139,8 @@ def resolve_precision(precision: str, model: Sam) -> str:
 
     The TinyViT encoders (vit_t, LiteMedSAM) stay float32: they cost little on a GPU, and in
     bfloat16 LiteMedSAM's box masks matched float32's at IoU 0.987-0.993 only (CPU autocast,
-    three synthetic scenes), short of the 0.99 asked of the faster arithmetic.
+    three synthetic scenes) and its finetuned AIS instances at 0.965, short of the 0.99 asked of
+    the faster arithmetic; a vit_b's AIS instances matched at 0.999 (`benchmarks/precision_check.py`).
     """
     if precision != AUTO:
         return precision
