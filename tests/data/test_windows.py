@@ -102,7 +102,11 @@ def test_arrays_zarr_must_read_have_no_direct_decoder_and_read_the_same(tmp_path
     sharded = zarr.create_array(str(tmp_path / "s.zarr"), shape=data.shape, chunks=(16, 16), shards=(32, 32), dtype="uint16")  # fmt: skip
     v2 = zarr.create_array(str(tmp_path / "v2.zarr"), shape=data.shape, chunks=(32, 32), dtype="uint16", zarr_format=2)
     memory = zarr.create_array(zarr.storage.MemoryStore(), shape=data.shape, chunks=(32, 32), dtype="uint16")
-    for array in (sharded, v2, memory):
+    big = zarr.create_array(str(tmp_path / "big.zarr"), shape=data.shape, chunks=(32, 32), dtype="uint16",
+                            serializer=zarr.codecs.BytesCodec(endian="big"))  # fmt: skip
+    checksummed = zarr.create_array(str(tmp_path / "crc.zarr"), shape=data.shape, chunks=(32, 32), dtype="uint16",
+                                    compressors=(zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()))  # fmt: skip
+    for array in (sharded, v2, memory, big, checksummed):
         array[...] = data
         assert chunk_decoder(array) is None
         reader = WindowReader(array, 1)
