@@ -355,6 +355,23 @@ def test_apg_block_stores_each_windows_labels_and_stage_seconds(lite_medsam, dec
     assert params_column(record)["decoder"] == "test-decoder" and params_column(record)["nms_threshold"] == 0.9
 
 
+def test_apg_windows_finished_on_worker_threads_give_the_same_labels(lite_medsam, decoder, tmp_path):
+    """A GPU job's path (prompts, masks and NMS of a batch on threads beside the next batch's maps), on the CPU."""
+    prov = embedding_store(tmp_path / "emb.zarr", GRID, truth_of(GRID, 7), lite_medsam)
+    params = ApgParams(min_size=0, refine_with_box_prompts=True, tiles_per_batch=1, prompts_per_batch=3)
+    expected = expected_apg_labels(lite_medsam, decoder, tmp_path / "emb.zarr", GRID, params)
+    out = tmp_path / "seg.zarr"
+    stats = segment_block(
+        lite_medsam, tmp_path / "emb.zarr", prov, GRID, out, method="apg", params=params, decoder=decoder,
+        decoder_id=DECODER_ID, workers=3,
+    )  # fmt: skip
+    assert stats["computed"] == 3
+    root = zarr.open_group(str(out), mode="r")
+    for i in range(GRID.n_tiles):
+        np.testing.assert_array_equal(root[f"t{i}"][...], expected[i])
+    assert np.isfinite(root["stage_seconds"][:]).all()
+
+
 def test_an_interrupted_apg_block_resumes_and_other_settings_are_not_taken_over(
     lite_medsam, decoder, tmp_path, monkeypatch
 ):

@@ -26,6 +26,7 @@ the whole image's tiled embeddings and holds whole-image masks until its NMS.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -73,8 +74,8 @@ def segment_block(
     finetuned model may share with its base.
     `apg`: `params` are ApgParams, `decoder` as for ais and `model` the SAM that decodes the prompts;
     each tile's seconds per stage (maps, prompts + masks, NMS) go into the array `stage_seconds`.
-    `workers`: threads that post-process AIS windows while the device decodes the next batch (a GPU
-    job's; 1 on a CPU, where the decoder itself keeps the cores busy).
+    `workers`: threads that finish AIS and APG windows while the device decodes the next batch (a
+    GPU job's; 1 on a CPU, where the decoder itself keeps the cores busy).
     """
     if method not in METHODS:
         raise ValueError(f"unknown segmentation method {method!r}; known: {', '.join(METHODS)}")
@@ -100,7 +101,7 @@ def segment_block(
     if method == "ais":
         _ais_tiles(decoder, src, tiles, done, root, params, prov.img_size, out, workers)
     elif method == "apg":
-        _apg_tiles(model, decoder, src, tiles, done, root, params, prov.img_size, out)
+        _apg_tiles(model, decoder, src, tiles, done, root, params, prov.img_size, out, workers)
     else:
         _amg_tiles(model, src, tiles, done, root, params, prov.block)
     embed_stats = dict(src.attrs.get("stats", {}))
@@ -151,46 +152,32 @@ def ais_batches(tiles: list[Tile], todo: list[int], batch_size: int) -> list[lis
     return batches
 
 
-def _ais_tiles(
+def _map_batches(
     decoder: torch.nn.Module,
     src,
     tiles: list[Tile],
-    done: np.ndarray,
-    root,
-    params: AisParams,
+    batches: list[list[int]],
     img_size: int,
-    out: str | Path,
-    workers: int = 1,
+    finish: Callable[[int, torch.Tensor, np.ndarray, float], None],
+    workers: int,
+    bar: tqdm,
 ) -> None:
-    """Decoder maps per batch of windows, then AIS per window; labels stored tile by tile.
+    """The decoder's maps per batch of windows, then ``finish(i, embedding, maps, share)`` per window.
 
-    A tile's seconds are its share of its batch's decoder call plus its own post-processing. With
-    ``workers`` > 1 (a GPU job: the device makes maps far faster than one core post-processes them)
-    the next batch's embeddings are read in the background and the windows' post-processing runs on
-    that many threads (the watershed releases the GIL) while the device decodes the next batch; at
+    ``share`` is the window's share of its batch's reading and decoding seconds. With ``workers`` > 1
+    (a GPU job: the device makes maps far faster than one core post-processes them) the next batch's
+    embeddings are read in the background and the windows are finished on that many threads (the
+    watershed and connected components release the GIL) while the device decodes the next batch; at
     most two batches of maps are held. One worker: all in this thread, one step after the other.
     """
-
     from tilesam.models.unetr import decode_maps
-    from tilesam.segment.ais import ais_labels
 
     device = next(decoder.parameters()).device
-    todo = [i for i in range(len(tiles)) if not done[i]]
-    batches = ais_batches(tiles, todo, params.tiles_per_batch)
 
     def read(batch: list[int]) -> torch.Tensor:
         return torch.cat([read_embedding(src, i) for i in batch])
 
-    def finish(i: int, tile_maps: np.ndarray, share: float) -> None:
-        t0 = time.perf_counter()
-        labels = ais_labels(tile_maps, params, source=f"{out} tile {i}")
-        _store_tile(root, i, labels, share + time.perf_counter() - t0)
-
-    with (
-        ThreadPoolExecutor(max_workers=1) as reader,
-        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
-        tqdm(total=len(todo), desc=f"ais {Path(out).name}") as bar,
-    ):
+    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = reader.submit(read, batches[0]) if batches and workers > 1 else None
         previous: list[Future] = []
         for k, batch in enumerate(batches):
@@ -204,18 +191,47 @@ def _ais_tiles(
                 decoder, embeddings.to(device), input_size, window, model_size=img_size, batch_size=len(batch)
             )
             share = (time.perf_counter() - t0) / len(batch)
+            windows = [(i, embeddings[j : j + 1], maps[j], share) for j, i in enumerate(batch)]
             if workers == 1:
-                for i, tile_maps in zip(batch, maps):
-                    finish(i, tile_maps, share)
+                for args in windows:
+                    finish(*args)
                 bar.update(len(batch))
                 continue
-            for future in previous:  # the batch before last is post-processed: at most two batches of maps held
+            for future in previous:  # the batch before last is finished: at most two batches of maps held
                 future.result()
             bar.update(len(previous))
-            previous = [pool.submit(finish, i, tile_maps, share) for i, tile_maps in zip(batch, maps)]
+            previous = [pool.submit(finish, *args) for args in windows]
         for future in previous:
             future.result()
         bar.update(len(previous))
+
+
+def _ais_tiles(
+    decoder: torch.nn.Module,
+    src,
+    tiles: list[Tile],
+    done: np.ndarray,
+    root,
+    params: AisParams,
+    img_size: int,
+    out: str | Path,
+    workers: int = 1,
+) -> None:
+    """Decoder maps per batch of windows, then AIS per window; labels stored tile by tile.
+
+    A tile's seconds are its share of its batch's decoder call plus its own post-processing.
+    """
+    from tilesam.segment.ais import ais_labels
+
+    def finish(i: int, embedding: torch.Tensor, tile_maps: np.ndarray, share: float) -> None:
+        t0 = time.perf_counter()
+        labels = ais_labels(tile_maps, params, source=f"{out} tile {i}")
+        _store_tile(root, i, labels, share + time.perf_counter() - t0)
+
+    todo = [i for i in range(len(tiles)) if not done[i]]
+    with tqdm(total=len(todo), desc=f"ais {Path(out).name}") as bar:
+        batches = ais_batches(tiles, todo, params.tiles_per_batch)
+        _map_batches(decoder, src, tiles, batches, img_size, finish, workers, bar)
 
 
 def _apg_tiles(
@@ -228,38 +244,35 @@ def _apg_tiles(
     params: ApgParams,
     img_size: int,
     out: str | Path,
+    workers: int = 1,
 ) -> None:
     """Decoder maps per batch of windows (as AIS), then APG per window from its own embedding.
 
-    A tile's seconds per stage: its share of its batch's maps, its prompts and masks, its NMS.
+    A tile's seconds per stage: its share of its batch's maps, its prompts and masks, its NMS. With
+    ``workers`` > 1 the windows' prompts, masks and NMS run on that many threads (SAM's prompt decoder
+    holds no state: threads share it; each thread's GPU calls queue on the device's stream).
     """
-
-    from tilesam.models.unetr import decode_maps
     from tilesam.segment.apg import window_masks
     from tilesam.segment.nms import apply_nms
 
     if "stage_seconds" not in root:
         root.create_array("stage_seconds", shape=(len(tiles), len(APG_STAGES)), chunks=(1, len(APG_STAGES)),
                           dtype="f8", fill_value=np.nan)  # fmt: skip
-    device = next(decoder.parameters()).device
-    todo = [i for i in range(len(tiles)) if not done[i]]
-    for batch in tqdm(ais_batches(tiles, todo, params.tiles_per_batch), desc=f"apg {Path(out).name}"):
+
+    @torch.no_grad()  # grad mode is per thread: the pool's threads need it too
+    def finish(i: int, embedding: torch.Tensor, tile_maps: np.ndarray, share: float) -> None:
         t0 = time.perf_counter()
-        window = tuple(int(v) for v in tiles[batch[0]].window_shape)
-        embeddings = torch.cat([read_embedding(src, i) for i in batch])
-        input_size = resized_shape(*window, img_size)
-        maps = decode_maps(
-            decoder, embeddings.to(device), input_size, window, model_size=img_size, batch_size=len(batch)
-        )
-        share = (time.perf_counter() - t0) / len(batch)
-        for k, (i, tile_maps) in enumerate(zip(batch, maps)):
-            t0 = time.perf_counter()
-            masks = window_masks(model, embeddings[k : k + 1], tile_maps, params, source=f"{out} tile {i}")
-            t1 = time.perf_counter()
-            labels = apply_nms(masks, params.min_size, params.nms_threshold, params.intersection_over_min)
-            t2 = time.perf_counter()
-            root["stage_seconds"][i] = [share, t1 - t0, t2 - t1]
-            _store_tile(root, i, labels, share + t2 - t0)
+        masks = window_masks(model, embedding, tile_maps, params, source=f"{out} tile {i}")
+        t1 = time.perf_counter()
+        labels = apply_nms(masks, params.min_size, params.nms_threshold, params.intersection_over_min)
+        t2 = time.perf_counter()
+        root["stage_seconds"][i] = [share, t1 - t0, t2 - t1]
+        _store_tile(root, i, labels, share + t2 - t0)
+
+    todo = [i for i in range(len(tiles)) if not done[i]]
+    with tqdm(total=len(todo), desc=f"apg {Path(out).name}") as bar:
+        batches = ais_batches(tiles, todo, params.tiles_per_batch)
+        _map_batches(decoder, src, tiles, batches, img_size, finish, workers, bar)
 
 
 def _params_record(params: AmgParams) -> dict:
