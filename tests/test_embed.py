@@ -56,6 +56,34 @@ def test_block_embeddings_equal_sam_predictor(lite_medsam, image, tmp_path):
         np.testing.assert_allclose(read_embedding(root, i).numpy(), predictor.features.numpy(), atol=1e-4)
 
 
+def test_an_rgb_image_embeds_as_sam_predictor_sees_it_on_either_path(lite_medsam, tmp_path):
+    """Channels first in the store, grey levels per chunk, channels last again in the window: SamPredictor's input."""
+    import tifffile
+
+    rng = np.random.default_rng(4)
+    pixels = np.stack([ndimage.gaussian_filter(rng.random((200, 180)), 4) for _ in range(3)], axis=-1)
+    pixels = (pixels * np.array([900, 1800, 3600])).astype(np.uint16)  # three channels, three ranges
+    tifffile.imwrite(tmp_path / "rgb.tif", pixels, photometric="rgb")
+    info = io.import_image(tmp_path / "rgb.tif", tmp_path / "rgb.ome.zarr", ndim=2, tile_shape=TILE)
+    assert info.channels == 3
+    grid = TileGrid(info.shape, TILE, HALO)
+    prov = provenance(lite_medsam, tmp_path / "rgb.ome.zarr", grid)
+    arr = zarr.open_array(str(tmp_path / "rgb.ome.zarr" / "0"))
+    predictor = SamPredictor(lite_medsam)
+    host_root, device_root = tmp_path / "host.zarr", tmp_path / "device.zarr"
+    embed_block(lite_medsam, prov, tmp_path / "rgb.ome.zarr", grid, host_root, on_device=False)
+    embed_block(lite_medsam, prov, tmp_path / "rgb.ome.zarr", grid, device_root, on_device=True)
+    host = stores.open_done(host_root, "embeddings", asdict(prov))
+    device = stores.open_done(device_root, "embeddings", asdict(prov))
+    for i, tile in enumerate(grid.block(0, grid.n_tiles)):
+        window = io.read_window(arr, tile.window_slices(), 3)
+        assert window.shape[-1] == 3
+        predictor.set_image(normalize(window, info.intensity_range))
+        np.testing.assert_allclose(read_embedding(host, i).numpy(), predictor.features.numpy(), atol=1e-4)
+        # enlarged windows (160 -> 256): torch's uint8 resize gives PIL's pixels
+        np.testing.assert_allclose(read_embedding(device, i).numpy(), predictor.features.numpy(), atol=1e-4)
+
+
 def test_normalize_uses_the_image_range():
     window = np.array([[10, 20], [30, 40]], np.uint16)
     rgb = normalize(window, (0.0, 100.0))
