@@ -256,8 +256,9 @@ def end_to_end(name: str, work: Path, image_tif: Path, volume_tif: Path, args, d
     exe = shutil.which("snakemake", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     if exe is None:
         return {"model": name, "error": "snakemake not found"}
+    # the greedy scheduler: no ILP solver (pulp) needed on a GPU machine without a package index
     command = [exe, "-s", str(REPO / "Snakefile"), "--directory", str(run), "--configfile", str(run / "config.yaml"),
-               "--cores", str(args.cores), *targets]  # fmt: skip
+               "--cores", str(args.cores), "--scheduler", "greedy", *targets]  # fmt: skip
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     t0 = time.perf_counter()
     with (run / "snakemake.log").open("w") as log:

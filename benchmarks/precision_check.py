@@ -9,10 +9,11 @@ checkpoint: the embeddings' and maps' largest difference, the instances of each,
 instance the IoU of its best bfloat16 match (mean, lowest, share at least 0.9). Exits 1 if the mean
 is below 0.99 for a checkpoint whose encoder `auto` runs in bfloat16 (a ViT; TinyViT stays float32).
 
-    python benchmarks/precision_check.py --checkpoints <vit_b with a decoder> [--device cuda] [--size 1024]
+    python benchmarks/precision_check.py [--checkpoints PATH ...] [--device cuda] [--size 1024]
 
-The vit_b checkpoint `vs_microsam.py --apg-equality` fits (a random-weight encoder and a decoder fitted
-to it on nuclei, so the maps hold the objects) is the default where it exists.
+Without `--checkpoints`: the vit_b checkpoint of `vs_microsam.py --apg-equality` (a random-weight
+encoder and a decoder fitted 200 x 10 to it on 512^2 nuclei, so the maps hold the objects), fitted
+here first if `--work` does not hold it yet (about 2 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import tifffile
 import torch
 from _common import OUT, machine
+from apg_equality import equality_image, fitted_checkpoint
 from vs_microsam import AIS_PARAMS, make_image
 
 from tilesam.config import AisParams
@@ -35,8 +37,6 @@ from tilesam.models.unetr import decode_maps, load_decoder
 from tilesam.resize import resized_shape
 from tilesam.segment.ais import ais_labels
 from tilesam.tiling import TileGrid
-
-FITTED = Path("/tmp/vs_microsam/apg_equality/vit_b_random_fitted200x10_nuclei512_60.pt")
 
 
 def best_ious(reference: np.ndarray, other: np.ndarray) -> list[float]:
@@ -85,16 +85,14 @@ def compare(checkpoint: Path, image: np.ndarray, device: str) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoints", type=Path, nargs="+", default=[FITTED] if FITTED.exists() else [])
+    parser.add_argument("--checkpoints", type=Path, nargs="+", help="default: the fitted vit_b (see above)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=1024, help="side of the synthetic nuclei image")
     parser.add_argument("--work", type=Path, default=Path("/tmp/vs_microsam"))
     parser.add_argument("--out", type=Path, default=OUT / "precision_check.md")
     args = parser.parse_args()
-    if not args.checkpoints:
-        parser.error(
-            f"no checkpoint: pass --checkpoints (or run `vs_microsam.py --apg-equality`, which writes {FITTED})"
-        )
+    if not args.checkpoints:  # vs_microsam.py --apg-equality's defaults: 60 objects, 200 steps on 10 x 10 crops
+        args.checkpoints = [fitted_checkpoint(args.work, *equality_image(args.work, 60), 200, 10)]
     image = tifffile.imread(make_image(args.work / "images" / f"nuclei_{args.size}.tif", args.size))
     rows = [compare(path, image, args.device) for path in args.checkpoints]
     columns = list(rows[0])

@@ -27,3 +27,16 @@ def test_gpu_check_runs_on_cpu_at_a_tiny_size(tmp_path):
     e2e_row = next(line for line in e2e.splitlines() if line.startswith("| lite_medsam")).strip("|").split("|")
     tiles, share = int(e2e_row[1]), float(e2e_row[6])
     assert tiles == 3 and 0 < share <= 1  # 1 image tile + 2 volume tiles; embed jobs' share of time on tiles
+
+
+def test_the_gpu_days_wheels_follow_tilesams_runtime_requirements(monkeypatch):
+    """gpu_wheels.py's list: tilesam's runtime closure (no test extras), less what the lent machine has."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from gpu_wheels import DEVICE, UNUSED, closure, norm
+
+    needs = closure()
+    assert {"zarr", "numcodecs", "snakemake", "segment-anything", "dask", "pooch"} <= set(needs)
+    assert not {"pytest", "ruff", "torch-em"} & set(needs)  # test extras stay behind
+    carried = set(needs) - {norm(n) for n in DEVICE} - set(UNUSED) - {"tilesam"}
+    assert {"zarr", "numcodecs", "snakemake", "segment-anything"} <= carried
+    assert not {"torch", "numpy", "scipy", "scikit-image"} & carried  # the machine's own
