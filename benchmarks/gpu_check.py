@@ -333,44 +333,44 @@ def main() -> int:
     if not image.exists():
         io.import_image(image_tif, image, ndim=2, tile_shape=(TILE, TILE))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    lines = [f"# gpu_check: {args.device} ({name}), torch {torch.__version__}, {os.cpu_count()} CPUs", ""]
-    print(lines[0], flush=True)
-    rows = []
+    head = f"# gpu_check: {args.device} ({name}), torch {torch.__version__}, {os.cpu_count()} CPUs"
+    print(head, flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows, e2e = [], []
+
+    def report() -> str:  # written after every row: a run cut off by a time limit keeps what it measured
+        text = "\n".join([head, "", *STAGES_HEAD, table(rows, STAGE_COLUMNS), ""])
+        if e2e:
+            where = f"snakemake --cores {args.cores}, AIS; {args.size}^2 image and {args.volume} volume"
+            text += "\n".join(["", f"End to end ({where}):", "", table(e2e, E2E_COLUMNS), ""])
+        args.out.write_text(text + "\n")
+        return text
+
     for model in args.models:
         rows.append(
             stages(model, image, work, device, args.stage_tiles, args.batch, args.feed_tiles, args.feed_repeats)
         )
         print(json.dumps(rows[-1]), flush=True)
-    columns = ["model", "tiles", "batch", "precision", "read", "read_cpu_ms", "prepare", "encode", "decode",
-               "prompts", "write", "feed_tiles", "supply_per_cpu_s", "supply_read_ms", "supply_prepare_ms", "feed",
-               "feed_per_cpu_s", "bf16_mask_iou"]  # fmt: skip
-    lines += [
-        "Tiles per second per stage; supply_per_cpu_s: tiles read, decoded and prepared (levels, resize,",
-        "normalise) per host CPU-second, one torch thread (supply_read_ms, supply_prepare_ms: CPU ms a tile",
-        "of each); feed_per_cpu_s: the same plus the writer (embed_block, zero encoder):",
-        "",
-    ]
-    lines += [table(rows, columns), ""]
-    if not args.no_e2e:
-        e2e = []
-        for model in args.models:
-            e2e.append(end_to_end(model, work, image_tif, volume_tif, args, args.device))
-            print(json.dumps(e2e[-1]), flush=True)
-        columns = ["model", "tiles", "tiles_per_block", "wall_s", "tiles_per_s", "embed_jobs", "embed_tile_share",
-                   "embed_tile_share_min", "segment_jobs", "segment_tile_share", "segment_tile_share_min", "error"]  # fmt: skip
-        lines += [
-            f"End to end (snakemake --cores {args.cores}, AIS; {args.size}^2 image and {args.volume} volume):",
-            "",
-        ]
-        lines += [table(e2e, columns), ""]
-        if any("error" in r for r in e2e):
-            print("\n".join(lines))
-            return 1
-    text = "\n".join(lines)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
-    return 0
+        report()
+    for model in [] if args.no_e2e else args.models:
+        e2e.append(end_to_end(model, work, image_tif, volume_tif, args, args.device))
+        print(json.dumps(e2e[-1]), flush=True)
+        report()
+    print(report())
+    return 1 if any("error" in r for r in e2e) else 0
+
+
+STAGE_COLUMNS = ["model", "tiles", "batch", "precision", "read", "read_cpu_ms", "prepare", "encode", "decode",
+                 "prompts", "write", "feed_tiles", "supply_per_cpu_s", "supply_read_ms", "supply_prepare_ms", "feed",
+                 "feed_per_cpu_s", "bf16_mask_iou"]  # fmt: skip
+STAGES_HEAD = [
+    "Tiles per second per stage; supply_per_cpu_s: tiles read, decoded and prepared (levels, resize,",
+    "normalise) per host CPU-second, one torch thread (supply_read_ms, supply_prepare_ms: CPU ms a tile",
+    "of each); feed_per_cpu_s: the same plus the writer (embed_block, zero encoder):",
+    "",
+]
+E2E_COLUMNS = ["model", "tiles", "tiles_per_block", "wall_s", "tiles_per_s", "embed_jobs", "embed_tile_share",
+               "embed_tile_share_min", "segment_jobs", "segment_tile_share", "segment_tile_share_min", "error"]  # fmt: skip
 
 
 if __name__ == "__main__":
