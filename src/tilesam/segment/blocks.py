@@ -156,13 +156,15 @@ def _map_batches(
     decoder: torch.nn.Module,
     src,
     tiles: list[Tile],
-    batches: list[list[int]],
+    done: np.ndarray,
+    batch_size: int,
     img_size: int,
     finish: Callable[[int, torch.Tensor, np.ndarray, float], None],
     workers: int,
-    bar: tqdm,
+    desc: str,
 ) -> None:
-    """The decoder's maps per batch of windows, then ``finish(i, embedding, maps, share)`` per window.
+    """The decoder's maps per batch of the windows not done (`ais_batches`), then ``finish(i, embedding,
+    maps, share)`` per window.
 
     ``share`` is the window's share of its batch's reading and decoding seconds. With ``workers`` > 1
     (a GPU job: the device makes maps far faster than one core post-processes them) the next batch's
@@ -173,11 +175,17 @@ def _map_batches(
     from tilesam.models.unetr import decode_maps
 
     device = next(decoder.parameters()).device
+    todo = [i for i in range(len(tiles)) if not done[i]]
+    batches = ais_batches(tiles, todo, batch_size)
 
     def read(batch: list[int]) -> torch.Tensor:
         return torch.cat([read_embedding(src, i) for i in batch])
 
-    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with (
+        ThreadPoolExecutor(max_workers=1) as reader,
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        tqdm(total=len(todo), desc=desc) as bar,
+    ):
         pending = reader.submit(read, batches[0]) if batches and workers > 1 else None
         previous: list[Future] = []
         for k, batch in enumerate(batches):
@@ -228,10 +236,7 @@ def _ais_tiles(
         labels = ais_labels(tile_maps, params, source=f"{out} tile {i}")
         _store_tile(root, i, labels, share + time.perf_counter() - t0)
 
-    todo = [i for i in range(len(tiles)) if not done[i]]
-    with tqdm(total=len(todo), desc=f"ais {Path(out).name}") as bar:
-        batches = ais_batches(tiles, todo, params.tiles_per_batch)
-        _map_batches(decoder, src, tiles, batches, img_size, finish, workers, bar)
+    _map_batches(decoder, src, tiles, done, params.tiles_per_batch, img_size, finish, workers, f"ais {Path(out).name}")
 
 
 def _apg_tiles(
@@ -269,10 +274,7 @@ def _apg_tiles(
         root["stage_seconds"][i] = [share, t1 - t0, t2 - t1]
         _store_tile(root, i, labels, share + t2 - t0)
 
-    todo = [i for i in range(len(tiles)) if not done[i]]
-    with tqdm(total=len(todo), desc=f"apg {Path(out).name}") as bar:
-        batches = ais_batches(tiles, todo, params.tiles_per_batch)
-        _map_batches(decoder, src, tiles, batches, img_size, finish, workers, bar)
+    _map_batches(decoder, src, tiles, done, params.tiles_per_batch, img_size, finish, workers, f"apg {Path(out).name}")
 
 
 def _params_record(params: AmgParams) -> dict:
